@@ -1,0 +1,196 @@
+"""The Flask app speaking Label Studio's ML backend protocol; routes stay thin.
+
+Importing this module must not import TensorFlow: /health answers within Label Studio's 1 s
+timeout and /setup within 3 s even while a model loads (models load on background threads).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+
+from flask import Blueprint, Flask, current_app, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from backend import protocol
+from backend.labelconfig import LabelConfigError, parse_label_config
+from backend.serving import ModelServer
+from training.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MODEL_CLASS = "VideoClassifier"
+"""What /health reports as ``model_class`` (Label Studio shows it in the model's card)."""
+
+EXTENSION_KEY = "videoloop"
+"""``app.extensions`` key of the process's ModelServer."""
+
+SETTINGS_KEY = "VIDEOLOOP_SETTINGS"
+"""``app.config`` key of the Settings."""
+
+UNAUTHENTICATED_PATHS = frozenset({"/health", "/webhook"})
+"""Paths open without basic auth.
+
+/health: liveness probes (Docker, load balancers) carry no credentials. /webhook: Label
+Studio's auto-created project webhook sends no credentials even when basic auth is set on the
+ML backend (DESIGN.md), so demanding them there would lose every annotation event; add an
+``Authorization`` header to the webhook in Label Studio, or a webhook secret, to protect it.
+"""
+
+bp = Blueprint("videoloop", __name__)
+
+
+class RequestError(ValueError):
+    """A request Label Studio (or a person) got wrong; answered 400 with its message."""
+
+
+def create_app(settings: Settings | None = None, server: ModelServer | None = None) -> Flask:
+    """Build the app; one per process, after any fork (it owns background threads).
+
+    Args:
+        settings: default Settings.from_env().
+        server: the model owner; default a new ModelServer that starts loading every project
+            in the store in the background.
+    """
+    settings = settings or Settings.from_env()
+    app = Flask(__name__)
+    app.config[SETTINGS_KEY] = settings
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    if server is None:
+        server = ModelServer(settings)
+        server.start()
+    app.extensions[EXTENSION_KEY] = server
+    app.register_blueprint(bp)
+    return app
+
+
+def get_server() -> ModelServer:
+    return current_app.extensions[EXTENSION_KEY]
+
+
+def _settings() -> Settings:
+    return current_app.config[SETTINGS_KEY]
+
+
+def _error(message: str, status: int):
+    return jsonify({"error": message}), status
+
+
+@bp.app_errorhandler(HTTPException)
+def _http_error(exc: HTTPException):
+    response = exc.get_response()
+    response.data = current_app.json.dumps({"error": exc.description or exc.name})
+    response.content_type = "application/json"
+    return response
+
+
+@bp.app_errorhandler(RequestError)
+def _bad_request(exc: RequestError):
+    return _error(str(exc), 400)
+
+
+@bp.app_errorhandler(LabelConfigError)
+def _bad_config(exc: LabelConfigError):
+    return _error(str(exc), 400)
+
+
+@bp.app_errorhandler(Exception)
+def _internal_error(exc: Exception):
+    log.exception("unhandled error on %s %s", request.method, request.path)
+    return _error(f"internal error: {type(exc).__name__}", 500)
+
+
+@bp.before_app_request
+def _basic_auth():
+    settings = _settings()
+    if not (settings.basic_auth_user or settings.basic_auth_pass):
+        return None
+    if request.path in UNAUTHENTICATED_PATHS:
+        return None
+    auth = request.authorization
+    if auth is not None and auth.type == "basic":
+        # Compare both, always: timing must not tell which one was wrong.
+        user_ok = hmac.compare_digest(
+            (auth.username or "").encode(), settings.basic_auth_user.encode()
+        )
+        pass_ok = hmac.compare_digest(
+            (auth.password or "").encode(), settings.basic_auth_pass.encode()
+        )
+        if user_ok and pass_ok:
+            return None
+    response, status = _error("unauthorized", 401)
+    response.headers["WWW-Authenticate"] = 'Basic realm="videoloop"'
+    return response, status
+
+
+def _json_body() -> dict:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise RequestError("request body must be a JSON object")
+    return body
+
+
+def _project(body: dict) -> str:
+    try:
+        return protocol.normalize_project(body.get("project"))
+    except ValueError as exc:
+        raise RequestError(f"bad or missing 'project': {exc}") from None
+
+
+@bp.get("/health")
+@bp.get("/")
+def health():
+    """Liveness for Label Studio (1 s timeout): no model, no store, no TensorFlow."""
+    return jsonify({"status": "UP", "model_class": MODEL_CLASS})
+
+
+@bp.post("/setup")
+def setup():
+    """Validate the label config and say which version predictions will carry (3 s timeout).
+
+    Reads the project's pointer only; a newer version is loaded in the background.
+    """
+    body = _json_body()
+    project = _project(body)
+    parse_label_config(body.get("schema") or "")
+    server = get_server()
+    hostname, token = body.get("hostname"), body.get("access_token")
+    if isinstance(hostname, str) and isinstance(token, str):
+        server.media.set_fallback_credentials(hostname, token)
+    return jsonify({"model_version": server.get_version(project)})
+
+
+@bp.post("/predict")
+def predict():
+    """One prediction per task, in order: Label Studio stores nothing if the counts differ."""
+    started = time.perf_counter()
+    body = _json_body()
+    tasks = body.get("tasks")
+    if not isinstance(tasks, list):
+        raise RequestError("'tasks' must be a list of tasks")
+    project = _project(body)
+    choices = parse_label_config(body.get("label_config") or "")
+    results = get_server().predict(project, tasks, choices)
+    if len(results) != len(tasks):  # a bug, but never send Label Studio a mismatched list
+        raise RuntimeError(f"{len(results)} results for {len(tasks)} tasks")
+    log.info(
+        "predict project %s: %d tasks in %.2f s", project, len(tasks), time.perf_counter() - started
+    )
+    return jsonify({"results": results})
+
+
+@bp.post("/webhook")
+def webhook():
+    """Label Studio's annotation events and "Start training"; must answer within 1 s."""
+    body = _json_body()
+    return jsonify(handle_webhook(body))
+
+
+def handle_webhook(event: dict) -> dict:
+    """Seam for the training issue: enqueue a coalesced fine-tuning job per project here.
+
+    Never train in the request (DESIGN.md). Until then every event is acknowledged and dropped.
+    """
+    log.info("webhook %s ignored (training is not wired yet)", event.get("action"))
+    return {"status": "ignored"}

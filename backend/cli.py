@@ -1,0 +1,258 @@
+"""The ``videoloop`` command: serve, synth, train, predict.
+
+Each subcommand imports what it needs when it runs, so ``videoloop --help`` and ``synth``
+never pay for importing TensorFlow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+from training.settings import Settings
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _quiet_tensorflow() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from backend.server import run_server
+
+    run_server(settings)
+    return 0
+
+
+def _cmd_synth(args: argparse.Namespace, settings: Settings) -> int:
+    from tqdm import tqdm
+
+    from training.synth import generate_dataset, select_classes
+
+    classes = select_classes(args.classes)
+    total = len(classes) * args.per_class
+    with tqdm(total=total, unit="clip", desc="synth", disable=args.quiet) as bar:
+        manifest = generate_dataset(
+            args.out,
+            classes=classes,
+            per_class=args.per_class,
+            seed=args.seed,
+            width=args.width,
+            height=args.height,
+            fps=args.fps,
+            progress=lambda done, _total: bar.update(done - bar.n),
+        )
+    print(json.dumps({"manifest": str(manifest), "classes": classes, "clips": total}))
+    return 0
+
+
+class _TrainingBar:
+    """Draws training's progress events as tqdm bars: one for decoding, one for epochs."""
+
+    def __init__(self, quiet: bool) -> None:
+        from tqdm import tqdm
+
+        self._tqdm = tqdm
+        self.quiet = quiet
+        self.bar = None
+        self.stage = None
+
+    def __call__(self, event: dict) -> None:
+        stage = event.get("stage")
+        if stage != self.stage:
+            self.close()
+            self.stage = stage
+            total = event.get("total") or event.get("epochs")
+            if stage in ("decode", "train"):
+                unit = "clip" if stage == "decode" else "epoch"
+                self.bar = self._tqdm(total=total, desc=stage, unit=unit, disable=self.quiet)
+        if self.bar is None:
+            return
+        done = event.get("done", event.get("epoch", 0))
+        self.bar.update(done - self.bar.n)
+        metrics = {
+            k: event[k] for k in ("loss", "accuracy", "val_loss", "val_accuracy") if k in event
+        }
+        if metrics:
+            self.bar.set_postfix(metrics)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    _quiet_tensorflow()
+    from training.labelled_files import load_labelled_videos
+    from training.model import ModelConfig
+    from training.sampling import SamplingConfig
+    from training.store import ModelStore
+    from training.train import TrainConfig, train_and_publish
+
+    videos = load_labelled_videos(args.data)
+    sampling = SamplingConfig(frames=args.frames, height=args.size, width=args.size)
+    model_config = ModelConfig(
+        backbone=args.backbone,
+        backbone_weights=args.backbone_weights,
+        lstm_units=args.lstm_units,
+        dropout=args.dropout,
+    )
+    train_config = TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, patience=args.patience, seed=args.seed
+    )
+    bar = _TrainingBar(args.quiet)
+    started = time.perf_counter()
+    try:
+        info = train_and_publish(
+            ModelStore(settings.model_dir),
+            args.project,
+            videos,
+            sampling=sampling,
+            model_config=model_config,
+            train_config=train_config,
+            threads=settings.decode_threads,
+            progress=bar,
+        )
+    finally:
+        bar.close()
+    test = info.meta["metrics"]["test"]
+    summary = {
+        "project": args.project,
+        "version": info.version,
+        "test_accuracy": test["accuracy"],
+        "test_macro_f1": test["macro_f1"],
+        "test_clips": test["count"],
+        "epochs_run": info.meta["training"]["epochs_run"],
+        "parameters": info.meta["model"]["parameters"],
+        "seconds": round(time.perf_counter() - started, 1),
+        "path": str(info.path),
+    }
+    print(json.dumps(summary))
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
+    _quiet_tensorflow()
+    from training.decode import decode_many
+    from training.predict import load_version
+    from training.sampler import VideoDecodeError
+    from training.sampling import stack_clips
+    from training.store import ModelStore
+
+    info = ModelStore(settings.model_dir).get_current_info(args.project)
+    if info is None:
+        print(
+            f"project {args.project} has no trained model in {settings.model_dir}", file=sys.stderr
+        )
+        return 2
+    model = load_version(info, batch_size=settings.predict_batch_size)
+    results = decode_many(args.videos, model.sampling, threads=settings.decode_threads)
+    clips = [r for r in results if not isinstance(r, VideoDecodeError)]
+    probs = iter(model.predict_proba(*stack_clips(clips)) if clips else [])
+    failed = 0
+    for video, result in zip(args.videos, results, strict=True):
+        if isinstance(result, VideoDecodeError):
+            failed += 1
+            print(json.dumps({"video": video, "error": str(result)}))
+            continue
+        p = next(probs)
+        best = int(p.argmax())
+        row = {
+            "video": video,
+            "label": model.labels[best],
+            "score": round(float(p[best]), 4),
+            "model_version": model.version,
+            "probabilities": {
+                lbl: round(float(x), 4) for lbl, x in zip(model.labels, p, strict=True)
+            },
+        }
+        print(json.dumps(row))
+    return 1 if failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="videoloop",
+        description="Label Studio ML backend for video classification (CNN-LSTM).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("serve", help="run the Label Studio ML backend (HOST, PORT, WORKERS, THREADS)")
+
+    p = sub.add_parser("synth", help="write a synthetic labelled video set (temporal classes)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(
+        "--classes", default="2", help="a number (first N classes) or names, comma-separated"
+    )
+    p.add_argument("--per-class", type=int, default=40)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--width", type=int, default=160)
+    p.add_argument("--height", type=int, default=120)
+    p.add_argument("--fps", type=int, default=25)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser(
+        "train", help="train a model offline and publish it as the project's current version"
+    )
+    p.add_argument("--data", required=True, help="manifest CSV (path,label), or a folder per class")
+    p.add_argument("--project", required=True, help="Label Studio project id")
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--patience", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--frames", type=int, default=16, help="frames sampled per clip")
+    p.add_argument("--size", type=int, default=112, help="frame height and width")
+    p.add_argument("--backbone", default="small", choices=["small", "mobilenet_v3_small"])
+    p.add_argument(
+        "--backbone-weights", default=None, help="mobilenet only: 'imagenet' or a .weights.h5 file"
+    )
+    p.add_argument("--lstm-units", type=int, default=128)
+    p.add_argument("--dropout", type=float, default=0.3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("predict", help="predict videos with the project's current model")
+    p.add_argument("--project", required=True)
+    p.add_argument("videos", nargs="+", help="video files")
+    return parser
+
+
+COMMANDS = {
+    "serve": _cmd_serve,
+    "synth": _cmd_synth,
+    "train": _cmd_train,
+    "predict": _cmd_predict,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        print(f"videoloop: {exc}", file=sys.stderr)
+        return 2
+    _configure_logging(settings.log_level)
+    os.environ.setdefault("KERAS_HOME", str(settings.cache_dir / "keras"))
+    try:
+        return COMMANDS[args.command](args, settings)
+    except (ValueError, RuntimeError, FileNotFoundError) as exc:
+        logging.getLogger("videoloop").debug("command failed", exc_info=True)
+        print(f"videoloop {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""backend/app.py through Flask's test client, and the real server's start-up as a process."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from backend.app import create_app
+from training.settings import Settings
+from training.store import NO_MODEL_VERSION
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = """<View>
+  <Video name="video" value="$video"/>
+  <Choices name="label" toName="video"><Choice value="A"/><Choice value="B"/></Choices>
+</View>"""
+
+
+def make_app(tmp_path, **settings):
+    settings.setdefault("model_dir", tmp_path / "models")
+    app = create_app(Settings(cache_dir=tmp_path / "cache", **settings))
+    app.testing = True  # exceptions would otherwise surface only as a 500
+    return app
+
+
+@pytest.fixture
+def client(tmp_path):
+    app = make_app(tmp_path)
+    yield app.test_client()
+    app.extensions["videoloop"].close()
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+@pytest.mark.parametrize("path", ["/health", "/"])
+def test_health(client, path):
+    response = client.get(path)
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "UP", "model_class": "VideoClassifier"}
+
+
+def test_setup_without_a_model_reports_untrained(client):
+    response = client.post("/setup", json={"project": "3.1700000000", "schema": CONFIG})
+    assert response.status_code == 200
+    assert response.get_json() == {"model_version": NO_MODEL_VERSION}
+
+
+def test_setup_reports_the_current_version(tmp_path, trained_model):
+    app = make_app(tmp_path, model_dir=trained_model.store_root)
+    response = app.test_client().post(
+        "/setup",
+        json={"project": f"{trained_model.project}.1700000000", "schema": CONFIG},
+    )
+    assert response.get_json() == {"model_version": trained_model.info.version}
+    app.extensions["videoloop"].close()
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"project": "3.1", "schema": "<View><Text name='t' value='$t'/></View>"}, "no <Video>"),
+        (
+            {
+                "project": "3.1",
+                "schema": '<View><Video name="video" value="$video"/></View>',
+            },
+            'no <Choices> with toName="video"',
+        ),
+        ({"project": "3.1"}, "empty"),
+        ({"schema": CONFIG}, "project"),
+        ({"project": "../etc", "schema": CONFIG}, "project"),
+    ],
+)
+def test_setup_rejects_bad_requests_with_a_message(client, body, message):
+    response = client.post("/setup", json=body)
+    assert response.status_code == 400
+    assert message in response.get_json()["error"]
+
+
+def test_bad_json_is_a_400_json_error(client):
+    for path in ("/setup", "/predict", "/webhook"):
+        response = client.post(path, data="{not json", content_type="application/json")
+        assert response.status_code == 400
+        assert "JSON object" in response.get_json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"project": "3.1", "label_config": CONFIG}, "'tasks'"),
+        ({"project": "3.1", "label_config": CONFIG, "tasks": {"id": 1}}, "'tasks'"),
+        ({"project": "3.1", "tasks": []}, "empty"),
+        ({"label_config": CONFIG, "tasks": []}, "project"),
+    ],
+)
+def test_predict_rejects_bad_requests_with_a_message(client, body, message):
+    response = client.post("/predict", json=body)
+    assert response.status_code == 400
+    assert message in response.get_json()["error"]
+
+
+def test_predict_without_a_model_answers_one_empty_result_per_task(client):
+    tasks = [{"id": i, "data": {"video": f"/data/upload/3/{i}.mp4"}} for i in range(5)]
+    response = client.post(
+        "/predict", json={"project": "3.1700000000", "label_config": CONFIG, "tasks": tasks}
+    )
+    assert response.status_code == 200
+    assert response.get_json() == {
+        "results": [{"result": [], "score": 0.0, "model_version": NO_MODEL_VERSION}] * 5
+    }
+
+
+def test_unknown_routes_and_methods_answer_json_errors(client):
+    assert client.get("/nope").status_code == 404
+    assert "error" in client.get("/nope").get_json()
+    response = client.get("/predict")
+    assert response.status_code == 405
+    assert "error" in response.get_json()
+
+
+def test_webhook_is_accepted_and_ignored_for_now(client):
+    response = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 3}})
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ignored"}
+
+
+def test_basic_auth_protects_all_but_health_and_webhook(tmp_path):
+    app = make_app(tmp_path, basic_auth_user="ls", basic_auth_pass="s3cret")
+    client = app.test_client()
+    setup = {"project": "3.1", "schema": CONFIG}
+
+    for headers in ({}, basic("ls", "wrong"), basic("other", "s3cret")):
+        response = client.post("/setup", json=setup, headers=headers)
+        assert response.status_code == 401
+        assert response.get_json() == {"error": "unauthorized"}
+        assert response.headers["WWW-Authenticate"].startswith("Basic")
+    assert client.get("/").status_code == 401
+    assert client.post("/predict", json={}).status_code == 401
+
+    good = basic("ls", "s3cret")
+    assert client.post("/setup", json=setup, headers=good).status_code == 200
+    assert client.get("/", headers=good).status_code == 200
+    # Label Studio's auto-created webhook sends no credentials; health probes neither.
+    assert client.get("/health").status_code == 200
+    assert client.post("/webhook", json={"action": "ANNOTATION_CREATED"}).status_code == 200
+    app.extensions["videoloop"].close()
+
+
+def test_importing_the_app_does_not_import_tensorflow(tmp_path):
+    code = (
+        "import sys, backend.app, backend.server, backend.wsgi; "
+        "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))"
+    )
+    env = {"MODEL_DIR": str(tmp_path / "models"), "CACHE_DIR": str(tmp_path / "cache")}
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env={**_base_env(), **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(out.stdout.strip().replace("'", '"')) == []
+
+
+def test_server_answers_health_within_a_second_of_opening_its_port(tmp_path, start_server):
+    with start_server(tmp_path) as server:
+        assert server.health_after_port_s < 1.0, server.log_text()
+        assert server.proc.poll() is None
+
+
+def _base_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("LABEL_STUDIO_")}

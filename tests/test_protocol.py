@@ -1,0 +1,103 @@
+"""backend/protocol.py: Label Studio's JSON shapes and the label mapping."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from backend.labelconfig import VideoChoices
+from backend.protocol import (
+    allowed_label_indices,
+    choices_result,
+    classification_prediction,
+    empty_prediction,
+    make_prediction,
+    normalize_project,
+    pick_label,
+)
+
+CHOICES = VideoChoices(
+    video_name="video",
+    video_value_key="video",
+    choices_name="label",
+    choice_values=("run", "walk", "sit"),
+)
+
+
+@pytest.mark.parametrize(
+    ("sent", "expected"),
+    [
+        ("12.1700000000", "12"),  # /setup and /predict: id.created_at
+        ("12", "12"),
+        (12, "12"),
+        (12.0, "12"),
+        ({"id": 12, "title": "Videos"}, "12"),  # webhooks
+        (" 7.1 ", "7"),
+        ("demo", "demo"),  # CLI projects may have names
+    ],
+)
+def test_normalize_project(sent, expected):
+    assert normalize_project(sent) == expected
+
+
+@pytest.mark.parametrize("sent", [None, "", {}, {"id": None}, True, "../x", "a/b", "a b", "x" * 65])
+def test_normalize_project_rejects_unusable_ids(sent):
+    with pytest.raises(ValueError):
+        normalize_project(sent)
+
+
+def test_choices_result_is_the_shape_label_studio_stores():
+    assert choices_result("label", "video", "run") == {
+        "from_name": "label",
+        "to_name": "video",
+        "type": "choices",
+        "value": {"choices": ["run"]},
+    }
+
+
+def test_make_prediction_clips_score_into_unit_interval():
+    assert make_prediction([], 1.0000001, "v1")["score"] == 1.0
+    assert make_prediction([], -0.2, "v1")["score"] == 0.0
+    assert make_prediction([], float("nan"), "v1")["score"] == 0.0
+    prediction = make_prediction([{"x": 1}], np.float32(0.25), "v3-x")
+    assert prediction == {"result": [{"x": 1}], "score": 0.25, "model_version": "v3-x"}
+    assert type(prediction["score"]) is float  # JSON-serialisable, not numpy
+
+
+def test_empty_prediction_keeps_the_version():
+    assert empty_prediction("v2") == {"result": [], "score": 0.0, "model_version": "v2"}
+
+
+def test_allowed_labels_are_those_the_config_offers():
+    assert allowed_label_indices(["sit", "jump", "run"], CHOICES.choice_values) == [0, 2]
+    assert allowed_label_indices(["jump"], CHOICES.choice_values) == []
+
+
+def test_pick_label_is_the_argmax_among_offered_labels_with_its_own_probability():
+    labels = ["jump", "run", "sit"]
+    probs = np.array([0.7, 0.2, 0.1])
+    allowed = allowed_label_indices(labels, CHOICES.choice_values)
+    label, score = pick_label(probs, labels, allowed)
+    assert label == "run"  # "jump" is likelier but not offered
+    assert score == pytest.approx(0.2)  # not renormalised over the offered labels
+    assert pick_label(probs, labels, []) is None
+
+
+def test_classification_prediction_builds_the_result():
+    rng = np.random.default_rng(1)
+    labels = ["walk", "sit", "run", "fly"]
+    for _ in range(20):
+        probs = rng.dirichlet(np.ones(len(labels)))
+        prediction = classification_prediction(probs, labels, CHOICES, "v5-20250101-000000")
+        offered = [i for i, name in enumerate(labels) if name in CHOICES.choice_values]
+        best = max(offered, key=lambda i: probs[i])
+        assert prediction["result"] == [choices_result("label", "video", labels[best])]
+        assert math.isclose(prediction["score"], probs[best], rel_tol=1e-9)
+        assert prediction["model_version"] == "v5-20250101-000000"
+
+
+def test_classification_prediction_is_empty_when_no_label_fits():
+    prediction = classification_prediction([0.5, 0.5], ["fly", "swim"], CHOICES, "v1")
+    assert prediction == empty_prediction("v1")

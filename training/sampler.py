@@ -1,0 +1,275 @@
+"""Sample T frames spread uniformly over a video with PyAV, resized for the model.
+
+Short videos are decoded in order (cheapest when most packets must be decoded anyway); long
+ones seek to each target. Anything PyAV cannot read becomes one error type, VideoDecodeError,
+whose message names the file and what is wrong with it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+from collections.abc import Callable, Iterator
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import av.error
+import numpy as np
+from av.video.reformatter import VideoReformatter
+
+from training.sampling import Clip, SamplingConfig
+
+SEEK_ABOVE_S: float = 15.0
+"""Videos longer than this, in seconds, are sampled by seeking; shorter ones are decoded in
+order. bench/sampling.py on 2 cores: decoding in order is as fast or faster up to 10 s, seeking
+is 1.0-1.5x faster at 20 s and 3-6x at 60-120 s (with 2 s keyframe intervals)."""
+
+_AV_ERRORS = (av.error.FFmpegError, ValueError, IndexError, EOFError)
+"""What PyAV raises for unreadable input; never let these escape sample_clip."""
+
+_Grab = Callable[[av.VideoFrame], np.ndarray]
+
+
+class VideoDecodeError(ValueError):
+    """The file is not a readable video; the message says why and names the file."""
+
+
+def frame_indices(frame_count: int, frames: int) -> list[int]:
+    """The centre frame of each of ``frames`` equal segments, or every frame if there are fewer.
+
+    Args:
+        frame_count: number of frames in the video.
+        frames: how many frames to sample (T).
+
+    Returns:
+        Strictly increasing 0-based frame numbers, ``min(frame_count, frames)`` of them.
+    """
+    if frame_count <= frames:
+        return list(range(max(frame_count, 0)))
+    return [(2 * i + 1) * frame_count // (2 * frames) for i in range(frames)]
+
+
+def sample_clip(
+    path: str | os.PathLike, config: SamplingConfig, *, seek_above_s: float = SEEK_ABOVE_S
+) -> Clip:
+    """Read ``config.frames`` frames spread uniformly over the video at ``path``.
+
+    Args:
+        path: a local video file.
+        config: how many frames, and the size to resize them to (RGB uint8).
+        seek_above_s: videos longer than this (in seconds) are sampled by seeking.
+
+    Returns:
+        The Clip, zero-padded (mask False) after the last frame when the video is shorter
+        than ``config.frames`` frames.
+
+    Raises:
+        VideoDecodeError: the file is missing, empty, not a media file, truncated or corrupt,
+            has no video stream, or no frame of it can be decoded.
+    """
+    path = Path(path)
+    _check_file(path)
+    reformatter = VideoReformatter()  # one per call: reusing it is 3x faster (DESIGN.md)
+
+    def grab(frame: av.VideoFrame) -> np.ndarray:
+        rgb = reformatter.reformat(frame, width=config.width, height=config.height, format="rgb24")
+        return rgb.to_ndarray()
+
+    try:
+        with _open(path) as container:
+            stream = _video_stream(container, path)
+            rate = _frame_rate(stream, path)
+            duration_s = _duration_s(container, stream)
+            count = stream.frames or (round(duration_s * rate) if duration_s else 0)
+            targets = frame_indices(count, config.frames)
+            if duration_s and duration_s > seek_above_s:
+                images = _read_by_seeking(container, stream, targets, rate, grab, path)
+                decoded = None
+            else:
+                images, decoded = _read_in_order(container, stream, targets, grab, path)
+        if not targets or len(images) < len(targets):
+            # The stream ended before the last target: the frame-count estimate was too high
+            # (or missing). Rare, as most containers store the count: sample again from the
+            # real one, counting it first if seeking fell short.
+            if decoded is None:
+                decoded = _read_in_order_from(path, [], grab)[1]
+            if decoded == 0:
+                raise VideoDecodeError(f"{path}: the video stream has no decodable frames")
+            count, duration_s = decoded, decoded / float(rate)
+            targets = frame_indices(count, config.frames)
+            images = _read_in_order_from(path, targets, grab)[0]
+    except VideoDecodeError:
+        raise
+    except _AV_ERRORS as exc:
+        raise VideoDecodeError(f"{path}: cannot read the video ({exc})") from exc
+    return _to_clip(images, targets[: len(images)], config, rate, count, duration_s)
+
+
+def _check_file(path: Path) -> None:
+    """Name the two commonest problems plainly before FFmpeg reports them as 'invalid data'."""
+    if not path.exists():
+        raise VideoDecodeError(f"{path}: no such video file")
+    if not path.is_file():
+        raise VideoDecodeError(f"{path}: not a regular file")
+    if path.stat().st_size == 0:
+        raise VideoDecodeError(f"{path}: the video file is empty (0 bytes)")
+
+
+def _open(path: Path) -> av.container.InputContainer:
+    try:
+        return av.open(str(path))
+    except _AV_ERRORS as exc:
+        try:
+            with path.open("rb") as f:
+                head = f.read(12)
+        except OSError:
+            head = b""
+        if head[4:8] == b"ftyp":  # an MP4/MOV whose index (moov box) is missing or cut off
+            why = "an MP4/MOV file FFmpeg cannot read: truncated, not fully written or corrupt"
+        else:
+            why = "not a media file FFmpeg can read, or its container is corrupt"
+        raise VideoDecodeError(f"{path}: {why} ({exc})") from exc
+
+
+def _video_stream(container: av.container.InputContainer, path: Path) -> av.VideoStream:
+    if not container.streams.video:
+        kinds = ", ".join(s.type for s in container.streams) or "none"
+        raise VideoDecodeError(f"{path}: no video stream (streams: {kinds})")
+    return container.streams.video[0]
+
+
+def _frame_rate(stream: av.VideoStream, path: Path) -> Fraction:
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    if not rate:
+        raise VideoDecodeError(f"{path}: the video stream has no frame rate")
+    return Fraction(rate.numerator, rate.denominator)
+
+
+def _duration_s(container: av.container.InputContainer, stream: av.VideoStream) -> float | None:
+    """The stream's duration, else the container's (which may include longer audio)."""
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    if container.duration:
+        return container.duration / av.time_base
+    return None
+
+
+def _decode(
+    container: av.container.InputContainer, stream: av.VideoStream, path: Path, kept: int = 0
+) -> Iterator[av.VideoFrame]:
+    """Frames in presentation order; PyAV errors become VideoDecodeError.
+
+    ``kept`` (frames already taken by an earlier pass) tells a stream with no decodable frame
+    from one that breaks partway.
+    """
+    decoded = 0
+    try:
+        for frame in container.decode(stream):
+            decoded += 1
+            yield frame
+    except _AV_ERRORS as exc:
+        if decoded == kept == 0:
+            why = "the video stream has no decodable frames"
+        else:
+            why = "decoding failed partway: the file is truncated or corrupt"
+        raise VideoDecodeError(f"{path}: {why} ({exc})") from exc
+
+
+def _read_in_order(
+    container: av.container.InputContainer,
+    stream: av.VideoStream,
+    targets: list[int],
+    grab: _Grab,
+    path: Path,
+) -> tuple[list[np.ndarray], int]:
+    """Decode from the start, keeping the frames numbered in ``targets``.
+
+    Returns the kept images and how many frames were decoded. Stops after the last target, so
+    when fewer images than targets come back the stream ended and that number is the real
+    frame count.
+    """
+    wanted = set(targets)
+    images: list[np.ndarray] = []
+    decoded = 0
+    for frame in _decode(container, stream, path):
+        if decoded in wanted:
+            images.append(grab(frame))
+        decoded += 1
+        if len(images) == len(targets) > 0:
+            break
+    return images, decoded
+
+
+def _read_in_order_from(
+    path: Path, targets: list[int], grab: _Grab
+) -> tuple[list[np.ndarray], int]:
+    """_read_in_order on a freshly opened file: no seeking back, which not every format allows."""
+    with _open(path) as container:
+        return _read_in_order(container, container.streams.video[0], targets, grab, path)
+
+
+def _read_by_seeking(
+    container: av.container.InputContainer,
+    stream: av.VideoStream,
+    targets: list[int],
+    rate: Fraction,
+    grab: _Grab,
+    path: Path,
+) -> list[np.ndarray]:
+    """Seek to each target's timestamp and keep the first frame at or after it.
+
+    Seeks only when the container's index has a keyframe between the last decoded frame and
+    the target: otherwise the seek would land on a keyframe already behind us and decode the
+    same frames again (the real clips here have one keyframe per 3-5 s or per file, and
+    seeking for every target made them up to 10x slower than decoding in order).
+
+    Returns fewer images than targets when a target lies past the end of the stream (the
+    frame-count estimate was too high) or frames carry no timestamps; the caller then decodes
+    in order instead.
+    """
+    start = stream.start_time or 0
+    frame_pts = 1 / (rate * stream.time_base)  # one frame's duration in stream time-base units
+    # Index timestamps are decode times: near enough to presentation times for this choice.
+    keyframes = [e.timestamp for e in getattr(stream, "index_entries", ()) if e.is_keyframe]
+    images: list[np.ndarray] = []
+    frames: Iterator[av.VideoFrame] | None = None  # the decoding in progress
+    last_pts = start
+    for index in targets:
+        target = start + round(index * frame_pts)
+        behind = bisect.bisect_right(keyframes, target)  # keyframes at or before the target
+        if frames is None or not keyframes or (behind and keyframes[behind - 1] > last_pts):
+            container.seek(target, backward=True, any_frame=False, stream=stream)
+            frames = _decode(container, stream, path, kept=len(images))
+        for frame in frames:
+            if frame.pts is None:
+                return images
+            last_pts = frame.pts
+            if frame.pts >= target - frame_pts / 2:  # tolerate rounded timestamps
+                images.append(grab(frame))
+                break
+        else:
+            return images
+    return images
+
+
+def _to_clip(
+    images: list[np.ndarray],
+    indices: list[int],
+    config: SamplingConfig,
+    rate: Fraction,
+    frame_count: int,
+    duration_s: float | None,
+) -> Clip:
+    frames = np.zeros((config.frames, config.height, config.width, 3), np.uint8)
+    frames[: len(images)] = images
+    mask = np.zeros(config.frames, bool)
+    mask[: len(images)] = True
+    return Clip(
+        frames=frames,
+        mask=mask,
+        indices=list(indices),
+        fps=float(rate),
+        frame_count=frame_count,
+        duration_s=duration_s if duration_s else frame_count / float(rate),
+    )

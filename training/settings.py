@@ -1,0 +1,65 @@
+"""Configuration read once from environment variables, with defaults that work locally.
+
+Every variable is documented in the README's configuration table; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def _env_str(name: str, default: str) -> str:
+    return os.environ.get(name, "").strip() or default
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All of videoloop's tunables. Build with :meth:`from_env`; tests pass fields directly."""
+
+    model_dir: Path = Path(".videoloop/models")
+    cache_dir: Path = Path(".videoloop/cache")
+    cache_max_mb: int = 2048
+    label_studio_url: str = ""
+    label_studio_api_key: str = field(default="", repr=False)
+    redis_url: str = ""
+    host: str = "0.0.0.0"
+    port: int = 9090
+    workers: int = 1
+    threads: int = 8
+    basic_auth_user: str = ""
+    basic_auth_pass: str = field(default="", repr=False)
+    log_level: str = "INFO"
+    predict_batch_size: int = 8
+    decode_threads: int = 2
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        """Read every setting from its environment variable (the upper-case field name)."""
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            default = f.default
+            name = f.name.upper()
+            if isinstance(default, int):
+                values[f.name] = _env_int(name, default)
+            elif isinstance(default, Path):
+                values[f.name] = Path(_env_str(name, str(default)))
+            else:
+                values[f.name] = _env_str(name, str(default))
+        return cls(**values)  # type: ignore[arg-type]
+
+    @property
+    def embedded(self) -> bool:
+        """True when no REDIS_URL is set: jobs run in-process on an embedded queue."""
+        return not self.redis_url

@@ -1,0 +1,192 @@
+"""The model store: immutable versions per Label Studio project and a ``current`` pointer.
+
+Layout under MODEL_DIR::
+
+    <project>/versions/<version>/model.keras
+    <project>/versions/<version>/meta.json
+    <project>/current            one line: the current version's name
+
+A version is written into a temporary folder beside ``versions/`` and renamed into place,
+and ``current`` is replaced with ``os.replace``: a reader never sees a half-written version
+or pointer. Every process (serving, workers) reads the pointer from disk; nothing is cached
+per process here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+MODEL_FILE = "model.keras"
+META_FILE = "meta.json"
+NO_MODEL_VERSION = "untrained"
+"""The version string reported for a project that has no trained model yet."""
+
+_VERSION_RE = re.compile(r"^v(\d+)-\d{8}-\d{6}$")
+_PROJECT_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+class StoreError(RuntimeError):
+    """The model store is asked for something it does not hold, or cannot write."""
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """A published version: its name, folder and metadata."""
+
+    project: str
+    version: str
+    path: Path
+    meta: dict
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / MODEL_FILE
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.meta["labels"])
+
+
+def validate_project(project: str) -> str:
+    """Return ``project`` if it is safe as a folder name, else raise ValueError."""
+    project = str(project)
+    if not _PROJECT_RE.match(project) or project in {".", ".."}:
+        raise ValueError(f"invalid project id {project!r}")
+    return project
+
+
+class ModelStore:
+    """Versions and current pointers under one root folder, shared by all processes."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+
+    def _project_dir(self, project: str) -> Path:
+        return self.root / validate_project(project)
+
+    def _versions_dir(self, project: str) -> Path:
+        return self._project_dir(project) / "versions"
+
+    def list_projects(self) -> list[str]:
+        """Projects that have at least one published version."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if (p / "versions").is_dir())
+
+    def get_current(self, project: str) -> str | None:
+        """The current version's name, or None when the project has none."""
+        try:
+            text = (self._project_dir(project) / "current").read_text().strip()
+        except FileNotFoundError:
+            return None
+        return text or None
+
+    def get_current_info(self, project: str) -> VersionInfo | None:
+        version = self.get_current(project)
+        return self.get_version(project, version) if version else None
+
+    def get_version(self, project: str, version: str) -> VersionInfo:
+        """The version's info; raises StoreError if it was never published."""
+        if not _VERSION_RE.match(version):
+            raise StoreError(f"invalid version name {version!r}")
+        path = self._versions_dir(project) / version
+        try:
+            meta = json.loads((path / META_FILE).read_text())
+        except FileNotFoundError:
+            raise StoreError(f"project {project} has no version {version}") from None
+        return VersionInfo(project=project, version=version, path=path, meta=meta)
+
+    def list_versions(self, project: str) -> list[VersionInfo]:
+        """Published versions, oldest first."""
+        vdir = self._versions_dir(project)
+        if not vdir.is_dir():
+            return []
+        names = [p.name for p in vdir.iterdir() if _VERSION_RE.match(p.name)]
+        names.sort(key=lambda n: int(_VERSION_RE.match(n).group(1)))  # type: ignore[union-attr]
+        return [self.get_version(project, n) for n in names]
+
+    def set_current(self, project: str, version: str) -> None:
+        """Point ``current`` at an existing version, atomically."""
+        self.get_version(project, version)  # raises if absent
+        pdir = self._project_dir(project)
+        fd, tmp = tempfile.mkstemp(prefix=".current-", dir=pdir)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(version + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, pdir / "current")
+
+    def publish(
+        self,
+        project: str,
+        write: Callable[[Path], dict],
+        *,
+        make_current: bool = True,
+    ) -> VersionInfo:
+        """Publish a new version.
+
+        Args:
+            project: Label Studio project id.
+            write: called with an empty folder; writes ``model.keras`` (and any extra files)
+                into it and returns the metadata (labels, sampling, metrics, ...).
+            make_current: point ``current`` at the new version once it is in place.
+
+        Returns:
+            The published version.
+
+        Raises:
+            StoreError: ``write`` did not produce a model file.
+        """
+        vdir = self._versions_dir(project)
+        vdir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self._project_dir(project)))
+        try:
+            meta = dict(write(staging))
+            if not (staging / MODEL_FILE).is_file():
+                raise StoreError(f"publishing {project}: no {MODEL_FILE} was written")
+            version = self._rename_into_place(project, staging, meta)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        if make_current:
+            self.set_current(project, version)
+        return self.get_version(project, version)
+
+    def _rename_into_place(self, project: str, staging: Path, meta: dict) -> str:
+        """Claim the next version number by renaming; a concurrent publisher takes the next."""
+        vdir = self._versions_dir(project)
+        for _ in range(100):
+            existing = [_VERSION_RE.match(p.name) for p in vdir.iterdir()]
+            number = 1 + max((int(m.group(1)) for m in existing if m), default=0)
+            version = f"v{number}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+            meta.update(version=version, project=project)
+            meta.setdefault("created_at", time.time())
+            (staging / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+            try:
+                os.rename(staging, vdir / version)
+            except OSError:
+                if (vdir / version).exists():
+                    continue  # another process took that number first
+                raise
+            return version
+        raise StoreError(f"could not allocate a version number for project {project}")
+
+    def cleanup_staging(self, project: str, older_than_s: float = 3600.0) -> int:
+        """Remove staging folders left by publishers that died; returns how many."""
+        pdir = self._project_dir(project)
+        if not pdir.is_dir():
+            return 0
+        removed = 0
+        for p in pdir.glob(".staging-*"):
+            if time.time() - p.stat().st_mtime > older_than_s:
+                shutil.rmtree(p, ignore_errors=True)
+                removed += 1
+        return removed

@@ -1,0 +1,298 @@
+"""Training a CNN-LSTM on labelled clips, evaluating it on a held-out split, publishing it.
+
+Used by ``videoloop train`` (offline) and by the RQ training job. Progress is reported as
+plain dicts through a callback (``{"stage": "decode"|"train"|"evaluate"|"publish", ...}``),
+which the CLI draws as a progress bar and the job stores in its RQ meta.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from training.dataset import ClipArrays, class_weights, decode_labelled, stratified_split
+from training.metrics import classification_metrics
+from training.model import ModelConfig, build_model
+from training.reports import (
+    CONFUSION_MATRIX_FILE,
+    LEARNING_CURVE_FILE,
+    plot_confusion_matrix,
+    plot_learning_curve,
+)
+from training.sampling import SamplingConfig
+from training.store import MODEL_FILE, ModelStore, VersionInfo
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[dict], None]
+
+
+class TrainingError(RuntimeError):
+    """The data cannot train a model (too few usable videos or labels)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How long and on what split to train; stored in meta.json."""
+
+    epochs: int = 40
+    batch_size: int = 8
+    patience: int = 10
+    """Epochs without validation-loss improvement before stopping (best weights are kept)."""
+    test_fraction: float = 0.2
+    """Held out for the final evaluation, never seen in training or early stopping."""
+    val_fraction: float = 0.15
+    augment: bool = True
+    """Brightness/contrast and small translations, the same for all frames of a clip:
+    they keep temporal order and direction (no flips, no time reversal)."""
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _noop(_: dict) -> None:
+    pass
+
+
+def make_dataset(
+    data: ClipArrays,
+    num_classes: int,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    augment: bool,
+    seed: int,
+    weights: dict[int, float] | None = None,
+):
+    """A tf.data pipeline over uint8 clips: shuffle, augment, batch, prefetch."""
+    import tensorflow as tf
+
+    n, t, h, w = len(data), *data.frames.shape[1:4]
+    onehot = np.eye(num_classes, dtype=np.float32)[data.y]
+    sample_w = np.asarray([(weights or {}).get(int(c), 1.0) for c in data.y], np.float32)
+    rng = np.random.default_rng(seed)
+
+    def generate():
+        order = rng.permutation(n) if shuffle else np.arange(n)
+        for i in order:
+            yield {"frames": data.frames[i], "mask": data.mask[i]}, onehot[i], sample_w[i]
+
+    signature = (
+        {
+            "frames": tf.TensorSpec((t, h, w, 3), tf.uint8),
+            "mask": tf.TensorSpec((t,), tf.bool),
+        },
+        tf.TensorSpec((num_classes,), tf.float32),
+        tf.TensorSpec((), tf.float32),
+    )
+    ds = tf.data.Dataset.from_generator(generate, output_signature=signature)
+    if augment:
+        pad = max(2, h // 16)
+
+        def jitter(x, y, sw):
+            f = tf.cast(x["frames"], tf.float32)
+            f = f * tf.random.uniform((), 0.75, 1.25) + tf.random.uniform((), -25.0, 25.0)
+            f = tf.pad(f, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
+            oy = tf.random.uniform((), 0, 2 * pad + 1, tf.int32)
+            ox = tf.random.uniform((), 0, 2 * pad + 1, tf.int32)
+            f = f[:, oy : oy + h, ox : ox + w, :]
+            f = tf.cast(tf.clip_by_value(f, 0.0, 255.0), tf.uint8)
+            return {"frames": tf.ensure_shape(f, (t, h, w, 3)), "mask": x["mask"]}, y, sw
+
+        ds = ds.map(jitter, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def predict_arrays(model, data: ClipArrays, batch_size: int = 16) -> np.ndarray:
+    """Probabilities for every clip, batch by batch, without model.predict's overhead."""
+    out = [
+        np.asarray(
+            model.predict_on_batch(
+                {"frames": data.frames[i : i + batch_size], "mask": data.mask[i : i + batch_size]}
+            )
+        )
+        for i in range(0, len(data), batch_size)
+    ]
+    return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]), np.float32)
+
+
+def fit(
+    train: ClipArrays,
+    val: ClipArrays | None,
+    labels: Sequence[str],
+    sampling: SamplingConfig,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    *,
+    progress: Progress = _noop,
+):
+    """Train a fresh model; returns (model, history dict). Keeps the best-validation weights."""
+    import keras
+
+    keras.utils.set_random_seed(train_config.seed)
+    model = build_model(len(labels), sampling, model_config)
+    weights = class_weights(train.y, len(labels))
+    train_ds = make_dataset(
+        train,
+        len(labels),
+        train_config.batch_size,
+        shuffle=True,
+        augment=train_config.augment,
+        seed=train_config.seed,
+        weights=weights,
+    )
+    has_val = val is not None and len(val) > 0
+    val_ds = (
+        make_dataset(
+            val, len(labels), train_config.batch_size, shuffle=False, augment=False, seed=0
+        )
+        if has_val
+        else None
+    )
+    epochs = train_config.epochs
+
+    class Report(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            logs = {k: round(float(v), 4) for k, v in (logs or {}).items()}
+            log.info("epoch %d/%d %s", epoch + 1, epochs, logs)
+            progress({"stage": "train", "epoch": epoch + 1, "epochs": epochs, **logs})
+
+    callbacks: list = [Report()]
+    monitor = "val_loss" if has_val else "loss"
+    callbacks.append(
+        keras.callbacks.EarlyStopping(
+            monitor=monitor, patience=train_config.patience, restore_best_weights=True
+        )
+    )
+    callbacks.append(
+        keras.callbacks.ReduceLROnPlateau(
+            monitor=monitor, factor=0.5, patience=max(2, train_config.patience // 3), min_lr=1e-5
+        )
+    )
+    result = model.fit(
+        train_ds, validation_data=val_ds, epochs=epochs, verbose=0, callbacks=callbacks
+    )
+    history = {k: [float(v) for v in vs] for k, vs in result.history.items()}
+    return model, history
+
+
+def train_and_publish(
+    store: ModelStore,
+    project: str,
+    videos: Sequence[tuple[str | os.PathLike, str]],
+    *,
+    labels: Sequence[str] | None = None,
+    sampling: SamplingConfig | None = None,
+    model_config: ModelConfig | None = None,
+    train_config: TrainConfig | None = None,
+    threads: int = 2,
+    make_current: bool = True,
+    progress: Progress = _noop,
+) -> VersionInfo:
+    """Decode, split, train, evaluate on the held-out split and publish a new version.
+
+    Args:
+        store: where the version is published.
+        project: Label Studio project id.
+        videos: (video path, label) pairs.
+        labels: the label order of the model's output; default: sorted labels of ``videos``.
+        make_current: point the project's ``current`` at the new version.
+        progress: called with dicts describing each stage.
+
+    Returns:
+        The published version (metrics in ``meta["metrics"]``).
+
+    Raises:
+        TrainingError: fewer than two labels, or a label without any readable video.
+    """
+    sampling = sampling or SamplingConfig()
+    model_config = model_config or ModelConfig()
+    train_config = train_config or TrainConfig()
+    labels = list(labels) if labels is not None else sorted({label for _, label in videos})
+    if len(labels) < 2:
+        raise TrainingError(f"need at least two labels to train, got {labels}")
+    started = time.perf_counter()
+
+    progress({"stage": "decode", "done": 0, "total": len(videos)})
+    data, skipped = decode_labelled(
+        videos,
+        labels,
+        sampling,
+        threads=threads,
+        progress=lambda done, total: progress({"stage": "decode", "done": done, "total": total}),
+    )
+    counts = np.bincount(data.y, minlength=len(labels))
+    if (counts == 0).any():
+        missing = [label for label, c in zip(labels, counts, strict=True) if c == 0]
+        raise TrainingError(f"no readable video for labels {missing}")
+
+    train_idx, test_idx, val_idx = stratified_split(
+        data.y, (train_config.test_fraction, train_config.val_fraction), seed=train_config.seed
+    )
+    train, test, val = data.subset(train_idx), data.subset(test_idx), data.subset(val_idx)
+    log.info(
+        "project %s: %d train, %d val, %d test clips", project, len(train), len(val), len(test)
+    )
+
+    model, history = fit(
+        train, val, labels, sampling, model_config, train_config, progress=progress
+    )
+
+    progress({"stage": "evaluate"})
+    metrics = {
+        "test": classification_metrics(test.y, predict_arrays(model, test), labels),
+        "val": classification_metrics(val.y, predict_arrays(model, val), labels),
+    }
+    seconds = round(time.perf_counter() - started, 1)
+    log.info("project %s: test metrics %s", project, metrics["test"])
+
+    progress({"stage": "publish"})
+
+    def write(folder: Path) -> dict:
+        model.save(folder / MODEL_FILE)
+        plot_learning_curve(history, folder / LEARNING_CURVE_FILE)
+        matrix = np.asarray(metrics["test"]["confusion_matrix"])
+        plot_confusion_matrix(matrix, labels, folder / CONFUSION_MATRIX_FILE)
+        return {
+            "labels": labels,
+            "sampling": sampling.to_dict(),
+            "model": {**model_config.to_dict(), "parameters": int(model.count_params())},
+            "training": {
+                **train_config.to_dict(),
+                "epochs_run": len(history.get("loss", [])),
+                "seconds": seconds,
+            },
+            "history": history,
+            "metrics": metrics,
+            "dataset": {
+                "videos": len(videos),
+                "train": len(train),
+                "val": len(val),
+                "test": len(test),
+                "per_label": {label: int(c) for label, c in zip(labels, counts, strict=True)},
+                "skipped": [{"video": v, "reason": r} for v, r in skipped],
+            },
+            "parent": store.get_current(project),
+            "created_at": time.time(),
+            "software": _software_versions(),
+        }
+
+    info = store.publish(project, write, make_current=make_current)
+    progress(
+        {"stage": "done", "version": info.version, "test_accuracy": metrics["test"]["accuracy"]}
+    )
+    return info
+
+
+def _software_versions() -> dict[str, str]:
+    import keras
+    import tensorflow as tf
+
+    return {"tensorflow": tf.__version__, "keras": keras.__version__}
