@@ -1,8 +1,9 @@
 """Sample T frames spread uniformly over a video with PyAV, resized for the model.
 
-Short videos are decoded in order (cheapest when most packets must be decoded anyway); long
-ones seek to each target. Anything PyAV cannot read becomes one error type, VideoDecodeError,
-whose message names the file and what is wrong with it.
+Short videos are decoded in order (cheapest when most frames must be decoded anyway); long
+ones seek to the targets, skipping a seek whenever it would land on a keyframe already passed.
+Anything PyAV cannot read becomes one error type, VideoDecodeError, whose message names the
+file and what is wrong with it.
 """
 
 from __future__ import annotations
@@ -231,6 +232,7 @@ def _read_by_seeking(
     start = stream.start_time or 0
     frame_pts = 1 / (rate * stream.time_base)  # one frame's duration in stream time-base units
     # Index timestamps are decode times: near enough to presentation times for this choice.
+    # PyAV 18 exposes the index; without it (older PyAV, or no index) every target seeks.
     keyframes = [e.timestamp for e in getattr(stream, "index_entries", ()) if e.is_keyframe]
     images: list[np.ndarray] = []
     frames: Iterator[av.VideoFrame] | None = None  # the decoding in progress
