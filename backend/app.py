@@ -10,12 +10,15 @@ import hmac
 import logging
 import time
 
+import redis
 from flask import Blueprint, Flask, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from backend import protocol
-from backend.labelconfig import LabelConfigError, parse_label_config
 from backend.serving import ModelServer
+from backend.training_queue import open_training
+from backend.training_requests import TrainingRequests, TrainingUnavailable
+from training.labelconfig import LabelConfigError, parse_label_config
 from training.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -25,6 +28,9 @@ MODEL_CLASS = "VideoClassifier"
 
 EXTENSION_KEY = "videoloop"
 """``app.extensions`` key of the process's ModelServer."""
+
+TRAINING_KEY = "videoloop.training"
+"""``app.extensions`` key of the process's TrainingRequests."""
 
 SETTINGS_KEY = "VIDEOLOOP_SETTINGS"
 """``app.config`` key of the Settings."""
@@ -45,13 +51,19 @@ class RequestError(ValueError):
     """A request Label Studio (or a person) got wrong; answered 400 with its message."""
 
 
-def create_app(settings: Settings | None = None, server: ModelServer | None = None) -> Flask:
+def create_app(
+    settings: Settings | None = None,
+    server: ModelServer | None = None,
+    training: TrainingRequests | None = None,
+) -> Flask:
     """Build the app; one per process, after any fork (it owns background threads).
 
     Args:
         settings: default Settings.from_env().
         server: the model owner; default a new ModelServer that starts loading every project
             in the store in the background.
+        training: where webhook events go; default the Redis queue of REDIS_URL, or the
+            embedded in-process queue and worker when it is unset.
     """
     settings = settings or Settings.from_env()
     app = Flask(__name__)
@@ -61,6 +73,7 @@ def create_app(settings: Settings | None = None, server: ModelServer | None = No
         server = ModelServer(settings)
         server.start()
     app.extensions[EXTENSION_KEY] = server
+    app.extensions[TRAINING_KEY] = training or open_training(settings)
     app.register_blueprint(bp)
     return app
 
@@ -182,15 +195,35 @@ def predict():
 
 @bp.post("/webhook")
 def webhook():
-    """Label Studio's annotation events and "Start training"; must answer within 1 s."""
-    body = _json_body()
-    return jsonify(handle_webhook(body))
+    """Annotation events and "Start training": record and enqueue only (Label Studio waits 1 s).
 
-
-def handle_webhook(event: dict) -> dict:
-    """Seam for the training issue: enqueue a coalesced fine-tuning job per project here.
-
-    Never train in the request (DESIGN.md). Until then every event is acknowledged and dropped.
+    Answers 200 with what happened (queued, joined, follow_up, recorded, ignored), 400 for an
+    event without a project, 503 when Redis is down (the request is kept and queued later).
     """
-    log.info("webhook %s ignored (training is not wired yet)", event.get("action"))
-    return {"status": "ignored"}
+    body = _json_body()
+    try:
+        return jsonify(get_training().handle(body))
+    except TrainingUnavailable as exc:
+        return _error(str(exc), 503)
+    except ValueError as exc:
+        raise RequestError(f"bad webhook event: {exc}") from None
+
+
+@bp.get("/training/<project>")
+def training_status(project: str):
+    """The project's training state: pending events, queued/running job with progress, last run."""
+    try:
+        project = protocol.normalize_project(project)
+    except ValueError as exc:
+        raise RequestError(str(exc)) from None
+    training = get_training()
+    try:
+        state = training.coordinator.get_state(project)
+    except redis.RedisError as exc:
+        return _error(f"Redis is unreachable ({type(exc).__name__})", 503)
+    state["kept_while_redis_down"] = training.get_kept().get(project, 0)
+    return jsonify(state)
+
+
+def get_training() -> TrainingRequests:
+    return current_app.extensions[TRAINING_KEY]

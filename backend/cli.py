@@ -183,6 +183,46 @@ def _cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if failed else 0
 
 
+def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    _quiet_tensorflow()
+    from training.worker import run_worker
+
+    run_worker(settings, burst=args.burst, name=args.name)
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    """Read the training state from Redis, or from a running backend in embedded mode."""
+    from backend.protocol import normalize_project
+
+    project = normalize_project(args.project)
+    if settings.redis_url and not args.url:
+        import redis
+
+        from training.jobs import make_coordinator
+
+        connection = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2)
+        state = make_coordinator(connection, settings).get_state(project)
+    else:
+        import requests
+
+        url = (args.url or f"http://127.0.0.1:{settings.port}").rstrip("/")
+        auth = (
+            (settings.basic_auth_user, settings.basic_auth_pass)
+            if settings.basic_auth_user
+            else None
+        )
+        try:
+            response = requests.get(f"{url}/training/{project}", auth=auth, timeout=10)
+        except requests.RequestException as exc:
+            raise RuntimeError(f"no backend answering at {url}: {type(exc).__name__}") from None
+        if response.status_code != 200:
+            raise RuntimeError(f"{url} answered {response.status_code}: {response.text[:200]}")
+        state = response.json()
+    print(json.dumps(state, indent=2, default=str))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="videoloop",
@@ -223,6 +263,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    p = sub.add_parser("worker", help="run a training worker on REDIS_URL's queue")
+    p.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    p.add_argument("--name", default=None, help="worker name (default: RQ's)")
+
+    p = sub.add_parser("status", help="a project's training state: queued, running, last run")
+    p.add_argument("--project", required=True)
+    p.add_argument("--url", default=None, help="ask this backend instead of Redis (embedded mode)")
+
     p = sub.add_parser("predict", help="predict videos with the project's current model")
     p.add_argument("--project", required=True)
     p.add_argument("videos", nargs="+", help="video files")
@@ -234,6 +282,8 @@ COMMANDS = {
     "synth": _cmd_synth,
     "train": _cmd_train,
     "predict": _cmd_predict,
+    "worker": _cmd_worker,
+    "status": _cmd_status,
 }
 
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from backend.labelconfig import VideoChoices
+from training.labelconfig import VideoChoices
 from training.store import validate_project
 
 _LS_PROJECT_RE = re.compile(r"^(\d+)\.\d+$")

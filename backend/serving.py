@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from backend import protocol
-from backend.labelconfig import VideoChoices
+from training.labelconfig import VideoChoices
 from training.media import MediaError, MediaResolver, get_video_url
 from training.sampler import VideoDecodeError, sample_clip
 from training.sampling import Clip, stack_clips

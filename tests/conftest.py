@@ -1,29 +1,34 @@
-"""Shared fixtures: free ports, local media hosts (a Label Studio stand-in and a plain file
-host), the real server as a subprocess, and a tiny model trained once per session."""
+"""Shared fixtures: free ports, local hosts (a fake Label Studio serving media and its API,
+and a plain file host), the real server as a subprocess, and a tiny model trained once per
+session."""
 
 from __future__ import annotations
 
-import base64
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 import pytest
 import requests
 
+# tests/ is not a package: put it on sys.path so fixtures and tests can import helper
+# modules (fake_label_studio) whatever pytest's import mode.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from fake_label_studio import FakeLabelStudio, MediaHost, Seen
+
 from training.store import MODEL_FILE, ModelStore, VersionInfo
+
+__all__ = ["FakeLabelStudio", "MediaHost", "Seen"]
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -57,94 +62,6 @@ def free_port() -> int:
 # -- media hosts ------------------------------------------------------------------------------
 
 
-@dataclass
-class Seen:
-    """One request a MediaHost received."""
-
-    path: str
-    headers: dict[str, str]
-
-
-@dataclass
-class MediaHost:
-    """A local HTTP server serving the files of ``root``.
-
-    With a ``token`` it stands in for Label Studio: it serves ``/data/upload/<p>/<name>``,
-    ``/data/local-files/?d=<path>`` and ``/tasks/<id>/presign/?fileuri=<b64>`` (a redirect to
-    ``presign_to``) only with ``Authorization: Token <token>``, and answers 404 on
-    ``/storage-data/uploaded/`` like a Label Studio without the storage proxy. Without a
-    token it is a plain file host (``/<name>``), like a bucket or a CDN.
-    """
-
-    root: Path
-    token: str | None = None
-    presign_to: str | None = None
-    seen: list[Seen] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        host = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                host.seen.append(Seen(self.path, dict(self.headers.items())))
-                host._route(self)
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
-
-    def paths(self) -> list[str]:
-        return [s.path for s in self.seen]
-
-    def close(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-
-    def _route(self, req: BaseHTTPRequestHandler) -> None:
-        parsed = urlparse(req.path)
-        query = parse_qs(parsed.query)
-        if self.token is None:
-            return self._send_file(req, parsed.path.lstrip("/"))
-        if req.headers.get("Authorization") != f"Token {self.token}":
-            return self._send(
-                req, 401, b'{"detail": "Authentication credentials were not provided."}'
-            )
-        if parsed.path.startswith("/storage-data/"):
-            return self._send(req, 404, b"not found")
-        if parsed.path.startswith("/data/upload/"):
-            return self._send_file(req, parsed.path.rsplit("/", 1)[-1])
-        if parsed.path.rstrip("/") == "/data/local-files":
-            return self._send_file(req, os.path.basename(query.get("d", [""])[-1]))
-        if parsed.path.startswith("/tasks/") and parsed.path.endswith("/presign/"):
-            uri = base64.urlsafe_b64decode(query["fileuri"][0]).decode()
-            req.send_response(303)
-            req.send_header("Location", f"{self.presign_to}/{os.path.basename(uri)}?X-Sig=abc")
-            req.send_header("Content-Length", "0")
-            req.end_headers()
-            return None
-        return self._send(req, 404, b"not found")
-
-    def _send_file(self, req: BaseHTTPRequestHandler, name: str) -> None:
-        path = self.root / name
-        if not name or not path.is_file():
-            return self._send(req, 404, b"not found")
-        return self._send(req, 200, path.read_bytes(), "video/mp4")
-
-    @staticmethod
-    def _send(req, status: int, body: bytes, ctype: str = "application/json") -> None:
-        req.send_response(status)
-        req.send_header("Content-Type", ctype)
-        req.send_header("Content-Length", str(len(body)))
-        req.end_headers()
-        req.wfile.write(body)
-
-
 @pytest.fixture(scope="session")
 def media_root(tmp_path_factory) -> Path:
     """The real clips plus ``corrupt.mp4`` (random bytes), as one folder to serve."""
@@ -164,21 +81,27 @@ def bucket(media_root) -> Iterator[MediaHost]:
 
 
 @pytest.fixture
-def label_studio(media_root, bucket) -> Iterator[MediaHost]:
-    """A Label Studio stand-in serving ``media_root``; presigned URLs lead to ``bucket``."""
-    host = MediaHost(media_root, token=LS_TOKEN, presign_to=bucket.url)
+def label_studio(media_root, bucket) -> Iterator[FakeLabelStudio]:
+    """A fake Label Studio (tests/fake_label_studio.py) accepting ``LS_TOKEN``: media from
+    ``media_root`` (presigned URLs lead to ``bucket``) and the API; tests add projects, tasks
+    and annotations with ``add_project``, ``add_task``, ``annotate``."""
+    host = FakeLabelStudio(media_root, token=LS_TOKEN, presign_to=bucket.url)
     yield host
     host.close()
 
 
 @pytest.fixture(scope="session")
 def make_media_host() -> Iterator:
-    """``make_media_host(root, token=None, presign_to=None)`` for wider-scoped fixtures;
-    every host is closed at the end of the session."""
+    """``make_media_host(root, token=None, presign_to=None)`` for wider-scoped fixtures: with
+    a token a FakeLabelStudio, else a plain file host; all are closed at the end of the
+    session."""
     hosts: list[MediaHost] = []
 
     def make(root: Path, token: str | None = None, presign_to: str | None = None) -> MediaHost:
-        hosts.append(MediaHost(root, token=token, presign_to=presign_to))
+        if token is None:
+            hosts.append(MediaHost(root))
+        else:
+            hosts.append(FakeLabelStudio(root, token=token, presign_to=presign_to))
         return hosts[-1]
 
     yield make
@@ -342,3 +265,26 @@ def start_server():
 def publish_version():
     """``publish_version(store, project, info)``: republish a model as a new version."""
     return publish_copy
+
+
+@pytest.fixture
+def redis_conn():
+    """An empty database of the real Redis on 127.0.0.1:6379, flushed before and after."""
+    import redis
+
+    for db in range(15, 0, -1):
+        connection = redis.Redis(host="127.0.0.1", port=6379, db=db)
+        if connection.dbsize() == 0:
+            break
+    else:
+        pytest.fail("no empty Redis database on 127.0.0.1:6379 (run scripts/ensure-redis)")
+    connection.flushdb()
+    yield connection
+    connection.flushdb()
+
+
+@pytest.fixture
+def redis_url(redis_conn) -> str:
+    """REDIS_URL of the redis_conn database, for worker and server subprocesses."""
+    kwargs = redis_conn.connection_pool.connection_kwargs
+    return f"redis://{kwargs['host']}:{kwargs['port']}/{kwargs['db']}"

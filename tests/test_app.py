@@ -127,10 +127,22 @@ def test_unknown_routes_and_methods_answer_json_errors(client):
     assert "error" in response.get_json()
 
 
-def test_webhook_is_accepted_and_ignored_for_now(client):
+def test_webhook_queues_training_and_ignores_other_events(client):
+    # Embedded mode (no REDIS_URL): the in-process queue takes the request.
     response = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 3}})
     assert response.status_code == 200
-    assert response.get_json() == {"status": "ignored"}
+    assert response.get_json() == {"status": "queued", "action": "START_TRAINING", "project": "3"}
+
+    response = client.post("/webhook", json={"action": "PROJECT_UPDATED", "project": {"id": 3}})
+    assert response.get_json() == {"status": "ignored", "action": "PROJECT_UPDATED"}
+
+    response = client.post("/webhook", json={"action": "ANNOTATION_CREATED"})
+    assert response.status_code == 400
+    assert "project" in response.get_json()["error"]
+
+    status = client.get("/training/3").get_json()
+    assert status["project"] == "3"
+    assert status["queued"] or status["running"] or status["last"]
 
 
 def test_basic_auth_protects_all_but_health_and_webhook(tmp_path):
@@ -151,7 +163,8 @@ def test_basic_auth_protects_all_but_health_and_webhook(tmp_path):
     assert client.get("/", headers=good).status_code == 200
     # Label Studio's auto-created webhook sends no credentials; health probes neither.
     assert client.get("/health").status_code == 200
-    assert client.post("/webhook", json={"action": "ANNOTATION_CREATED"}).status_code == 200
+    event = {"action": "ANNOTATION_CREATED", "project": {"id": 3}}
+    assert client.post("/webhook", json=event).status_code == 200
     app.extensions["videoloop"].close()
 
 

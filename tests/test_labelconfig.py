@@ -1,10 +1,10 @@
-"""backend/labelconfig.py on real label configs, parsed by the sdk's LabelInterface."""
+"""training/labelconfig.py on real label configs, parsed by the sdk's LabelInterface."""
 
 from __future__ import annotations
 
 import pytest
 
-from backend.labelconfig import LabelConfigError, TimelineLabels, parse_label_config
+from training.labelconfig import LabelConfigError, TimelineLabels, parse_label_config
 
 CLASSIFY = """<View>
   <Header value="What happens?"/>

@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 
-from backend.labelconfig import VideoChoices
 from backend.protocol import (
     allowed_label_indices,
     choices_result,
@@ -17,6 +16,7 @@ from backend.protocol import (
     normalize_project,
     pick_label,
 )
+from training.labelconfig import VideoChoices
 
 CHOICES = VideoChoices(
     video_name="video",

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from backend import serving
-from backend.labelconfig import VideoChoices
 from backend.protocol import choices_result
 from backend.serving import ModelServer
+from training.labelconfig import VideoChoices
 from training.sampler import sample_clip
 from training.sampling import SamplingConfig
 from training.settings import Settings

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from training.clipcache import ClipCache
 from training.decode import decode_many
 from training.sampler import VideoDecodeError
 from training.sampling import SamplingConfig, stack_clips
@@ -44,8 +45,11 @@ def decode_labelled(
     *,
     threads: int = 2,
     progress: Callable[[int, int], None] | None = None,
+    cache: ClipCache | None = None,
 ) -> tuple[ClipArrays, list[tuple[str, str]]]:
     """Decode (path, label) pairs. Unreadable videos are skipped and returned with the reason.
+
+    ``cache`` (a ClipCache) spares decoding videos decoded before, e.g. by the last retrain.
 
     Raises:
         ValueError: a label is not in ``labels``.
@@ -54,7 +58,9 @@ def decode_labelled(
     unknown = sorted({label for _, label in videos if label not in index})
     if unknown:
         raise ValueError(f"labels {unknown} are not among the model's labels {list(labels)}")
-    results = decode_many([p for p, _ in videos], sampling, threads=threads, progress=progress)
+    results = decode_many(
+        [p for p, _ in videos], sampling, threads=threads, progress=progress, cache=cache
+    )
     clips, ys, sources, skipped = [], [], [], []
     for (path, label), result in zip(videos, results, strict=True):
         if isinstance(result, VideoDecodeError):

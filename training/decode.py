@@ -10,6 +10,7 @@ import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+from training.clipcache import ClipCache
 from training.sampler import VideoDecodeError, sample_clip
 from training.sampling import Clip, SamplingConfig
 
@@ -20,14 +21,19 @@ def decode_many(
     *,
     threads: int = 2,
     progress: Callable[[int, int], None] | None = None,
+    cache: ClipCache | None = None,
 ) -> list[Clip | VideoDecodeError]:
     """Sample every video; returns a Clip or the VideoDecodeError for each path, in order.
 
-    ``progress(done, total)`` is called after each video, from the calling thread.
+    ``progress(done, total)`` is called after each video, from the calling thread. With a
+    ``cache``, clips decoded before (same file content and sampling) are read from it and
+    new ones are added; its ``hits``/``misses`` say how many were decoded.
     """
 
     def one(path: str | os.PathLike) -> Clip | VideoDecodeError:
         try:
+            if cache is not None:
+                return cache.sample(path, sampling)
             return sample_clip(path, sampling)
         except VideoDecodeError as exc:
             return exc

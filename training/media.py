@@ -42,6 +42,7 @@ from urllib.parse import unquote, urlparse
 import requests
 from label_studio_sdk._extensions.label_studio_tools.core.utils import io as ls_io
 
+from training.diskcache import TMP_PREFIX, evict_lru
 from training.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -55,12 +56,8 @@ CONNECT_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 120.0
 """Seconds to wait between bytes of a media download."""
 
-STALE_TMP_S = 3600.0
-"""Seconds after which a download folder left by a dead process is removed."""
-
 _LS_RELATIVE_PREFIXES = ("/data/", "data/", "/upload/", "upload/", "/storage-data/")
 _CLOUD_PREFIXES = ("s3:", "gs:", "azure-blob:")
-_TMP_PREFIX = ".tmp-"
 
 
 class MediaError(RuntimeError):
@@ -123,7 +120,6 @@ class MediaResolver:
         self._fallback: tuple[str, str] = ("", "")
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
-        self._evict_lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> MediaResolver:
@@ -229,7 +225,7 @@ class MediaResolver:
         self, url: str, entry: Path, hostname: str, token: str, task_id: int | str | None
     ) -> Path:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=self.cache_dir))
+        tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=self.cache_dir))
         started = time.perf_counter()
         try:
             with _TimeoutSession() as session, ls_io.http_session(session):
@@ -297,43 +293,7 @@ class MediaResolver:
         ``keep`` (the entry just fetched) stays even if it alone exceeds the bound: the
         caller is about to read it.
         """
-        if not self._evict_lock.acquire(blocking=False):
-            return  # another thread of this process is evicting now
-        try:
-            entries: list[tuple[float, int, Path]] = []
-            now = time.time()
-            for path in self.cache_dir.iterdir():
-                try:
-                    if path.name.startswith(_TMP_PREFIX):
-                        if now - path.stat().st_mtime > STALE_TMP_S:
-                            shutil.rmtree(path, ignore_errors=True)
-                        continue
-                    if not path.is_dir():
-                        continue
-                    files = [f.stat() for f in path.iterdir() if f.is_file()]
-                except FileNotFoundError:
-                    continue
-                used = max((s.st_mtime for s in files), default=0.0)
-                entries.append((used, sum(s.st_size for s in files), path))
-            total = sum(size for _, size, _ in entries)
-            if total <= self.max_bytes:
-                return
-            for _, size, path in sorted(entries, key=lambda e: e[0]):
-                if path == keep:
-                    continue
-                shutil.rmtree(path, ignore_errors=True)
-                total -= size
-                log.info("evicted %s from the media cache (%.1f MB)", path.name, size / 1e6)
-                if total <= self.max_bytes:
-                    break
-            if total > self.max_bytes:
-                log.warning(
-                    "media cache holds %.1f MB, over its %.1f MB bound (CACHE_MAX_MB)",
-                    total / 1e6,
-                    self.max_bytes / 1e6,
-                )
-        finally:
-            self._evict_lock.release()
+        evict_lru(self.cache_dir, self.max_bytes, keep=keep, what="media cache")
 
 
 def resolve_media(url: str, settings: Settings, task_id: int | str | None = None) -> Path:

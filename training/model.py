@@ -45,6 +45,10 @@ class ModelConfig:
     dropout: float = 0.3
     recurrent_dropout: float = 0.0
     frame_differences: bool = True
+    appearance: bool = True
+    """Feed the frames themselves as well as their differences. False: differences only,
+    which cancels static backgrounds (the model cannot memorise them) but also hides what
+    static things look like."""
     pooled_features: bool = True
     """Also feed the LSTM the grid's channel averages: position-free detectors (say, of
     local motion direction in the difference channels) that generalise from few clips."""
@@ -67,11 +71,23 @@ class ModelConfig:
 
 @keras.saving.register_keras_serializable(package="videoloop")
 class FrameDifferences(layers.Layer):
-    """Appends x[t] - x[t-1] to each frame's channels (zero for the first frame)."""
+    """Appends x[t] - x[t-1] to each frame's channels (zero for the first frame).
+
+    With ``keep_frames=False`` only the differences are returned.
+    """
+
+    def __init__(self, keep_frames: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.keep_frames = keep_frames
 
     def call(self, x):
         previous = ops.concatenate([x[:, :1], x[:, :-1]], axis=1)
+        if not self.keep_frames:
+            return x - previous
         return ops.concatenate([x, x - previous], axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "keep_frames": self.keep_frames}
 
 
 @keras.saving.register_keras_serializable(package="videoloop")
@@ -155,7 +171,8 @@ def build_model(num_classes: int, sampling: SamplingConfig, config: ModelConfig)
 
     x = layers.Rescaling(1.0 / 255.0, name="scale")(frames)
     if config.frame_differences:
-        x = FrameDifferences(name="frame_differences")(x)
+        keep = config.appearance or config.backbone != "small"
+        x = FrameDifferences(keep_frames=keep, name="frame_differences")(x)
     x = FoldTime(name="fold_time")(x)
     if config.backbone == "small":
         x = _small_cnn(x, config)

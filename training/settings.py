@@ -43,6 +43,14 @@ class Settings:
     log_level: str = "INFO"
     predict_batch_size: int = 8
     decode_threads: int = 2
+    min_per_label: int = 2
+    train_every: int = 1
+    train_epochs: int = 30
+    train_frames: int = 16
+    train_frame_size: int = 112
+    train_timeout_s: int = 3600
+    train_lease_s: int = 30
+    recover_every_s: int = 5
 
     @classmethod
     def from_env(cls) -> Settings:

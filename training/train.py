@@ -13,12 +13,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from training.dataset import ClipArrays, class_weights, decode_labelled, stratified_split
 from training.metrics import classification_metrics
-from training.model import ModelConfig, build_model
+from training.model import ModelConfig, build_model, compile_model
 from training.reports import (
     CONFUSION_MATRIX_FILE,
     LEARNING_CURVE_FILE,
@@ -27,6 +28,9 @@ from training.reports import (
 )
 from training.sampling import SamplingConfig
 from training.store import MODEL_FILE, ModelStore, VersionInfo
+
+if TYPE_CHECKING:
+    from training.clipcache import ClipCache
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +127,40 @@ def predict_arrays(model, data: ClipArrays, batch_size: int = 16) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]), np.float32)
 
 
+WARM_START_LR_FACTOR = 0.3
+"""Fine-tuning from a parent version starts at this fraction of the learning rate."""
+
+
+def warm_start(model, parent: VersionInfo, labels: Sequence[str]) -> str:
+    """Copy a parent version's weights into ``model``, layer by layer (by name and shape).
+
+    Returns how the model starts: ``"parent"`` (same labels: every layer, output included),
+    ``"parent-new-head"`` (labels changed: CNN and LSTM kept, a new output layer), or
+    ``"scratch"`` when no layer matched.
+    """
+    import keras
+
+    import training.model  # noqa: F401  (custom layers for deserialisation)
+
+    old = keras.saving.load_model(parent.model_path, compile=False)
+    same_labels = list(parent.labels) == list(labels)
+    copied = 0
+    for layer in model.layers:
+        if not layer.weights or (layer.name == "classes" and not same_labels):
+            continue
+        try:
+            source = old.get_layer(layer.name)
+        except ValueError:
+            continue
+        weights = source.get_weights()
+        if [w.shape for w in weights] == [w.shape for w in layer.get_weights()]:
+            layer.set_weights(weights)
+            copied += 1
+    if not copied:
+        return "scratch"
+    return "parent" if same_labels else "parent-new-head"
+
+
 def fit(
     train: ClipArrays,
     val: ClipArrays | None,
@@ -131,13 +169,23 @@ def fit(
     model_config: ModelConfig,
     train_config: TrainConfig,
     *,
+    parent: VersionInfo | None = None,
     progress: Progress = _noop,
 ):
-    """Train a fresh model; returns (model, history dict). Keeps the best-validation weights."""
+    """Train a model; returns (model, history dict, init). Keeps the best-validation weights.
+
+    With ``parent``, starts from that version's weights (see :func:`warm_start`) at a lower
+    learning rate; ``init`` says which start was taken.
+    """
     import keras
 
     keras.utils.set_random_seed(train_config.seed)
     model = build_model(len(labels), sampling, model_config)
+    init = "scratch"
+    if parent is not None:
+        init = warm_start(model, parent, labels)
+        if init != "scratch":
+            compile_model(model, model_config, model_config.learning_rate * WARM_START_LR_FACTOR)
     weights = class_weights(train.y, len(labels))
     train_ds = make_dataset(
         train,
@@ -180,7 +228,27 @@ def fit(
         train_ds, validation_data=val_ds, epochs=epochs, verbose=0, callbacks=callbacks
     )
     history = {k: [float(v) for v in vs] for k, vs in result.history.items()}
-    return model, history
+    return as_float32(model, len(labels), sampling, model_config), history, init
+
+
+def as_float32(model, num_classes: int, sampling: SamplingConfig, model_config: ModelConfig):
+    """The same model with float32 layers, for publishing.
+
+    Trained under mixed precision (GPU), a model's layers compute in float16; serving on CPU
+    should not inherit that. The variables are float32 either way, so copy them across.
+    """
+    import keras
+
+    policy = keras.mixed_precision.global_policy()
+    if policy.name == "float32":
+        return model
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        clean = build_model(num_classes, sampling, model_config)
+        clean.set_weights(model.get_weights())
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+    return clean
 
 
 def train_and_publish(
@@ -193,6 +261,9 @@ def train_and_publish(
     model_config: ModelConfig | None = None,
     train_config: TrainConfig | None = None,
     threads: int = 2,
+    parent: VersionInfo | None = None,
+    cache: ClipCache | None = None,
+    extra_meta: dict | None = None,
     make_current: bool = True,
     progress: Progress = _noop,
 ) -> VersionInfo:
@@ -203,6 +274,10 @@ def train_and_publish(
         project: Label Studio project id.
         videos: (video path, label) pairs.
         labels: the label order of the model's output; default: sorted labels of ``videos``.
+        sampling, model_config: default the parent's (to fine-tune it), else the defaults.
+        parent: a version to fine-tune from (see :func:`warm_start`); None trains from scratch.
+        cache: decoded-clip cache, so a retrain does not decode the same video again.
+        extra_meta: more fields for meta.json (where the data came from, what triggered it).
         make_current: point the project's ``current`` at the new version.
         progress: called with dicts describing each stage.
 
@@ -212,6 +287,9 @@ def train_and_publish(
     Raises:
         TrainingError: fewer than two labels, or a label without any readable video.
     """
+    if parent is not None:
+        sampling = sampling or SamplingConfig.from_dict(parent.meta["sampling"])
+        model_config = model_config or ModelConfig.from_dict(parent.meta["model"])
     sampling = sampling or SamplingConfig()
     model_config = model_config or ModelConfig()
     train_config = train_config or TrainConfig()
@@ -226,6 +304,7 @@ def train_and_publish(
         labels,
         sampling,
         threads=threads,
+        cache=cache,
         progress=lambda done, total: progress({"stage": "decode", "done": done, "total": total}),
     )
     counts = np.bincount(data.y, minlength=len(labels))
@@ -241,8 +320,8 @@ def train_and_publish(
         "project %s: %d train, %d val, %d test clips", project, len(train), len(val), len(test)
     )
 
-    model, history = fit(
-        train, val, labels, sampling, model_config, train_config, progress=progress
+    model, history, init = fit(
+        train, val, labels, sampling, model_config, train_config, parent=parent, progress=progress
     )
 
     progress({"stage": "evaluate"})
@@ -279,7 +358,10 @@ def train_and_publish(
                 "per_label": {label: int(c) for label, c in zip(labels, counts, strict=True)},
                 "skipped": [{"video": v, "reason": r} for v, r in skipped],
             },
-            "parent": store.get_current(project),
+            "parent": parent.version if parent is not None and init != "scratch" else None,
+            "init": init,
+            "previous_current": store.get_current(project),
+            **(extra_meta or {}),
             "created_at": time.time(),
             "software": _software_versions(),
         }

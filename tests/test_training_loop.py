@@ -1,0 +1,421 @@
+"""Retraining from annotators' labels, end to end on real parts.
+
+Real Redis, real ``videoloop worker`` processes (RQ forks a work horse per job), the backend
+under gunicorn in its own process, real HTTP. Label Studio's task API and media URLs are the
+local stand-in in ``tests/fake_label_studio.py`` (the real Label Studio suite is a separate
+issue); the clips are synthetic H.264 videos made by ``training/synth.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+import requests
+from conftest import LS_TOKEN, REPO, free_port
+from fake_label_studio import FakeLabelStudio
+
+from training.labelled_files import read_manifest
+from training.store import ModelStore
+from training.synth import generate_dataset
+
+CONFIG = """
+<View>
+  <Video name="video" value="$video" framerate="25"/>
+  <Choices name="label" toName="video" choice="single">
+    <Choice value="left_to_right"/>
+    <Choice value="right_to_left"/>
+  </Choices>
+</View>
+"""
+CLASSES = ["left_to_right", "right_to_left"]
+
+
+@dataclass(frozen=True)
+class Pool:
+    """Synthetic clips in one flat folder (the stand-in serves uploads by file name)."""
+
+    root: Path
+    clips: dict[str, list[str]]  # label -> file names
+    heldout: list[tuple[Path, str]]  # never shown to training
+
+
+@pytest.fixture(scope="session")
+def pool(tmp_path_factory) -> Pool:
+    base = tmp_path_factory.mktemp("pool")
+    manifest = generate_dataset(base / "train", classes=CLASSES, per_class=24, seed=11)
+    flat = base / "flat"
+    flat.mkdir()
+    clips: dict[str, list[str]] = {c: [] for c in CLASSES}
+    for path, label in read_manifest(manifest):
+        shutil.copy(path, flat / path.name)
+        clips[label].append(path.name)
+    heldout = read_manifest(
+        generate_dataset(base / "heldout", classes=CLASSES, per_class=12, seed=99)
+    )
+    return Pool(flat, clips, heldout)
+
+
+@pytest.fixture
+def ls(pool) -> Iterator[FakeLabelStudio]:
+    host = FakeLabelStudio(pool.root, token=LS_TOKEN)
+    yield host
+    host.close()
+
+
+def worker_env(workdir: Path, redis_url: str, ls: FakeLabelStudio, **extra: str) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("LABEL_STUDIO_", "BASIC_AUTH_", "REDIS_URL"))
+    }
+    env.update(
+        REDIS_URL=redis_url,
+        MODEL_DIR=str(workdir / "models"),
+        CACHE_DIR=str(workdir / "cache"),
+        LABEL_STUDIO_URL=ls.url,
+        LABEL_STUDIO_API_KEY=LS_TOKEN,
+        TRAIN_FRAMES="8",
+        TRAIN_FRAME_SIZE="64",
+        TRAIN_EPOCHS="6",
+        TRAIN_LEASE_S="2",
+        RECOVER_EVERY_S="1",
+        LOG_LEVEL="INFO",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+@contextmanager
+def worker_process(workdir: Path, env: dict[str, str], name: str) -> Iterator[subprocess.Popen]:
+    """``videoloop worker`` in its own process group (so a kill takes its work horse too)."""
+    log = open(workdir / f"{name}.log", "wb")  # noqa: SIM115 (closed below)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "backend.cli", "worker", "--name", name],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        log.close()
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and all its descendants at once, as when a machine dies."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    todo, found = [pid], []
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, []))
+    for victim in found:
+        with suppress(ProcessLookupError):
+            os.kill(victim, signal.SIGKILL)
+    assert len(found) >= 2, "expected the worker to have a work horse"
+
+
+@dataclass
+class Loop:
+    """One project in the stand-in, a backend and the helpers the tests share."""
+
+    workdir: Path
+    ls: FakeLabelStudio
+    project: int
+    url: str
+    env: dict[str, str]
+    pool: Pool
+
+    def annotate(self, per_label: int, start: int = 0) -> list[int]:
+        ids = []
+        for label in CLASSES:
+            for name in self.pool.clips[label][start : start + per_label]:
+                task = self.ls.add_task(
+                    self.project, {"video": f"/data/upload/{self.project}/{name}"}
+                )
+                self.ls.annotate(task, label)
+                ids.append(task)
+        return ids
+
+    def webhook(self, action: str, **extra) -> requests.Response:
+        return requests.post(
+            f"{self.url}/webhook",
+            json={"action": action, "project": {"id": self.project}, **extra},
+            timeout=10,
+        )
+
+    def status(self) -> dict:
+        response = requests.get(f"{self.url}/training/{self.project}", timeout=10)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def wait(self, condition, what: str, timeout_s: float = 180) -> dict:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            state = self.status()
+            if condition(state):
+                return state
+            time.sleep(0.2)
+        logs = "\n".join(p.read_text(errors="replace")[-3000:] for p in self.workdir.glob("*.log"))
+        pytest.fail(f"timed out waiting for {what}; last state {state}\n{logs}")
+
+    def wait_idle(self, timeout_s: float = 240) -> dict:
+        return self.wait(
+            lambda s: (
+                s["last"] and not s["queued"] and not s["running"] and not s["pending_events"]
+            ),
+            "training to settle",
+            timeout_s,
+        )
+
+    def versions(self) -> list[str]:
+        return [
+            v.version for v in ModelStore(self.workdir / "models").list_versions(str(self.project))
+        ]
+
+
+@pytest.fixture
+def loop(tmp_path, redis_url, ls, pool, start_server) -> Iterator[Loop]:
+    project = ls.add_project(CONFIG)
+    env = worker_env(tmp_path, redis_url, ls)
+    shared = ("REDIS_URL", "LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY", "TRAIN_LEASE_S")
+    server_env = {k: env[k] for k in (*shared, "RECOVER_EVERY_S")}
+    with start_server(tmp_path, **server_env) as server:
+        yield Loop(tmp_path, ls, project, server.url, env, pool)
+
+
+def accuracy(version_path: Path, heldout: list[tuple[Path, str]]) -> float:
+    from training.decode import decode_many
+    from training.predict import load_version
+    from training.sampling import stack_clips
+
+    store = ModelStore(version_path.parents[2])
+    info = store.get_version(version_path.parents[1].name, version_path.name)
+    model = load_version(info)
+    clips = decode_many([p for p, _ in heldout], model.sampling)
+    probs = model.predict_proba(*stack_clips(clips))
+    predicted = [model.labels[i] for i in probs.argmax(axis=1)]
+    return float(np.mean([p == label for p, (_, label) in zip(predicted, heldout, strict=True)]))
+
+
+def test_start_training_with_only_a_project_starts_a_run(loop):
+    loop.annotate(per_label=3)
+    with worker_process(loop.workdir, loop.env, "w1"):
+        response = requests.post(
+            f"{loop.url}/webhook",
+            json={"action": "START_TRAINING", "project": {"id": loop.project}},
+            timeout=10,
+        )
+        assert response.status_code == 200
+        assert response.json()["status"] == "queued"
+        state = loop.wait_idle()
+    assert state["last"]["status"] == "trained", state
+    assert loop.versions() == [state["last"]["version"]]
+    assert (
+        ModelStore(loop.workdir / "models").get_current(str(loop.project))
+        == state["last"]["version"]
+    )
+
+
+def test_a_burst_of_webhooks_during_a_run_makes_exactly_one_follow_up(loop):
+    loop.annotate(per_label=3)
+    with worker_process(loop.workdir, loop.env, "w1"):
+        assert loop.webhook("START_TRAINING").json()["status"] == "queued"
+        loop.wait(lambda s: s["running"] is not None, "the first run to start")
+
+        timings, outcomes = [], set()
+        for _ in range(20):
+            started = time.perf_counter()
+            response = loop.webhook("ANNOTATION_CREATED", annotation={"id": 1}, task={"id": 1})
+            timings.append(time.perf_counter() - started)
+            assert response.status_code == 200
+            outcomes.add(response.json()["status"])
+        print(
+            f"webhook latency with a run in progress: median {np.median(timings) * 1000:.1f} ms, "
+            f"max {max(timings) * 1000:.1f} ms"
+        )
+        assert outcomes == {"follow_up"}
+        assert np.median(timings) < 0.1
+        assert max(timings) < 1.0  # Label Studio gives up after 1 s
+
+        state = loop.wait(
+            lambda s: len(loop.versions()) >= 2 and not s["queued"] and not s["running"],
+            "the follow-up run",
+        )
+        time.sleep(3)  # anything more would have been queued by now
+        state = loop.status()
+    assert state["queued"] is None and state["running"] is None
+    assert len(loop.versions()) == 2, "the burst made more than one follow-up run"
+    assert state["last"]["events"] == 20  # the follow-up took all twenty events
+
+
+def test_annotation_events_wait_for_enough_labels(loop):
+    loop.annotate(per_label=1)
+    with worker_process(loop.workdir, loop.env, "w1"):
+        assert loop.webhook("ANNOTATION_CREATED").json()["status"] == "queued"
+        state = loop.wait_idle()
+    assert state["last"]["status"] == "skipped"
+    assert "2 annotated videos" in state["last"]["reason"]
+    assert loop.versions() == []
+
+
+def test_retraining_on_more_labels_beats_the_previous_version_and_is_served(loop, pool):
+    loop.env["TRAIN_EPOCHS"] = "15"
+    loop.annotate(per_label=2)
+    with worker_process(loop.workdir, loop.env, "w1"):
+        loop.webhook("START_TRAINING")
+        first = loop.wait_idle()["last"]
+        assert first["status"] == "trained", first
+
+        loop.annotate(per_label=20, start=2)
+        for _ in range(3):
+            loop.webhook("ANNOTATION_CREATED")
+        second = loop.wait(
+            lambda s: (
+                s["last"]["version"] != first["version"] and not s["running"] and not s["queued"]
+            ),
+            "the retrained version",
+        )["last"]
+    assert second["status"] == "trained", second
+    assert second["parent"] == first["version"]  # fine-tuned from the first, same labels
+
+    store = ModelStore(loop.workdir / "models")
+    before = accuracy(store.get_version(str(loop.project), first["version"]).path, pool.heldout)
+    after = accuracy(store.get_version(str(loop.project), second["version"]).path, pool.heldout)
+    print(f"held-out accuracy: {first['version']} {before:.3f} -> {second['version']} {after:.3f}")
+    assert after > before
+
+    task = {"id": 1, "data": {"video": f"/data/upload/{loop.project}/{pool.clips[CLASSES[0]][-1]}"}}
+    deadline = time.monotonic() + 15
+    while True:
+        body = {"tasks": [task], "project": f"{loop.project}.1", "label_config": CONFIG}
+        result = requests.post(f"{loop.url}/predict", json=body, timeout=100).json()["results"][0]
+        if result["model_version"] == second["version"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert result["model_version"] == second["version"]
+    assert result["result"][0]["value"]["choices"][0] in CLASSES
+
+
+def test_killing_the_worker_mid_training_publishes_nothing_and_the_next_run_succeeds(loop):
+    loop.env["TRAIN_EPOCHS"] = "200"  # long enough to be killed in the middle
+    loop.annotate(per_label=4)
+    with worker_process(loop.workdir, loop.env, "doomed") as doomed:
+        loop.webhook("START_TRAINING")
+        state = loop.wait(
+            lambda s: s["running"] and (s["running"].get("progress") or {}).get("stage") == "train",
+            "training to be under way",
+        )
+        killed_job = state["running"]["id"]
+        kill_tree(doomed.pid)  # the worker and its work horse (RQ gives it its own session)
+        doomed.wait()
+    assert loop.versions() == []
+    assert ModelStore(loop.workdir / "models").get_current(str(loop.project)) is None
+
+    loop.env["TRAIN_EPOCHS"] = "3"
+    with worker_process(loop.workdir, loop.env, "w2"):
+        state = loop.wait(
+            lambda s: s["last"] and s["last"].get("status") == "trained", "the retried run"
+        )
+    assert state["last"]["job_id"] != killed_job
+    assert loop.versions() == [state["last"]["version"]]
+    info = ModelStore(loop.workdir / "models").get_current_info(str(loop.project))
+    assert info is not None and info.model_path.is_file()
+
+
+# -- Redis going away -------------------------------------------------------------------------
+
+
+@contextmanager
+def redis_server(port: int, workdir: Path) -> Iterator[subprocess.Popen]:
+    proc = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail("redis-server did not start")
+            time.sleep(0.05)
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_redis_down_answers_503_and_the_request_is_queued_when_it_is_back(
+    tmp_path, ls, start_server
+):
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    project = ls.add_project(CONFIG)
+    with start_server(tmp_path, REDIS_URL=url, RECOVER_EVERY_S="1") as server:
+        # Nothing listens on that port: Redis is down.
+        event = {"action": "ANNOTATION_CREATED", "project": {"id": project}}
+        started = time.perf_counter()
+        response = requests.post(f"{server.url}/webhook", json=event, timeout=10)
+        elapsed = time.perf_counter() - started
+        assert response.status_code == 503
+        assert "Redis is unreachable" in response.json()["error"]
+        assert "kept" in response.json()["error"]
+        assert elapsed < 1.0  # Label Studio waits 1 s
+        assert requests.get(f"{server.url}/health", timeout=5).status_code == 200
+
+        with redis_server(port, tmp_path):
+            connection = redis.Redis(port=port)
+            deadline = time.monotonic() + 15
+            while not connection.get(f"videoloop:train:{project}:queued"):
+                assert time.monotonic() < deadline, server.log_text()
+                time.sleep(0.2)
+            assert connection.llen("rq:queue:videoloop-training") == 1
+            state = requests.get(f"{server.url}/training/{project}", timeout=5).json()
+            assert state["pending_events"] == 1
+            assert state["kept_while_redis_down"] == 0
+            assert state["queued"]["status"] == "queued"
