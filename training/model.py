@@ -45,10 +45,14 @@ class ModelConfig:
     dropout: float = 0.3
     recurrent_dropout: float = 0.0
     frame_differences: bool = True
-    appearance: bool = True
-    """Feed the frames themselves as well as their differences. False: differences only,
-    which cancels static backgrounds (the model cannot memorise them) but also hides what
-    static things look like."""
+    appearance: str = "pooled"
+    """How the small backbone sees the frames themselves, beside their differences:
+    'pooled' (default): a second, smaller conv stream over the frames, globally pooled and
+    heavily dropped out: what is in the video, not where, so it cannot memorise backgrounds
+    position by position; 'full': frames and differences stacked into one stream (6
+    channels); 'none': differences only (static backgrounds cancel out; static content is
+    invisible)."""
+    appearance_dropout: float = 0.5
     pooled_features: bool = True
     """Also feed the LSTM the grid's channel averages: position-free detectors (say, of
     local motion direction in the difference channels) that generalise from few clips."""
@@ -121,11 +125,16 @@ class BoolMask(layers.Layer):
         return ops.cast(mask, "bool")
 
 
-def _small_cnn(x, config: ModelConfig):
-    for i, filters in enumerate(config.conv_filters):
-        x = layers.Conv2D(filters, 3, strides=2, padding="same", use_bias=False, name=f"conv{i}")(x)
-        x = layers.BatchNormalization(momentum=0.9, name=f"bn{i}")(x)
-        x = layers.ReLU(name=f"relu{i}")(x)
+APPEARANCE_MODES = ("pooled", "full", "none")
+
+
+def _small_cnn(x, filters: tuple[int, ...], prefix: str = ""):
+    for i, n in enumerate(filters):
+        x = layers.Conv2D(n, 3, strides=2, padding="same", use_bias=False, name=f"{prefix}conv{i}")(
+            x
+        )
+        x = layers.BatchNormalization(momentum=0.9, name=f"{prefix}bn{i}")(x)
+        x = layers.ReLU(name=f"{prefix}relu{i}")(x)
     return x
 
 
@@ -143,7 +152,7 @@ def _mobilenet(x, config: ModelConfig, sampling: SamplingConfig):
     features = net(rgb)
     if config.frame_differences:
         # keep a cheap motion path beside the pretrained RGB features
-        motion = _small_cnn(x[..., 3:], ModelConfig(conv_filters=(8, 16, 32, 32)))
+        motion = _small_cnn(x[..., 3:], (8, 16, 32, 32), prefix="motion_")
         motion = layers.Resizing(features.shape[1], features.shape[2], name="motion_grid")(motion)
         features = layers.Concatenate(name="rgb_motion")([features, motion])
     return features
@@ -163,30 +172,36 @@ def build_model(num_classes: int, sampling: SamplingConfig, config: ModelConfig)
     """
     if config.backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {config.backbone!r}; choose one of {BACKBONES}")
+    if config.appearance not in APPEARANCE_MODES:
+        raise ValueError(f"unknown appearance {config.appearance!r}; one of {APPEARANCE_MODES}")
     if num_classes < 2:
         raise ValueError(f"need at least 2 classes, got {num_classes}")
     t, h, w = sampling.frames, sampling.height, sampling.width
     frames = keras.Input((t, h, w, 3), dtype="uint8", name="frames")
     mask = keras.Input((t,), dtype="bool", name="mask")
 
-    x = layers.Rescaling(1.0 / 255.0, name="scale")(frames)
+    scaled = layers.Rescaling(1.0 / 255.0, name="scale")(frames)
+    small = config.backbone == "small"
+    split_streams = small and config.frame_differences and config.appearance != "full"
+    x = scaled
     if config.frame_differences:
-        keep = config.appearance or config.backbone != "small"
-        x = FrameDifferences(keep_frames=keep, name="frame_differences")(x)
+        x = FrameDifferences(keep_frames=not split_streams, name="frame_differences")(x)
     x = FoldTime(name="fold_time")(x)
-    if config.backbone == "small":
-        x = _small_cnn(x, config)
-    else:
-        x = _mobilenet(x, config, sampling)
+    x = _small_cnn(x, config.conv_filters) if small else _mobilenet(x, config, sampling)
     # Keep the spatial grid: project channels, flatten positions, narrow dense.
     grid = layers.Conv2D(config.grid_channels, 1, activation="relu", name="grid_projection")(x)
     grid = layers.Flatten(name="grid_flatten")(grid)
     grid = layers.Dropout(config.dropout, name="frame_dropout")(grid)
     features = layers.Dense(config.frame_features, activation="relu", name="frame_features")(grid)
+    parts = [features]
     if config.pooled_features:
-        pooled = layers.GlobalAveragePooling2D(name="pooled")(x)
-        features = layers.Concatenate(name="grid_and_pooled")([features, pooled])
-    x = features
+        parts.append(layers.GlobalAveragePooling2D(name="pooled")(x))
+    if split_streams and config.appearance == "pooled":
+        look = FoldTime(name="fold_time_frames")(scaled)
+        look = _small_cnn(look, tuple(max(8, n // 2) for n in config.conv_filters), "look_")
+        look = layers.GlobalAveragePooling2D(name="look_pooled")(look)
+        parts.append(layers.Dropout(config.appearance_dropout, name="look_dropout")(look))
+    x = layers.Concatenate(name="frame_parts")(parts) if len(parts) > 1 else features
     x = UnfoldTime(t, name="unfold_time")(x)
 
     lstm_mask = BoolMask(name="bool_mask")(mask)

@@ -1,0 +1,101 @@
+"""The ``videoloop`` command as a user runs it: synth -> train -> predict, in subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import REPO
+
+from training.store import ModelStore
+
+
+def videoloop(
+    *args: str, env: dict[str, str], timeout_s: float = 300
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "backend.cli", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+
+
+def test_synth_train_predict(tmp_path):
+    env = {**os.environ, "MODEL_DIR": str(tmp_path / "models"), "CACHE_DIR": str(tmp_path / "c")}
+    data = tmp_path / "synth"
+
+    made = videoloop(
+        "synth",
+        "--out",
+        str(data),
+        "--classes",
+        "2",
+        "--per-class",
+        "6",
+        "--width",
+        "96",
+        "--height",
+        "64",
+        "--seed",
+        "3",
+        env=env,
+    )
+    assert made.returncode == 0, made.stderr
+    summary = json.loads(made.stdout)
+    assert summary["clips"] == 12 and summary["classes"] == ["left_to_right", "right_to_left"]
+    assert "synth" in made.stderr  # the progress bar
+
+    trained = videoloop(
+        "train",
+        "--data",
+        str(data),
+        "--project",
+        "4",
+        "--frames",
+        "8",
+        "--size",
+        "64",
+        "--epochs",
+        "2",
+        env=env,
+    )
+    assert trained.returncode == 0, trained.stderr
+    result = json.loads(trained.stdout.strip().splitlines()[-1])
+    assert "epoch" in trained.stderr  # the progress bar
+    info = ModelStore(tmp_path / "models").get_current_info("4")
+    assert info is not None and result["version"] == info.version
+    assert 0.0 <= result["test_accuracy"] <= 1.0
+    assert info.meta["sampling"] == {"frames": 8, "height": 64, "width": 64}
+    for picture in ("learning_curve.png", "confusion_matrix.png"):
+        assert (info.path / picture).read_bytes()[:4] == b"\x89PNG"
+
+    clip = next((data / "left_to_right").glob("*.mp4"))
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video")
+    predicted = videoloop("predict", "--project", "4", str(clip), str(broken), env=env)
+    assert predicted.returncode == 1  # one video failed
+    good, bad = (json.loads(line) for line in predicted.stdout.strip().splitlines())
+    assert good["video"] == str(clip) and good["model_version"] == info.version
+    assert good["label"] in info.labels and 0.0 <= good["score"] <= 1.0
+    assert abs(sum(good["probabilities"].values()) - 1.0) < 1e-3
+    assert bad["video"] == str(broken) and "broken.mp4" in bad["error"]
+
+
+def test_predict_without_a_model_says_so(tmp_path):
+    env = {**os.environ, "MODEL_DIR": str(tmp_path / "models")}
+    result = videoloop("predict", "--project", "9", str(Path(REPO, "tests/data/b.mp4")), env=env)
+    assert result.returncode == 2
+    assert "project 9 has no trained model" in result.stderr
+
+
+def test_bad_settings_are_reported_not_raised(tmp_path):
+    env = {**os.environ, "PORT": "ninety"}
+    result = videoloop("status", "--project", "1", env=env)
+    assert result.returncode == 2
+    assert "PORT must be an integer" in result.stderr
