@@ -8,6 +8,7 @@ issue); the clips are synthetic H.264 videos made by ``training/synth.py``.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -244,6 +245,42 @@ def test_start_training_with_only_a_project_starts_a_run(loop):
         ModelStore(loop.workdir / "models").get_current(str(loop.project))
         == state["last"]["version"]
     )
+
+
+def test_status_command_reads_the_training_state_from_redis(loop):
+    loop.annotate(per_label=1)
+    assert loop.webhook("ANNOTATION_CREATED").json()["status"] == "queued"  # no worker yet
+    result = subprocess.run(
+        [sys.executable, "-m", "backend.cli", "status", "--project", str(loop.project)],
+        cwd=REPO,
+        env=loop.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    state = json.loads(result.stdout)
+    assert state["pending_events"] == 1
+    assert state["queued"]["status"] == "queued"
+    assert state["queued"]["progress"] == {"stage": "queued"}
+
+
+def test_embedded_mode_trains_inside_the_server_process(
+    tmp_path, ls, pool, start_server, redis_url
+):
+    project = ls.add_project(CONFIG)
+    loop = Loop(tmp_path, ls, project, "", {}, pool)
+    env = worker_env(tmp_path, redis_url, ls, TRAIN_EPOCHS="2")
+    del env["REDIS_URL"]
+    keys = ("LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY", "TRAIN_EPOCHS", "TRAIN_FRAMES")
+    with start_server(tmp_path, **{k: env[k] for k in (*keys, "TRAIN_FRAME_SIZE")}) as server:
+        loop.url = server.url
+        loop.annotate(per_label=2)
+        assert loop.webhook("START_TRAINING").json()["status"] == "queued"
+        state = loop.wait_idle()
+        assert "embedded queue" in server.log_text()
+    assert state["last"]["status"] == "trained", state
+    assert loop.versions() == [state["last"]["version"]]
 
 
 def test_a_burst_of_webhooks_during_a_run_makes_exactly_one_follow_up(loop):

@@ -181,6 +181,7 @@ def run_training(project: str, settings: Settings, *, force: bool, progress) -> 
 
     configure_accelerator()
     store = ModelStore(settings.model_dir)
+    store.cleanup_staging(project)  # what publishers killed mid-write left behind
     parent = store.get_current_info(project)
     cache = ClipCache(settings.cache_dir / "clips", max_bytes=settings.cache_max_mb * 1024 * 1024)
     try:
