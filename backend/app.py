@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import os
 import time
 
 import redis
@@ -34,6 +35,9 @@ TRAINING_KEY = "videoloop.training"
 
 SETTINGS_KEY = "VIDEOLOOP_SETTINGS"
 """``app.config`` key of the Settings."""
+
+PID_HEADER = "X-Videoloop-Pid"
+"""Response header naming the process that answered."""
 
 UNAUTHENTICATED_PATHS = frozenset({"/health", "/webhook"})
 """Paths open without basic auth.
@@ -69,11 +73,14 @@ def create_app(
     app = Flask(__name__)
     app.config[SETTINGS_KEY] = settings
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    own_server = server is None
     if server is None:
         server = ModelServer(settings)
         server.start()
     app.extensions[EXTENSION_KEY] = server
-    app.extensions[TRAINING_KEY] = training or open_training(settings)
+    app.extensions[TRAINING_KEY] = training = training or open_training(settings)
+    if own_server:  # swap on pub/sub notices, over the training queue's Redis (or fakeredis)
+        server.listen(training.coordinator.connection)
     app.register_blueprint(bp)
     return app
 
@@ -112,6 +119,14 @@ def _bad_config(exc: LabelConfigError):
 def _internal_error(exc: Exception):
     log.exception("unhandled error on %s %s", request.method, request.path)
     return _error(f"internal error: {type(exc).__name__}", 500)
+
+
+@bp.after_app_request
+def _name_the_process(response):
+    """``X-Videoloop-Pid`` on every answer: which gunicorn worker answered (and so which
+    process's model version a /predict or /setup reports)."""
+    response.headers[PID_HEADER] = str(os.getpid())
+    return response
 
 
 @bp.before_app_request

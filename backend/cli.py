@@ -1,7 +1,7 @@
-"""The ``videoloop`` command: serve, synth, train, predict.
+"""The ``videoloop`` command: serve, synth, train, predict, worker, status, models.
 
-Each subcommand imports what it needs when it runs, so ``videoloop --help`` and ``synth``
-never pay for importing TensorFlow.
+Each subcommand imports what it needs when it runs, so ``videoloop --help``, ``synth`` and
+``models`` never pay for importing TensorFlow.
 """
 
 from __future__ import annotations
@@ -96,6 +96,7 @@ class _TrainingBar:
 
 def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     _quiet_tensorflow()
+    from training.jobs import promote
     from training.labelled_files import load_labelled_videos
     from training.model import ModelConfig
     from training.sampling import SamplingConfig
@@ -115,19 +116,30 @@ def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     )
     bar = _TrainingBar(args.quiet)
     started = time.perf_counter()
+    store = ModelStore(settings.model_dir)
     try:
         info = train_and_publish(
-            ModelStore(settings.model_dir),
+            store,
             args.project,
             videos,
             sampling=sampling,
             model_config=model_config,
             train_config=train_config,
             threads=settings.decode_threads,
+            gate_tolerance=settings.gate_tolerance,
+            make_current=False,
             progress=bar,
         )
     finally:
         bar.close()
+    connection = _redis(settings)
+    current = promote(store, args.project, info, connection=connection, force=args.promote_anyway)
+    if not current:
+        print(
+            f"videoloop train: {info.version} is kept but not made current: "
+            f"{info.meta['gate']['reason']} (--promote-anyway makes it current)",
+            file=sys.stderr,
+        )
     test = info.meta["metrics"]["test"]
     summary = {
         "project": args.project,
@@ -139,6 +151,8 @@ def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         "parameters": info.meta["model"]["parameters"],
         "seconds": round(time.perf_counter() - started, 1),
         "path": str(info.path),
+        "current": current,
+        "gate": info.meta.get("gate"),
     }
     print(json.dumps(summary))
     return 0
@@ -223,6 +237,114 @@ def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _redis(settings: Settings):
+    """A Redis connection when REDIS_URL is set (to mirror and announce version changes)."""
+    if not settings.redis_url:
+        return None
+    import redis
+
+    return redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
+
+
+def _gate_text(gate: dict | None) -> str:
+    if not gate:
+        return "-"
+    verdict = "pass" if gate.get("passed") else "FAIL"
+    if gate.get("current") is None or gate.get("candidate") is None:
+        return f"{verdict} (nothing to compare)"
+    return f"{gate['candidate']:.3f} vs {gate['current']:.3f} {verdict}"
+
+
+def _version_row(info) -> dict[str, str]:
+    meta = info.meta
+    accuracy = ((meta.get("metrics") or {}).get("test") or {}).get("accuracy")
+    dataset = meta.get("dataset") or {}
+    created = meta.get("created_at")
+    return {
+        "version": info.version,
+        "status": str(info.status or ""),
+        "test acc": f"{accuracy:.3f}" if isinstance(accuracy, int | float) else "-",
+        "gate (new vs current)": _gate_text(meta.get("gate")),
+        "parent": meta.get("parent") or "-",
+        "created (UTC)": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(created))
+        if isinstance(created, int | float)
+        else "-",
+        "videos (train/val/test)": (
+            f"{dataset.get('videos', '-')} ({dataset.get('train', '-')}/"
+            f"{dataset.get('val', '-')}/{dataset.get('test', '-')})"
+        ),
+    }
+
+
+def _cmd_models(args: argparse.Namespace, settings: Settings) -> int:
+    """List, show, promote and roll back a project's versions (no TensorFlow needed)."""
+    from backend.protocol import normalize_project
+    from training.store import ModelStore
+
+    project = normalize_project(args.project)
+    store = ModelStore(settings.model_dir)
+    if args.models_command == "list":
+        versions = store.list_versions(project)
+        if args.json:
+            print(json.dumps([_version_row(v) for v in versions], indent=2))
+            return 0
+        if not versions:
+            print(f"project {project} has no versions in {settings.model_dir}", file=sys.stderr)
+            return 1
+        rows = [_version_row(v) for v in versions]
+        widths = {k: max(len(k), *(len(r[k]) for r in rows)) for k in rows[0]}
+        print("  ".join(k.ljust(w) for k, w in widths.items()).rstrip())
+        for row in rows:
+            print("  ".join(row[k].ljust(w) for k, w in widths.items()).rstrip())
+        return 0
+    if args.models_command == "show":
+        statuses = store.get_statuses(project)
+        info = store.get_version(project, args.version)
+        shown = {
+            "version": info.version,
+            "status": str(statuses.get(info.version, "")),
+            "path": str(info.path),
+            "pictures": sorted(str(p) for p in info.path.glob("*.png")),
+            "meta": info.meta,
+        }
+        print(json.dumps(shown, indent=2, default=str))
+        return 0
+    if args.models_command == "promote":
+        return _change_current(store, project, args.version, "promote", settings)
+    target = store.get_rollback_target(project)
+    if target is None:
+        raise RuntimeError(f"project {project} has no earlier current version to roll back to")
+    return _change_current(store, project, target, "rollback", settings)
+
+
+def _change_current(store, project: str, version: str, action: str, settings: Settings) -> int:
+    """Point the project at ``version`` through VersionPointer (with Redis, so every serving
+    process swaps within seconds), queue the refresh of predictions, print what changed."""
+    import redis
+
+    from training.current import VersionPointer
+    from training.jobs import enqueue_refresh
+
+    store.get_version(project, version)  # raises StoreError (exit 2) if absent
+    before = store.get_current(project)
+    change: dict = {"project": project, "action": action, "previous": before, "current": version}
+    if before == version:
+        print(json.dumps({**change, "changed": False, "note": f"{version} is already current"}))
+        return 0
+    connection = _redis(settings)
+    VersionPointer(store, connection).set(
+        project, version, action=action, reason=f"videoloop models {action}"
+    )
+    change.update(changed=True, redis=connection is not None, refresh_job=None)
+    if connection is not None:
+        try:
+            change["refresh_job"] = enqueue_refresh(connection, project, version, settings)
+        except redis.RedisError as exc:
+            print(f"videoloop models: no refresh queued (Redis: {exc})", file=sys.stderr)
+    print(json.dumps(change))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="videoloop",
@@ -262,6 +384,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dropout", type=float, default=0.3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--promote-anyway",
+        action="store_true",
+        help="make the new version current even if the quality gate finds it worse",
+    )
 
     p = sub.add_parser("worker", help="run a training worker on REDIS_URL's queue")
     p.add_argument("--burst", action="store_true", help="exit when the queue is empty")
@@ -274,6 +401,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="predict videos with the project's current model")
     p.add_argument("--project", required=True)
     p.add_argument("videos", nargs="+", help="video files")
+
+    p = sub.add_parser("models", help="a project's versions: list, show, promote, rollback")
+    models = p.add_subparsers(dest="models_command", required=True)
+    m = models.add_parser("list", help="every version with its status, accuracy and gate")
+    m.add_argument("--project", required=True)
+    m.add_argument("--json", action="store_true", help="rows as JSON instead of a table")
+    m = models.add_parser("show", help="a version's meta.json and the paths of its pictures")
+    m.add_argument("version")
+    m.add_argument("--project", required=True)
+    m = models.add_parser("promote", help="make a version current (every serving process)")
+    m.add_argument("version")
+    m.add_argument("--project", required=True)
+    m = models.add_parser("rollback", help="make the version current before this one current")
+    m.add_argument("--project", required=True)
     return parser
 
 
@@ -284,6 +425,7 @@ COMMANDS = {
     "predict": _cmd_predict,
     "worker": _cmd_worker,
     "status": _cmd_status,
+    "models": _cmd_models,
 }
 
 

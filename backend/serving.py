@@ -1,15 +1,27 @@
 """The model owner of a serving process: one loaded version per project, swapped in whole.
 
-The store's ``current`` pointer is the truth shared by every process. Each process compares
-it with what it has loaded and, when they differ, loads the new version on a background
-thread (load + warm-up), then swaps the project's reference under a lock that guards only
-the swap. Requests read the reference once and use that bundle to the end, so a request
-never mixes two versions. Nothing loads on a request thread: /predict for a project whose
-first load is running waits for it (bounded); /setup only reads the pointer.
+The store's ``current`` pointer is the truth shared by every process (training/current.py).
+Each process compares it with what it has loaded and, when they differ, loads the new version
+on a background thread (load + warm-up), then swaps the project's reference under a lock that
+guards only the swap. Requests read the reference once and use that bundle to the end, so a
+request never mixes two versions and never waits on a swap. Nothing loads on a request thread:
+/predict for a project without a loaded model (first load, or evicted) waits for its load
+(bounded); /setup only reads the pointer.
 
-Version changes are noticed by :meth:`ModelServer.check` (rate-limited pointer reads on
-/setup and /predict) and, later, by a Redis pub/sub listener calling
-:meth:`ModelServer.notify`.
+Every process swaps a new version in at the same instant, ``SWAP_DELAY_S`` after it was made
+current (the pointer file's time, which all processes read alike), not each as soon as its own
+load ends: Label Studio's requests land on any gunicorn worker, and processes swapping a few
+hundred milliseconds apart would show a client the new version and then the old one again. A
+process whose load takes longer swaps when it is ready.
+
+Version changes are noticed three ways: a Redis pub/sub notice (:meth:`ModelServer.listen`,
+within milliseconds), a background poll of every loaded project's pointer (every
+``POLL_INTERVAL_S``, so an idle process swaps too and nothing depends on Redis), and a
+rate-limited pointer read on /setup and /predict (:meth:`ModelServer.check`).
+
+Memory: one model per project (the old one is dropped at the swap and freed once the last
+request holding it ends) and at most ``MAX_MODELS_IN_MEMORY`` projects; loading one more
+drops the least recently used project whole.
 """
 
 from __future__ import annotations
@@ -24,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from backend import protocol
+from training.current import CurrentVersion, PointerListener, VersionPointer
 from training.labelconfig import VideoChoices
 from training.media import MediaError, MediaResolver, get_video_url
 from training.sampler import VideoDecodeError, sample_clip
@@ -32,12 +45,28 @@ from training.settings import Settings
 from training.store import NO_MODEL_VERSION, ModelStore, VersionInfo
 
 if TYPE_CHECKING:
+    import redis
+
     from training.predict import LoadedModel
 
 log = logging.getLogger(__name__)
 
 CHECK_INTERVAL_S = 1.0
-"""Seconds between two reads of a project's current pointer by check()."""
+"""Seconds between two reads of a project's current pointer by check() (request path)."""
+
+POLL_INTERVAL_S = 1.0
+"""Seconds between two background reads of every loaded project's pointer."""
+
+SWAP_DELAY_S = 3.0
+"""Seconds after a version is made current at which every process swaps it in, together.
+
+Longer than a load and warm-up takes, so that every process is ready by then (small models
+took 0.5-2.3 s on 2 cores saturated by /predict traffic: tests/test_hot_swap.py,
+bench/swap_latency.py); short enough that every process serves a new version within 5 s.
+The first load of a project in a process is swapped in at once (nothing to stay consistent
+with, and a request is waiting). Trap: when versions are made current less than this apart,
+a process swaps to whatever the pointer says after its previous swap, so processes may skip
+different intermediate versions and briefly disagree."""
 
 FIRST_LOAD_WAIT_S = 60.0
 """Seconds a /predict waits for a project's first model load before answering "no model"."""
@@ -64,19 +93,26 @@ class _ProjectState:
 
     model: LoadedModel | None = None
     loading: str | None = None
+    """The version being loaded (or loaded and waiting for its swap time)."""
     done: threading.Event = field(default_factory=threading.Event)
     failed: dict[str, float] = field(default_factory=dict)
     checked_at: float = float("-inf")
+    used_at: float = float("-inf")
+    """time.monotonic() of the last request; the least recently used project goes first."""
+    swapped_at: float | None = None
+    """time.time() of the last swap, for describe()."""
 
 
 class ModelServer:
     """Holds each project's loaded model and predicts tasks with it.
 
     Args:
-        settings: decode_threads, predict_batch_size, model_dir and the media settings.
+        settings: decode_threads, predict_batch_size, max_models_in_memory, model_dir and
+            the media settings.
         store: the model store (default: ModelStore(settings.model_dir)).
         media: resolves video references (default: MediaResolver.from_settings).
         loader: loads a version (default: TensorFlow via training.predict.load_version).
+        swap_delay_s: see SWAP_DELAY_S; tests pass 0 to swap as soon as a load ends.
     """
 
     def __init__(
@@ -86,10 +122,14 @@ class ModelServer:
         store: ModelStore | None = None,
         media: MediaResolver | None = None,
         loader: Loader | None = None,
+        swap_delay_s: float = SWAP_DELAY_S,
     ) -> None:
         self.settings = settings
         self.store = store or ModelStore(settings.model_dir)
+        self.pointer = VersionPointer(self.store)
         self.media = media or MediaResolver.from_settings(settings)
+        self.max_models = max(1, settings.max_models_in_memory)
+        self.swap_delay_s = swap_delay_s
         self._loader = loader or load_with_tensorflow
         self._lock = threading.Lock()
         self._states: dict[str, _ProjectState] = {}
@@ -98,13 +138,41 @@ class ModelServer:
         self._decode_pool = ThreadPoolExecutor(
             max(1, settings.decode_threads), thread_name_prefix="decode"
         )
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
+        self._listener: PointerListener | None = None
 
     # -- versions ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start loading every project in the store in the background; returns at once."""
-        for project in self.store.list_projects():
+        """Load projects from the store in the background and start polling; returns at once.
+
+        At most ``max_models`` projects are loaded up front; the others on their first request.
+        """
+        projects = self.store.list_projects()
+        if len(projects) > self.max_models:
+            log.info(
+                "%d projects in the store, loading %d now (MAX_MODELS_IN_MEMORY), the others "
+                "on their first request",
+                len(projects),
+                self.max_models,
+            )
+        for project in projects[: self.max_models]:
             self.notify(project)
+        if self._poller is None:
+            self._poller = threading.Thread(target=self._poll, name="pointer-poll", daemon=True)
+            self._poller.start()
+
+    def listen(self, connection: redis.Redis) -> PointerListener:
+        """Swap on Redis pub/sub notices of new current versions (VersionPointer.set).
+
+        Polling goes on beside it: a notice lost while Redis was away is caught by the poll.
+        """
+        if self._listener is None:
+            self._listener = PointerListener(
+                connection, self._on_notice, on_connect=self.poll_once
+            ).start()
+        return self._listener
 
     def get_version(self, project: str) -> str:
         """The version this process answers /predict with: cheap, for /setup.
@@ -120,16 +188,29 @@ class ModelServer:
             failed = dict(state.failed) if state else {}
         if model is not None:
             return model.version
-        pointer = self.store.get_current(project)
-        if pointer is None or pointer in failed:
+        current = self._read_pointer(project)
+        if current is None or current.version in failed:
             return NO_MODEL_VERSION
-        return pointer
+        return current.version
 
     def get_loaded(self, project: str) -> LoadedModel | None:
         """The model loaded now, without waiting or checking."""
         with self._lock:
             state = self._states.get(project)
             return state.model if state else None
+
+    def describe(self) -> dict[str, dict]:
+        """What this process holds, per project: loaded version, version loading, last swap."""
+        with self._lock:
+            return {
+                project: {
+                    "version": state.model.version if state.model else None,
+                    "loading": state.loading,
+                    "swapped_at": state.swapped_at,
+                }
+                for project, state in self._states.items()
+                if state.model is not None or state.loading is not None
+            }
 
     def check(self, project: str) -> None:
         """Schedule a background load if the pointer moved; reads it at most every ~1 s."""
@@ -144,8 +225,6 @@ class ModelServer:
     def notify(self, project: str) -> threading.Event | None:
         """Compare the pointer now (no rate limit) and schedule a load if it moved.
 
-        The seam for push notifications (Redis pub/sub) of a new current version.
-
         Returns:
             An event set when the scheduled (or running) load ends, or None when nothing
             is to be loaded.
@@ -154,16 +233,40 @@ class ModelServer:
             self._states.setdefault(project, _ProjectState()).checked_at = time.monotonic()
         return self._schedule(project, self._read_pointer(project))
 
-    def _read_pointer(self, project: str) -> str | None:
+    def poll_once(self) -> None:
+        """Compare every loaded project's pointer with its model (the background poll)."""
+        with self._lock:
+            projects = [p for p, s in self._states.items() if s.model is not None]
+        for project in projects:
+            self.notify(project)
+
+    def _poll(self) -> None:
+        while not self._stop.wait(POLL_INTERVAL_S):
+            try:
+                self.poll_once()
+            except Exception:
+                log.exception("polling the current versions failed")
+
+    def _on_notice(self, project: str) -> None:
+        """A pub/sub notice: swap a project held here; load a new one only if there is room."""
+        with self._lock:
+            state = self._states.get(project)
+            held = state is not None and (state.model is not None or state.loading is not None)
+            room = sum(s.model is not None for s in self._states.values()) < self.max_models
+        if held or room:
+            self.notify(project)
+
+    def _read_pointer(self, project: str) -> CurrentVersion | None:
         try:
-            return self.store.get_current(project)
+            return self.pointer.get_current(project)
         except (OSError, ValueError) as exc:
             self._log_once(("pointer", project, str(exc)), "project %s: %s", project, exc)
             return None
 
-    def _schedule(self, project: str, version: str | None) -> threading.Event | None:
-        if version is None:
+    def _schedule(self, project: str, current: CurrentVersion | None) -> threading.Event | None:
+        if current is None or self._stop.is_set():
             return None
+        version = current.version
         with self._lock:
             state = self._states.setdefault(project, _ProjectState())
             if state.loading is not None:
@@ -177,46 +280,96 @@ class ModelServer:
             state.done = threading.Event()
             done = state.done
         log.info("project %s: loading version %s in the background", project, version)
-        self._load_pool.submit(self._load, project, version)
+        self._load_pool.submit(self._load, project, current)
         return done
 
-    def _load(self, project: str, version: str) -> None:
-        """Runs on a load thread: build and warm the model, then swap the reference."""
+    def _load(self, project: str, current: CurrentVersion) -> None:
+        """Runs on a load thread: build and warm the model, then swap it in at its time."""
         started = time.perf_counter()
         model: LoadedModel | None = None
         try:
-            info = self.store.get_version(project, version)
+            info = self.store.get_version(project, current.version)
             model = self._loader(info, self.settings.predict_batch_size)
         except Exception:
-            log.exception("project %s: loading version %s failed", project, version)
+            log.exception("project %s: loading version %s failed", project, current.version)
+        with self._lock:
+            first = self._states[project].model is None
+        wait_s = 0.0
+        if model is not None and not first:
+            # Capped: a pointer time in the future (clock skew) must not hold the swap back.
+            wait_s = min(current.set_at + self.swap_delay_s - time.time(), self.swap_delay_s)
+        load_s = time.perf_counter() - started
+        if wait_s > 0:
+            timer = threading.Timer(wait_s, self._install, (project, current, model, load_s))
+            timer.name, timer.daemon = f"swap-{project}", True
+            timer.start()
+        else:
+            self._install(project, current, model, load_s)
+
+    def _install(
+        self,
+        project: str,
+        current: CurrentVersion,
+        model: LoadedModel | None,
+        load_s: float,
+    ) -> None:
+        """The swap: one assignment under the lock; the old model is dropped with it."""
+        version = current.version
+        evicted: list[str] = []
         with self._lock:
             state = self._states[project]
             if model is None:
                 state.failed[version] = time.monotonic()
             else:
-                state.model = model  # the swap: requests read this reference once
+                state.model = model  # requests read this reference once
                 state.failed.pop(version, None)
+                state.swapped_at = time.time()
+                evicted = self._evict_locked(keep=project)
             state.loading = None
             state.done.set()
-        if model is not None:
+        if model is None:
+            return
+        log.info(
+            "project %s: serving version %s (loaded and warmed up in %.2f s; swapped in "
+            "%.2f s after it became current)",
+            project,
+            version,
+            load_s,
+            time.time() - current.set_at,
+        )
+        if evicted:
             log.info(
-                "project %s: serving version %s (loaded in %.2f s)",
-                project,
-                version,
-                time.perf_counter() - started,
+                "dropped the models of %s (least recently used; MAX_MODELS_IN_MEMORY=%d)",
+                ", ".join(evicted),
+                self.max_models,
             )
-            # The pointer may have moved while we loaded.
-            pointer = self._read_pointer(project)
-            if pointer is not None and pointer != version:
-                self._schedule(project, pointer)
+        # The pointer may have moved while we loaded.
+        self._schedule(project, self._read_pointer(project))
+
+    def _evict_locked(self, keep: str) -> list[str]:
+        """Drop least recently used projects beyond max_models; never one being loaded."""
+        loaded = sum(s.model is not None for s in self._states.values())
+        candidates = sorted(
+            (s.used_at, p)
+            for p, s in self._states.items()
+            if p != keep and s.model is not None and s.loading is None
+        )
+        victims = [p for _, p in candidates[: max(0, loaded - self.max_models)]]
+        for project in victims:
+            del self._states[project]  # its model goes once in-flight requests end
+        return victims
 
     def get_model(self, project: str, wait_s: float = FIRST_LOAD_WAIT_S) -> LoadedModel | None:
         """The project's model for a request, waiting up to ``wait_s`` for a first load.
 
         Returns None when the project has no version, or its load failed or is still running
-        after ``wait_s``. Never loads on the calling thread.
+        after ``wait_s``. Never loads on the calling thread; never waits when a model is
+        loaded (a newer version loads in the background meanwhile).
         """
-        model = self.get_loaded(project)
+        with self._lock:
+            state = self._states.setdefault(project, _ProjectState())
+            state.used_at = time.monotonic()
+            model = state.model
         if model is not None:
             self.check(project)
             return model
@@ -300,7 +453,10 @@ class ModelServer:
         return sample_clip(path, model.sampling)
 
     def close(self) -> None:
-        """Stop the thread pools (running loads finish in the background)."""
+        """Stop polling, listening and the thread pools (running loads finish meanwhile)."""
+        self._stop.set()
+        if self._listener is not None:
+            self._listener.stop()
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
         self._load_pool.shutdown(wait=False, cancel_futures=True)
 

@@ -7,8 +7,11 @@ One ``FakeLabelStudio`` serves both halves of Label Studio that videoloop talks 
   ``presign_to``), and 404 on ``/storage-data/uploaded/`` (no storage proxy);
 * the API that label-studio-sdk 2.x calls: ``GET /api/projects/<id>/``, ``GET /api/tasks/``
   (page-number paging ordered by id, 404 "Invalid page." past the last page, annotations
-  only with ``fields=all``, cloud URIs in task data rewritten to ``/tasks/<id>/presign/...``
-  unless ``resolve_uri=false``), and ``POST /api/token/refresh/`` for personal access tokens.
+  and predictions only with ``fields=all``, cloud URIs in task data rewritten to
+  ``/tasks/<id>/presign/...`` unless ``resolve_uri=false``), ``POST /api/predictions/``
+  (``{task, result, score, model_version}``; 400 for a task that does not exist, as Label
+  Studio's serializer answers), ``GET /api/predictions/?task=<id>`` (a plain list), and
+  ``POST /api/token/refresh/`` for personal access tokens.
 
 Every route checks ``Authorization: Token <token>`` (legacy token) or ``Bearer <access>``
 (an access token this server minted from :attr:`FakeLabelStudio.personal_access_token`).
@@ -172,7 +175,8 @@ class FakeLabelStudio(MediaHost):
         self._projects: dict[int, dict] = {}
         self._tasks: dict[int, dict] = {}
         self._annotations: dict[int, dict] = {}
-        self._next_id = {"project": 1, "task": 1, "annotation": 1}
+        self._predictions: dict[int, dict] = {}
+        self._next_id = {"project": 1, "task": 1, "annotation": 1, "prediction": 1}
         self._faults: list[tuple[str, dict[str, str], int]] = []
         self.personal_access_token = self._mint("refresh", ttl_s=30 * 24 * 3600)
         super().__post_init__()
@@ -283,6 +287,24 @@ class FakeLabelStudio(MediaHost):
             del self._tasks[task_id]
             for aid in [a for a, ann in self._annotations.items() if ann["task"] == task_id]:
                 del self._annotations[aid]
+            for pid in [p for p, pred in self._predictions.items() if pred["task"] == task_id]:
+                del self._predictions[pid]
+
+    def add_prediction(
+        self, task_id: int, result: list[dict], *, score: float | None, model_version: str
+    ) -> int:
+        """Store a prediction on a task as ``POST /api/predictions/`` does; returns its id."""
+        with self._lock:
+            return self._add_prediction(task_id, result, score, model_version)
+
+    def predictions(self, task_id: int | None = None) -> list[dict]:
+        """Stored predictions (of one task, or all), oldest first."""
+        with self._lock:
+            return [
+                copy.deepcopy(p)
+                for p in sorted(self._predictions.values(), key=lambda p: p["id"])
+                if task_id is None or p["task"] == task_id
+            ]
 
     def fail_next(
         self,
@@ -331,25 +353,54 @@ class FakeLabelStudio(MediaHost):
             return self._get_project(req, parts[2])
         if parts == ["api", "tasks"]:
             return self._list_tasks(req, parse_qs(parsed.query))
+        if parts == ["api", "predictions"]:
+            return self._list_predictions(req, parse_qs(parsed.query))
         return self._send_json(req, 404, {"detail": "Not found."})
 
     def _route_post(self, req: BaseHTTPRequestHandler) -> None:
         parsed = urlparse(req.path)
         if self._take_fault(req):
             return None
-        if parsed.path != "/api/token/refresh/":
+        if parsed.path not in ("/api/token/refresh/", "/api/predictions/"):
             return self._send_json(req, 404, {"detail": "Not found."})
         length = int(req.headers.get("Content-Length") or 0)
         try:
             body = json.loads(req.rfile.read(length) or b"{}")
         except json.JSONDecodeError:
             return self._send_json(req, 400, {"detail": "JSON parse error"})
+        if parsed.path == "/api/predictions/":
+            return self._post_prediction(req, body)
         claims = self._decode(str(body.get("refresh", "")))
         if claims is None or claims.get("token_type") != "refresh":
             return self._send_json(
                 req, 401, {"detail": "Token is invalid or expired", "code": "token_not_valid"}
             )
         return self._send_json(req, 200, {"access": self._mint("access", ACCESS_TOKEN_TTL_S)})
+
+    def _post_prediction(self, req: BaseHTTPRequestHandler, body: Any) -> None:
+        """Label Studio's PredictionAPI create: task and result are required."""
+        if not self._authorized(req):
+            return self._send_json(
+                req, 401, {"detail": "Authentication credentials were not provided."}
+            )
+        errors: dict[str, list[str]] = {}
+        task_id = body.get("task") if isinstance(body, dict) else None
+        result = body.get("result") if isinstance(body, dict) else None
+        if not isinstance(result, list):
+            errors["result"] = ["This field is required."]
+        with self._lock:
+            if not isinstance(task_id, int) or task_id not in self._tasks:
+                errors["task"] = [f'Invalid pk "{task_id}" - object does not exist.']
+            if errors:
+                payload = None
+            else:
+                pid = self._add_prediction(
+                    task_id, result, body.get("score"), str(body.get("model_version") or "")
+                )
+                payload = copy.deepcopy(self._predictions[pid])
+        if payload is None:
+            return self._send_json(req, 400, errors)
+        return self._send_json(req, 201, payload)
 
     def _take_fault(self, req: BaseHTTPRequestHandler) -> bool:
         parsed = urlparse(req.path)
@@ -378,6 +429,19 @@ class FakeLabelStudio(MediaHost):
                 )
         if payload is None:
             return self._send_json(req, 404, {"detail": "Not found."})
+        return self._send_json(req, 200, payload)
+
+    def _list_predictions(self, req: BaseHTTPRequestHandler, query: dict[str, list[str]]) -> None:
+        """Label Studio's PredictionAPI list: a plain list, filtered by task and project."""
+        wanted = {k: query[k][-1] for k in ("task", "project") if k in query}
+        if any(not v.isdigit() for v in wanted.values()):
+            return self._send_json(req, 400, {"detail": "Enter a number."})
+        with self._lock:
+            payload = [
+                copy.deepcopy(p)
+                for p in sorted(self._predictions.values(), key=lambda p: p["id"])
+                if all(p[k] == int(v) for k, v in wanted.items())
+            ]
         return self._send_json(req, 200, payload)
 
     def _list_tasks(self, req: BaseHTTPRequestHandler, query: dict[str, list[str]]) -> None:
@@ -409,7 +473,7 @@ class FakeLabelStudio(MediaHost):
                 payload = {
                     "total": len(tasks),
                     "total_annotations": sum(len(self._annotations_of(t["id"])) for t in tasks),
-                    "total_predictions": 0,
+                    "total_predictions": sum(len(self._predictions_of(t["id"])) for t in tasks),
                     "tasks": [self._task_json(t, with_annotations, resolve_uri) for t in chunk],
                 }
         if payload is None:
@@ -430,6 +494,35 @@ class FakeLabelStudio(MediaHost):
         self._clock += 1
         stamp = _EPOCH + dt.timedelta(seconds=self._clock, microseconds=123456)
         return stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+    def _add_prediction(
+        self, task_id: int, result: list[dict], score: float | None, model_version: str
+    ) -> int:
+        task = self._tasks[task_id]
+        pid = self._new_id("prediction", None)
+        now = self._now()
+        self._predictions[pid] = {
+            "id": pid,
+            "task": task_id,
+            "project": task["project"],
+            "result": copy.deepcopy(result),
+            "score": score,
+            "model_version": model_version,
+            "model": None,
+            "model_run": None,
+            "cluster": None,
+            "neighbors": None,
+            "mislabeling": 0.0,
+            "created_ago": "0\xa0minutes",
+            "created_at": now,
+            "updated_at": now,
+        }
+        return pid
+
+    def _predictions_of(self, task_id: int) -> list[dict]:
+        return sorted(
+            (p for p in self._predictions.values() if p["task"] == task_id), key=lambda p: p["id"]
+        )
 
     def _annotations_of(self, task_id: int) -> list[dict]:
         return sorted(
@@ -458,7 +551,7 @@ class FakeLabelStudio(MediaHost):
             "file_upload": None,
             "total_annotations": len(done),
             "cancelled_annotations": len(annotations) - len(done),
-            "total_predictions": 0,
+            "total_predictions": len(self._predictions_of(task["id"])),
             "comment_count": 0,
             "unresolved_comment_count": 0,
             "last_comment_updated_at": None,
@@ -467,7 +560,7 @@ class FakeLabelStudio(MediaHost):
         }
         if with_annotations:
             payload["annotations"] = copy.deepcopy(annotations)
-            payload["predictions"] = []
+            payload["predictions"] = copy.deepcopy(self._predictions_of(task["id"]))
             payload["drafts"] = []
         return payload
 

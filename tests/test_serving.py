@@ -7,9 +7,11 @@ ends. Videos are real files decoded with PyAV; test_predict_http.py runs the rea
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +21,7 @@ import pytest
 from backend import serving
 from backend.protocol import choices_result
 from backend.serving import ModelServer
+from training.current import VersionPointer
 from training.labelconfig import VideoChoices
 from training.sampler import sample_clip
 from training.sampling import SamplingConfig
@@ -57,11 +60,13 @@ class Loader:
         self.release = threading.Event()
         self.threads: list[str] = []
         self.versions: list[str] = []
+        self.projects: list[str] = []
         self.fail = fail or set()
 
     def __call__(self, info: VersionInfo, batch_size: int) -> BrightnessModel:
         self.threads.append(threading.current_thread().name)
         self.versions.append(info.version)
+        self.projects.append(info.project)
         assert self.release.wait(10)
         if info.version in self.fail:
             raise OSError(f"cannot read {info.model_path}")
@@ -83,10 +88,11 @@ def store(tmp_path) -> ModelStore:
     return ModelStore(tmp_path / "models")
 
 
-def make_server(tmp_path, store, loader, **settings) -> ModelServer:
+def make_server(tmp_path, store, loader, *, swap_delay_s: float = 0.0, **settings) -> ModelServer:
+    """A server swapping as soon as a load ends, unless a test is about the agreed swap time."""
     settings.setdefault("predict_batch_size", 2)
     config = Settings(model_dir=store.root, cache_dir=tmp_path / "cache", **settings)
-    return ModelServer(config, store=store, loader=loader)
+    return ModelServer(config, store=store, loader=loader, swap_delay_s=swap_delay_s)
 
 
 def wait_for(condition, timeout_s: float = 10.0) -> None:
@@ -256,3 +262,165 @@ def test_labels_missing_from_the_config_give_empty_results_logged_once(tmp_path,
     assert len([r for r in caplog.records if "labels" in r.getMessage()]) == 1
     assert server.get_loaded("1").batches == []  # nothing decoded or predicted
     server.close()
+
+
+# -- hot swap: one model per project, LRU, background poll, pub/sub, agreed swap time -------
+
+
+def test_the_old_model_is_released_once_the_last_request_holding_it_ends(tmp_path, store):
+    publish(store, "1")
+    loader = Loader()
+    loader.release.set()
+    server = make_server(tmp_path, store, loader)
+    held = server.get_model("1")  # a request in flight keeps its bundle
+    old = weakref.ref(held)
+    v2 = publish(store, "1")
+    server.notify("1")
+    wait_for(lambda: server.get_loaded("1").version == v2.version)
+    gc.collect()
+    assert old() is held  # still serving the request that started on it
+    del held
+    gc.collect()
+    assert old() is None  # nothing else kept it: one model per project
+    server.close()
+
+
+def test_least_recently_used_projects_are_dropped_and_reloaded_on_request(tmp_path, store):
+    infos = {p: publish(store, p) for p in ("1", "2", "3")}
+    loader = Loader()
+    loader.release.set()
+    server = make_server(tmp_path, store, loader, max_models_in_memory=2)
+    for project in ("1", "2", "1"):  # project 2 is now the least recently used
+        assert server.get_model(project).version == infos[project].version
+    dropped = weakref.ref(server.get_loaded("2"))
+
+    assert server.get_model("3").version == infos["3"].version
+    assert set(server.describe()) == {"1", "3"}
+    assert server.get_loaded("2") is None
+    gc.collect()
+    assert dropped() is None
+
+    # The next request for project 2 waits for its reload, like a first load; 1 goes now.
+    assert server.get_model("2").version == infos["2"].version
+    assert set(server.describe()) == {"2", "3"}
+    assert loader.projects == ["1", "2", "3", "2"]
+    server.close()
+
+
+def test_start_loads_no_more_projects_than_fit(tmp_path, store):
+    for project in ("1", "2", "3"):
+        publish(store, project)
+    loader = Loader()
+    loader.release.set()
+    server = make_server(tmp_path, store, loader, max_models_in_memory=2)
+    server.start()
+    wait_for(lambda: [d["version"] is not None for d in server.describe().values()] == [True] * 2)
+    assert sorted(loader.projects) == ["1", "2"]  # project 3 waits for its first request
+    server.close()
+
+
+def test_an_idle_process_swaps_by_polling_in_the_background(tmp_path, store):
+    publish(store, "1")
+    loader = Loader()
+    loader.release.set()
+    server = make_server(tmp_path, store, loader)
+    server.start()
+    wait_for(lambda: server.get_loaded("1") is not None)
+    v2 = publish(store, "1")
+    # No request, no check(), no Redis: only the background poll reads the pointer.
+    wait_for(lambda: server.get_loaded("1").version == v2.version)
+    server.close()
+
+
+def test_a_pubsub_notice_swaps_without_polling(tmp_path, store, redis_conn, monkeypatch):
+    monkeypatch.setattr(serving, "CHECK_INTERVAL_S", 3600.0)
+    v1 = publish(store, "1")
+    loader = Loader()
+    loader.release.set()
+    server = make_server(tmp_path, store, loader, max_models_in_memory=1)
+    assert server.get_model("1").version == v1.version  # server.start() (the poll) never runs
+    listener = server.listen(redis_conn)
+    assert listener.connected.wait(10)
+
+    pointer = VersionPointer(store, redis_conn)
+    other = publish_aside(store, "2")
+    pointer.set("2", other.version)  # no room for a second project: not loaded
+    v2 = publish_aside(store, "1")
+    pointer.set("1", v2.version)
+    wait_for(lambda: server.get_loaded("1").version == v2.version)
+    # Notices are handled in order: project 2's was handled, and ignored, before this one.
+    assert loader.projects == ["1", "1"]
+    assert set(server.describe()) == {"1"}
+    server.close()
+    wait_for(lambda: not listener.connected.is_set())  # close() ends the subscription
+
+
+def test_a_notice_loads_a_new_project_when_there_is_room(tmp_path, store, redis_conn):
+    loader = Loader()
+    loader.release.set()
+    server = make_server(tmp_path, store, loader)
+    assert server.listen(redis_conn).connected.wait(10)
+    info = publish_aside(store, "4")
+    VersionPointer(store, redis_conn).set("4", info.version)
+    wait_for(lambda: server.get_loaded("4") is not None)  # ready before its first request
+    server.close()
+
+
+def test_every_process_swaps_at_the_agreed_time_and_first_loads_at_once(tmp_path, store):
+    delay_s = 1.0
+    v1 = publish(store, "1")
+    fast, slow = Loader(), SlowLoader(0.3)
+    fast.release.set()
+    slow.release.set()
+    servers = [
+        make_server(tmp_path, store, loader, swap_delay_s=delay_s) for loader in (fast, slow)
+    ]
+    # A first load is swapped in as soon as it is ready: a request is waiting for it.
+    pointer = VersionPointer(store)
+    assert pointer.get_current("1").version == v1.version
+    for server in servers:
+        assert server.get_model("1", wait_s=10).version == v1.version
+
+    v2 = publish(store, "1")
+    set_at = pointer.get_current("1").set_at
+    for server in servers:
+        server.notify("1")
+    for server in servers:
+        wait_for(lambda s=server: s.get_loaded("1").version == v2.version)
+        # Not before the agreed instant, however fast this process loaded it (1 ms for the
+        # timer's monotonic clock against the wall clock).
+        assert server.describe()["1"]["swapped_at"] >= set_at + delay_s - 0.001
+    assert fast.versions == slow.versions == [v1.version, v2.version]
+    for server in servers:
+        server.close()
+
+
+def test_first_load_is_not_held_back_by_the_swap_delay(tmp_path, store):
+    info = publish(store, "1")
+    loader = Loader()
+    loader.release.set()
+    server = make_server(tmp_path, store, loader, swap_delay_s=3600.0)
+    assert server.get_model("1", wait_s=10).version == info.version
+    server.close()
+
+
+class SlowLoader(Loader):
+    """A loader that takes ``seconds`` per load."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def __call__(self, info: VersionInfo, batch_size: int) -> BrightnessModel:
+        time.sleep(self.seconds)
+        return super().__call__(info, batch_size)
+
+
+def publish_aside(store: ModelStore, project: str) -> VersionInfo:
+    """Publish a version without making it current (VersionPointer does that)."""
+
+    def write(folder: Path) -> dict:
+        (folder / MODEL_FILE).write_bytes(b"stand-in")
+        return {"labels": LABELS, "sampling": SAMPLING.to_dict()}
+
+    return store.publish(project, write, make_current=False)

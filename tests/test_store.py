@@ -1,4 +1,5 @@
-"""The model store: immutable versions, an atomic current pointer, concurrent publishers."""
+"""The model store: immutable versions, an atomic current pointer, concurrent publishers,
+and the append-only history behind each version's status and the rollback target."""
 
 from __future__ import annotations
 
@@ -8,7 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from training.store import META_FILE, MODEL_FILE, ModelStore, StoreError, validate_project
+from training.store import (
+    HISTORY_FILE,
+    META_FILE,
+    MODEL_FILE,
+    HistoryAction,
+    ModelStore,
+    StoreError,
+    VersionStatus,
+    validate_project,
+)
 
 
 def writer(labels=("a", "b"), fail: bool = False):
@@ -92,3 +102,92 @@ def test_stale_staging_folders_of_dead_publishers_are_cleaned(tmp_path):
     fresh.mkdir()
     assert store.cleanup_staging("3") == 1
     assert not stale.exists() and fresh.exists()
+
+
+def statuses(store: ModelStore, project: str) -> dict[str, str]:
+    return {v.version: v.status for v in store.list_versions(project)}
+
+
+def test_history_records_each_change_and_statuses_follow_it(tmp_path):
+    store = ModelStore(tmp_path)
+    v1 = store.publish("3", writer()).version
+    v2 = store.publish("3", writer()).version
+    v3 = store.publish("3", writer(), make_current=False).version
+    v4 = store.publish("3", writer(), make_current=False).version
+    store.record_rejection("3", v3, "accuracy 0.4 < 0.9", candidate=0.4, current=0.9)
+    assert statuses(store, "3") == {
+        v1: VersionStatus.PREVIOUS,
+        v2: VersionStatus.CURRENT,
+        v3: VersionStatus.REJECTED,
+        v4: VersionStatus.AVAILABLE,
+    }
+    history = store.get_history("3")
+    assert [(e["version"], e["action"]) for e in history] == [
+        (v1, "current"),
+        (v2, "current"),
+        (v3, "rejected"),
+    ]
+    assert history[1]["previous"] == v1 and history[2]["previous"] == v2
+    assert history[2]["candidate"] == 0.4 and history[2]["reason"] == "accuracy 0.4 < 0.9"
+    assert all(isinstance(e["time"], float) for e in history)
+
+    # Promoting a rejected version by hand makes it current; it is no longer "rejected".
+    assert store.set_current("3", v3, action="promote", reason="by hand") == v2
+    assert statuses(store, "3")[v3] == VersionStatus.CURRENT
+    assert statuses(store, "3")[v2] == VersionStatus.PREVIOUS
+    assert store.get_version("3", v3).status is None  # only list_versions derives it
+    with pytest.raises(ValueError):
+        store.set_current("3", v1, action=HistoryAction.REJECTED)
+
+
+def test_rollback_walks_back_through_the_versions_that_were_current(tmp_path):
+    store = ModelStore(tmp_path)
+    v1, v2, v3 = (store.publish("3", writer()).version for _ in range(3))
+    rejected = store.publish("3", writer(), make_current=False).version
+    store.record_rejection("3", rejected, "worse")
+    assert store.get_rollback_target("3") == v2  # never to a rejected version
+    store.set_current("3", v2, action="rollback", reason="test")
+    assert store.get_rollback_target("3") == v1  # on back, not forth to v3
+    store.set_current("3", v1, action="rollback", reason="test")
+    assert store.get_rollback_target("3") is None
+    store.set_current("3", v3, action="promote", reason="test")
+    assert store.get_rollback_target("3") == v1
+    assert [e["action"] for e in store.get_history("3")][-3:] == ["rollback", "rollback", "promote"]
+
+
+def test_a_project_without_history_still_lists_its_versions(tmp_path):
+    store = ModelStore(tmp_path)
+    v1 = store.publish("3", writer(), make_current=False).version
+    assert statuses(store, "3") == {v1: VersionStatus.AVAILABLE}
+    assert store.get_history("3") == [] and store.get_rollback_target("3") is None
+    with pytest.raises(StoreError):
+        store.record_rejection("3", "v7-20260101-000000", "no such version")
+
+
+def test_history_lines_from_concurrent_writers_never_interleave(tmp_path):
+    store = ModelStore(tmp_path)
+    versions = [store.publish("3", writer(), make_current=False).version for _ in range(4)]
+    long_reason = "x" * 3000  # a line longer than a small buffer would hold
+
+    def churn(version: str) -> None:
+        for _ in range(25):
+            store.set_current("3", version, action="promote", reason=long_reason)
+
+    threads = [threading.Thread(target=churn, args=(v,)) for v in versions]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    lines = (tmp_path / "3" / HISTORY_FILE).read_text().splitlines()
+    assert len(lines) == 100
+    assert all(json.loads(line)["reason"] == long_reason for line in lines)
+    assert store.get_current("3") in versions
+
+
+def test_a_torn_last_line_is_ignored(tmp_path):
+    store = ModelStore(tmp_path)
+    v1 = store.publish("3", writer()).version
+    with open(tmp_path / "3" / HISTORY_FILE, "a") as fh:
+        fh.write('{"version": "v2-2026')  # a writer died mid-line
+    assert [e["version"] for e in store.get_history("3")] == [v1]
+    assert statuses(store, "3") == {v1: VersionStatus.CURRENT}

@@ -1,15 +1,34 @@
-"""Training: splits, class weights, warm starts, float32 publishing, what a version holds."""
+"""Training: splits, class weights, warm starts, float32 publishing, the quality gate, what a
+version holds."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
 
-from training.dataset import class_weights, stratified_split
+from training.dataset import (
+    ClipArrays,
+    class_weights,
+    content_keys,
+    decode_labelled,
+    stable_split,
+    stratified_split,
+)
 from training.model import ModelConfig, build_model
 from training.sampling import SamplingConfig
-from training.store import ModelStore
-from training.train import TrainConfig, TrainingError, as_float32, train_and_publish, warm_start
+from training.store import SPLIT_FILE, ModelStore
+from training.train import (
+    TrainConfig,
+    TrainingError,
+    as_float32,
+    gate_allows,
+    predict_arrays,
+    quality_gate,
+    train_and_publish,
+    warm_start,
+)
 
 TINY = ModelConfig(conv_filters=(8, 16, 16, 16), frame_features=16, lstm_units=16)
 SMALL_CLIPS = SamplingConfig(frames=8, height=64, width=64)
@@ -23,6 +42,59 @@ def test_stratified_split_spreads_every_class_and_loses_nothing():
     assert [int((y[val] == c).sum()) for c in range(3)] == [4, 2, 1]
     again = stratified_split(y, (0.2, 0.15), seed=1)
     assert all((a == b).all() for a, b in zip((train, test, val), again, strict=True))
+
+
+def parts_of(keys: list[str], split: list[np.ndarray]) -> dict[str, int]:
+    return {keys[i]: part for part, idx in enumerate(split) for i in idx}
+
+
+def test_stable_split_keeps_most_keys_in_their_part_as_the_data_grows():
+    rng = np.random.default_rng(0)
+    keys = [f"task:{i}" for i in range(400)]
+    y = rng.integers(0, 3, len(keys))
+    small = parts_of(keys[:100], stable_split(keys[:100], y[:100], (0.2, 0.15)))
+    big_split = stable_split(keys, y, (0.2, 0.15))
+    big = parts_of(keys, big_split)
+    assert sorted(np.concatenate(big_split).tolist()) == list(range(len(keys)))
+    # Parts follow the rank of each key's hash: only keys near a boundary move, so most
+    # test clips stay test clips and few training clips become test clips (the quality
+    # gate leaves out those, by the split.json of the version that trained on them).
+    kept = [big[k] == 1 for k, part in small.items() if part == 1]
+    assert sum(kept) / len(kept) > 0.7
+    moved_in = [big[k] == 1 for k, part in small.items() if part == 0]
+    assert sum(moved_in) / len(moved_in) < 0.1
+    # The order of the items and their neighbours play no part.
+    order = rng.permutation(len(keys))
+    shuffled = [keys[i] for i in order]
+    assert parts_of(shuffled, stable_split(shuffled, y[order], (0.2, 0.15))) == big
+    # Sizes follow the fractions exactly, per class.
+    for cls in range(3):
+        n = int((y == cls).sum())
+        assert int((y[big_split[1]] == cls).sum()) == round(0.2 * n)
+        assert int((y[big_split[2]] == cls).sum()) == round(0.15 * n)
+
+
+def test_stable_split_gives_small_classes_a_test_and_a_validation_clip():
+    keys = [f"k{i}" for i in range(10)]
+    y = np.array([0, 0, 0, 1, 1, 1, 1, 2, 2, 3])
+    train, test, val = stable_split(keys, y, (0.2, 0.15))
+    for cls in (0, 1):  # >= 3 clips: at least one in each part
+        assert (y[train] == cls).sum() >= 1 and (y[test] == cls).sum() >= 1
+        assert (y[val] == cls).sum() >= 1
+    for cls in (2, 3):  # fewer than 3: all kept for training
+        assert (y[train] == cls).sum() == (y == cls).sum()
+    assert stable_split(keys, y, (0.2, 0.15))[1].tolist() == test.tolist()
+    with pytest.raises(ValueError):
+        stable_split(keys[:3], y, (0.2, 0.15))
+
+
+def test_content_keys_follow_the_bytes_not_the_name(tmp_path):
+    (tmp_path / "a.mp4").write_bytes(b"same")
+    (tmp_path / "b.mp4").write_bytes(b"same")
+    (tmp_path / "c.mp4").write_bytes(b"other")
+    a, b, c, missing = content_keys([tmp_path / n for n in ("a.mp4", "b.mp4", "c.mp4", "x.mp4")])
+    assert a == b != c and a.startswith("sha256:")
+    assert missing == f"path:{tmp_path / 'x.mp4'}"
 
 
 def test_class_weights_balance_rare_labels():
@@ -114,6 +186,16 @@ def test_a_published_version_holds_its_model_metrics_and_pictures(trained_model,
     assert np.asarray(meta["metrics"]["test"]["confusion_matrix"]).sum() == meta["dataset"]["test"]
     assert meta["source"] == {"test": True}
     assert {"created_at", "software", "model"} <= meta.keys()
+    split = json.loads((info.path / SPLIT_FILE).read_text())
+    assert sorted(split) == ["test", "train", "val"]
+    assert len(split["test"]) == meta["dataset"]["test"]
+    assert all(k.startswith("sha256:") for part in split.values() for k in part)
+    # The parent was trained in another store on the same clips: its split.json says which
+    # clips it saw, and the gate keeps only the others.
+    gate = meta["gate"]
+    assert gate["current_version"] == trained_model.info.version
+    assert gate["metric"] == "accuracy" and gate["tolerance"] == 0.0
+    assert gate["clips"] + gate["excluded_seen_by_current"] <= meta["dataset"]["test"]
     for picture in ("learning_curve.png", "confusion_matrix.png"):
         assert (info.path / picture).read_bytes()[:4] == b"\x89PNG"
 
@@ -131,3 +213,67 @@ def test_a_label_without_any_readable_video_is_refused(trained_model, tmp_path):
             train_config=TrainConfig(epochs=1),
         )
     assert ModelStore(tmp_path).list_versions("5") == []
+
+
+@pytest.fixture(scope="module")
+def synth_arrays(trained_model) -> ClipArrays:
+    videos = [(p, p.parent.name) for p in trained_model.synth_clips]
+    keys = [f"clip:{p.name}" for p, _ in videos]
+    data, _ = decode_labelled(videos, trained_model.labels, SMALL_CLIPS, keys=keys)
+    return data
+
+
+def test_the_gate_scores_both_versions_on_the_same_clips(trained_model, synth_arrays, tmp_path):
+    import keras
+
+    import training.model  # noqa: F401
+
+    model = keras.saving.load_model(trained_model.info.model_path, compile=False)
+    probs = predict_arrays(model, synth_arrays)
+    current_accuracy = float(np.mean(probs.argmax(axis=1) == synth_arrays.y))
+    labels = trained_model.labels
+
+    # The same model as candidate: equal figures, passes at zero tolerance.
+    same = quality_gate(probs, synth_arrays, labels, SMALL_CLIPS, trained_model.info)
+    assert same["passed"] and same["clips"] == len(synth_arrays)
+    assert same["candidate"] == same["current"] == round(current_accuracy, 4)
+
+    # A candidate that gets every clip wrong fails, unless the tolerance covers the gap.
+    wrong = np.eye(2, dtype=np.float32)[1 - synth_arrays.y]
+    worse = quality_gate(wrong, synth_arrays, labels, SMALL_CLIPS, trained_model.info)
+    assert worse["candidate"] == 0.0 and not worse["passed"]
+    assert "worse than" in worse["reason"] and not gate_allows(worse)
+    assert gate_allows(worse, force=True)
+    lenient = quality_gate(
+        wrong, synth_arrays, labels, SMALL_CLIPS, trained_model.info, tolerance=1.0
+    )
+    assert lenient["passed"]
+
+    # A candidate with other sampling: the current model's clips are decoded its own way.
+    other = SamplingConfig(frames=6, height=48, width=48)
+    videos = [(p, p.parent.name) for p in trained_model.synth_clips]
+    coarse, _ = decode_labelled(videos, labels, other, keys=synth_arrays.keys)
+    resampled = quality_gate(probs, coarse, labels, other, trained_model.info)
+    assert resampled["current"] == same["current"]
+
+    # No current version: passes, saying why.
+    alone = quality_gate(wrong, synth_arrays, labels, SMALL_CLIPS, None)
+    assert alone["passed"] and alone["current_version"] is None
+    assert alone["reason"] == "no current version to compare with"
+
+
+def test_the_gate_leaves_out_clips_the_current_version_trained_on(trained_model, synth_arrays):
+    split = json.loads((trained_model.info.path / SPLIT_FILE).read_text())
+    seen = set(split["train"]) | set(split["val"])
+    as_seen = ClipArrays(
+        synth_arrays.frames,
+        synth_arrays.mask,
+        synth_arrays.y,
+        synth_arrays.sources,
+        content_keys(synth_arrays.sources),  # the keys the session model was trained with
+    )
+    probs = np.full((len(as_seen), 2), 0.5, np.float32)
+    gate = quality_gate(probs, as_seen, trained_model.labels, SMALL_CLIPS, trained_model.info)
+    unseen = [k for k in as_seen.keys if k not in seen]
+    assert gate["excluded_seen_by_current"] == len(as_seen) - len(unseen) > 0
+    assert gate["clips"] == len(unseen)

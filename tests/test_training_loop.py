@@ -363,6 +363,67 @@ def test_retraining_on_more_labels_beats_the_previous_version_and_is_served(loop
     assert result["result"][0]["value"]["choices"][0] in CLASSES
 
 
+def test_a_version_trained_on_wrong_labels_is_rejected_and_the_current_one_keeps_serving(
+    loop, pool
+):
+    """The quality gate end to end: a good version, then the training tasks' labels swapped
+    (the test-split tasks keep theirs: the split is stable, so they are held out both times)."""
+    loop.env["TRAIN_EPOCHS"] = "20"
+    tasks = loop.annotate(per_label=24)
+    labels = {task: CLASSES[i // 24] for i, task in enumerate(tasks)}
+    name = f"/data/upload/{loop.project}/{pool.clips[CLASSES[0]][-1]}"
+    unlabelled = loop.ls.add_task(loop.project, {"video": name})
+    store = ModelStore(loop.workdir / "models")
+    with worker_process(loop.workdir, loop.env, "w1"):
+        loop.webhook("START_TRAINING")
+        first = loop.wait_idle()["last"]
+        assert first["status"] == "trained" and first["promoted"], first
+        # The refresh job queued by the promotion writes the unlabelled task's prediction.
+        deadline = time.monotonic() + 60
+        while not loop.ls.predictions(unlabelled) and time.monotonic() < deadline:
+            time.sleep(0.5)
+    good = store.get_version(str(loop.project), first["version"])
+    split = json.loads((good.path / "split.json").read_text())
+    trained_on = {int(k.split(":")[1]) for k in split["train"] + split["val"]}
+    for task in trained_on:  # a later annotation wins: the wrong label
+        loop.ls.annotate(task, CLASSES[1 - CLASSES.index(labels[task])])
+    # Fine-tuning starts from the good version at a lower learning rate: give it the epochs
+    # to learn the swapped labels, so it is clearly worse on the untouched test tasks.
+    with worker_process(loop.workdir, {**loop.env, "TRAIN_EPOCHS": "60"}, "w2"):
+        loop.webhook("START_TRAINING")
+        second = loop.wait(
+            lambda s: s["last"]["version"] != first["version"] and not s["running"],
+            "the run on wrong labels",
+            timeout_s=300,
+        )["last"]
+    assert second["status"] == "rejected" and not second["promoted"], second
+    gate = second["gate"]
+    print(f"gate on wrong labels: {gate}")
+    assert gate["current_version"] == first["version"] and gate["clips"] >= 2
+    assert gate["candidate"] < gate["current"] and gate["passed"] is False
+    assert {int(k.split(":")[1]) for k in split["test"]}.isdisjoint(trained_on)
+
+    versions = {v.version: v for v in store.list_versions(str(loop.project))}
+    assert versions[second["version"]].status == "rejected"
+    assert versions[first["version"]].status == "current"
+    assert versions[second["version"]].meta["gate"] == gate
+    (rejection,) = [e for e in store.get_history(str(loop.project)) if e["action"] == "rejected"]
+    assert rejection["gate"]["candidate"] == gate["candidate"]
+    assert rejection["gate"]["current"] == gate["current"]
+    assert [p["model_version"] for p in loop.ls.predictions(unlabelled)] == [first["version"]]
+
+    task = {"id": unlabelled, "data": {"video": name}}
+    body = {"tasks": [task], "project": f"{loop.project}.1", "label_config": CONFIG}
+    deadline = time.monotonic() + 30
+    while True:
+        result = requests.post(f"{loop.url}/predict", json=body, timeout=100).json()["results"][0]
+        if result["model_version"] != "untrained" or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert result["model_version"] == first["version"]
+    assert result["result"][0]["value"]["choices"][0] in CLASSES
+
+
 def test_killing_the_worker_mid_training_publishes_nothing_and_the_next_run_succeeds(loop):
     loop.env["TRAIN_EPOCHS"] = "200"  # long enough to be killed in the middle
     loop.annotate(per_label=4)

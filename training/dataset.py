@@ -1,14 +1,15 @@
-"""Labelled videos -> arrays the model trains on, and a stratified split.
+"""Labelled videos -> arrays the model trains on, and the train/test/validation splits.
 
 Clips stay uint8 (a 16x112x112 clip is 0.6 MB; the origin guide held float64, 8x that).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -20,22 +21,54 @@ from training.sampling import SamplingConfig, stack_clips
 log = logging.getLogger(__name__)
 
 
+HASH_CHUNK_BYTES = 1 << 20
+"""Bytes read at a time when hashing a video for its split key."""
+
+
 @dataclass
 class ClipArrays:
-    """Decoded clips with integer labels; ``sources`` names each clip's video."""
+    """Decoded clips with integer labels; ``sources`` names each clip's video and ``keys``
+    its stable identity for splitting (a task id, a content hash; default the source)."""
 
     frames: np.ndarray  # (N, T, H, W, 3) uint8
     mask: np.ndarray  # (N, T) bool
     y: np.ndarray  # (N,) int32 index into the label list
     sources: list[str]
+    keys: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.keys:
+            self.keys = list(self.sources)
 
     def __len__(self) -> int:
         return len(self.y)
 
-    def subset(self, idx: np.ndarray) -> ClipArrays:
+    def subset(self, idx: np.ndarray | Sequence[int]) -> ClipArrays:
         return ClipArrays(
-            self.frames[idx], self.mask[idx], self.y[idx], [self.sources[i] for i in idx]
+            self.frames[idx],
+            self.mask[idx],
+            self.y[idx],
+            [self.sources[i] for i in idx],
+            [self.keys[i] for i in idx],
         )
+
+
+def content_keys(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """A split key per video file: ``sha256:<hex>`` of its content, so the same video keeps
+    its split wherever the data set is moved (a file that cannot be read keys by its path;
+    decoding will skip it anyway)."""
+    keys = []
+    for path in paths:
+        digest = hashlib.sha256()
+        try:
+            with open(path, "rb") as fh:
+                while chunk := fh.read(HASH_CHUNK_BYTES):
+                    digest.update(chunk)
+        except OSError:
+            keys.append(f"path:{os.fspath(path)}")
+            continue
+        keys.append(f"sha256:{digest.hexdigest()}")
+    return keys
 
 
 def decode_labelled(
@@ -46,14 +79,18 @@ def decode_labelled(
     threads: int = 2,
     progress: Callable[[int, int], None] | None = None,
     cache: ClipCache | None = None,
+    keys: Sequence[str] | None = None,
 ) -> tuple[ClipArrays, list[tuple[str, str]]]:
     """Decode (path, label) pairs. Unreadable videos are skipped and returned with the reason.
 
     ``cache`` (a ClipCache) spares decoding videos decoded before, e.g. by the last retrain.
+    ``keys`` (one per video) are carried into the result's ``keys`` for the kept clips.
 
     Raises:
-        ValueError: a label is not in ``labels``.
+        ValueError: a label is not in ``labels``, or ``keys`` is not one per video.
     """
+    if keys is not None and len(keys) != len(videos):
+        raise ValueError(f"{len(keys)} keys for {len(videos)} videos")
     index = {label: i for i, label in enumerate(labels)}
     unknown = sorted({label for _, label in videos if label not in index})
     if unknown:
@@ -61,8 +98,8 @@ def decode_labelled(
     results = decode_many(
         [p for p, _ in videos], sampling, threads=threads, progress=progress, cache=cache
     )
-    clips, ys, sources, skipped = [], [], [], []
-    for (path, label), result in zip(videos, results, strict=True):
+    clips, ys, sources, kept_keys, skipped = [], [], [], [], []
+    for n, ((path, label), result) in enumerate(zip(videos, results, strict=True)):
         if isinstance(result, VideoDecodeError):
             log.warning("skipping %s: %s", path, result)
             skipped.append((str(path), str(result)))
@@ -70,13 +107,14 @@ def decode_labelled(
         clips.append(result)
         ys.append(index[label])
         sources.append(str(path))
+        kept_keys.append(str(keys[n]) if keys is not None else str(path))
     if not clips:
         empty = np.zeros((0, sampling.frames, sampling.height, sampling.width, 3), np.uint8)
         return ClipArrays(
             empty, np.zeros((0, sampling.frames), bool), np.zeros(0, np.int32), []
         ), skipped
     frames, mask = stack_clips(clips)
-    return ClipArrays(frames, mask, np.asarray(ys, np.int32), sources), skipped
+    return ClipArrays(frames, mask, np.asarray(ys, np.int32), sources, kept_keys), skipped
 
 
 def stratified_split(y: np.ndarray, fractions: Sequence[float], seed: int = 0) -> list[np.ndarray]:
@@ -98,6 +136,76 @@ def stratified_split(y: np.ndarray, fractions: Sequence[float], seed: int = 0) -
             start += take
         parts[0].extend(idx[start:].tolist())
     return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
+
+
+def stable_fraction(key: str, salt: str = "") -> float:
+    """A number in [0, 1) fixed by ``key`` alone (SHA-256), the same on every machine and run."""
+    digest = hashlib.sha256(f"{salt}{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def stable_split(
+    keys: Sequence[str], y: np.ndarray, fractions: Sequence[float]
+) -> list[np.ndarray]:
+    """Split indices like :func:`stratified_split`, but decided by each item's ``key``.
+
+    Why: the quality gate scores a new version and the current one on this run's test part,
+    which must not hold clips the current version trained on. Here an item's part depends
+    on the rank of a hash of its key (a Label Studio task id, a file's content hash) among
+    its class: the lowest-ranked ``round(f * n)`` items form the first held-out part, the
+    next the second, the rest train. As the data set grows, items mostly keep their part;
+    a boundary item can move into a held-out part, so the gate also leaves out clips the
+    current version trained on (``split.json`` in each version).
+
+    Small classes: a class with ``len(fractions) + 1`` (3 for test and validation) or more
+    items gets at least one item in every part whose fraction is above zero; a class with
+    fewer items goes to training whole.
+
+    Args:
+        keys: one stable string per item, aligned with ``y``.
+        y: integer class per item.
+        fractions: the share of each held-out part, e.g. ``(test, val)``.
+
+    Returns:
+        ``len(fractions) + 1`` sorted index arrays: training first, then one per fraction.
+
+    Raises:
+        ValueError: ``keys`` and ``y`` differ in length, or the fractions exceed 1.
+    """
+    y = np.asarray(y)
+    if len(keys) != len(y):
+        raise ValueError(f"{len(keys)} keys for {len(y)} labels")
+    if any(f < 0 for f in fractions) or sum(fractions) > 1:
+        raise ValueError(f"fractions {list(fractions)} must be >= 0 and sum to at most 1")
+    parts: list[list[int]] = [[] for _ in range(len(fractions) + 1)]
+    for cls in np.unique(y):
+        idx = np.flatnonzero(y == cls).tolist()
+        if len(idx) < len(fractions) + 1:
+            parts[0].extend(idx)
+            continue
+        where = _split_class([str(keys[i]) for i in idx], fractions)
+        for i, part in zip(idx, where, strict=True):
+            parts[part].append(i)
+    return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
+
+
+def _split_class(keys: list[str], fractions: Sequence[float]) -> list[int]:
+    """The part of each item of one class (see :func:`stable_split`); 0 is training.
+
+    Items are ranked by their key's hash; the first ``round(f * n)`` (at least one) go to the
+    first held-out part, the next to the second, the rest to training. Exact proportions,
+    even for small classes, and an item's rank among the others never changes.
+    """
+    order = sorted(range(len(keys)), key=lambda i: stable_fraction(keys[i]))
+    where = [0] * len(keys)
+    start = 0
+    for part, fraction in enumerate(fractions, start=1):
+        take = max(1, round(fraction * len(keys))) if fraction > 0 else 0
+        take = min(take, len(keys) - start - 1)  # keep at least one to train on
+        for i in order[start : start + take]:
+            where[i] = part
+        start += take
+    return where
 
 
 def class_weights(y: np.ndarray, num_classes: int) -> dict[int, float]:

@@ -11,16 +11,25 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
+import redis
 from rq import get_current_job
 
 from training.coordinator import TrainingCoordinator
+from training.current import VersionPointer
 from training.settings import Settings
+
+if TYPE_CHECKING:
+    from training.store import ModelStore, VersionInfo
 
 log = logging.getLogger(__name__)
 
 META_SAVE_EVERY_S = 1.0
 """Progress is written to the job's meta at most this often (stage changes always), in seconds."""
+
+REFRESH_FUNCTION = "training.jobs.refresh_predictions"
+"""The job that writes a new current version's predictions to Label Studio."""
 
 
 class JobProgress:
@@ -125,10 +134,106 @@ def train_project(project: str) -> dict:
     return result
 
 
+def promote(
+    store: ModelStore,
+    project: str,
+    info: VersionInfo,
+    *,
+    connection: redis.Redis | None,
+    force: bool = False,
+) -> bool:
+    """Make a just-published version current if its quality gate allows, and tell every
+    serving process; otherwise keep it, recorded as rejected with the gate's figures.
+
+    Args:
+        store: the ModelStore ``info`` was published to.
+        info: the published VersionInfo (its ``meta["gate"]`` decides).
+        connection: the job's Redis (pub/sub notice to serving processes), or None.
+        force: make it current even if it failed the gate ("Start training" with
+            PROMOTE_ON_START_TRAINING, ``videoloop train --promote-anyway``).
+
+    Returns:
+        True if the version is now current.
+    """
+    from training.store import HistoryAction
+    from training.train import gate_allows
+
+    gate = info.meta.get("gate")
+    reason = (gate or {}).get("reason") or "published"
+    if not gate_allows(gate, force=force):
+        store.record_rejection(project, info.version, reason, gate=gate)
+        log.warning(
+            "project %s: %s rejected by the quality gate (%s); %s stays current",
+            project,
+            info.version,
+            reason,
+            store.get_current(project),
+        )
+        return False
+    if gate_allows(gate):
+        action = HistoryAction.CURRENT
+    else:
+        action, reason = HistoryAction.PROMOTE, f"promoted past the gate (forced): {reason}"
+    VersionPointer(store, connection).set(
+        project, info.version, action=action, reason=reason, details={"gate": gate}
+    )
+    return True
+
+
+def enqueue_refresh(
+    connection: redis.Redis, project: str, version: str, settings: Settings
+) -> str | None:
+    """Queue :func:`refresh_predictions` for a version that just became current.
+
+    On the training queue with its own job id (``refresh-<project>-<version>``), not through
+    the coordinator: it never holds up training. Returns the job id, or None when that
+    version's refresh is already queued or running.
+    """
+    from rq.exceptions import NoSuchJobError
+    from rq.job import Job, JobStatus
+
+    job_id = f"refresh-{project}-{version}"
+    try:
+        status = Job.fetch(job_id, connection=connection).get_status()
+    except NoSuchJobError:
+        status = None
+    if status in (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED):
+        log.info("project %s: refresh of %s is already %s", project, version, status)
+        return None
+    make_coordinator(connection, settings).queue.enqueue_call(
+        REFRESH_FUNCTION,
+        args=(project, version),
+        job_id=job_id,
+        timeout=settings.train_timeout_s,
+        result_ttl=7 * 24 * 3600,
+        failure_ttl=7 * 24 * 3600,
+        description=f"refresh predictions of project {project} with {version}",
+        meta={"project": project, "version": version, "progress": {"stage": "queued"}},
+    )
+    log.info("project %s: queued %s", project, job_id)
+    return job_id
+
+
+def refresh_predictions(project: str, version: str) -> dict:
+    """RQ job: predict the project's tasks with ``version`` and write the predictions to
+    Label Studio (see training/refresh.py). Progress ``{"stage": "refresh", "done",
+    "total"}`` is in the job's meta."""
+    from training.refresh import refresh_predictions as refresh
+
+    job = get_current_job()
+    progress = JobProgress(job, project)
+    result = refresh(project, version, Settings.from_env(), progress=progress)
+    progress({"stage": "done", **{k: v for k, v in result.items() if k != "skipped_tasks"}})
+    return result
+
+
 def run_training(project: str, settings: Settings, *, force: bool, progress) -> dict:
     """Pull labelled tasks, check there is enough to learn from, fetch, train, publish.
 
-    Returns a summary: ``{"status": "trained", "version": ..., "metrics": ...}`` or
+    The new version becomes current only if it passes the quality gate (or ``force`` and
+    PROMOTE_ON_START_TRAINING); then a job refreshing the project's predictions is queued.
+
+    Returns a summary: ``{"status": "trained"|"rejected", "version": ..., "gate": ...}`` or
     ``{"status": "skipped", "reason": ...}`` when labels are still too few.
     """
     from training.accelerator import configure_accelerator
@@ -161,7 +266,7 @@ def run_training(project: str, settings: Settings, *, force: bool, progress) -> 
         }
 
     resolver = MediaResolver.from_settings(settings)
-    videos, skipped = [], [{"task": t, "reason": r} for t, r in data.skipped]
+    videos, keys, skipped = [], [], [{"task": t, "reason": r} for t, r in data.skipped]
     total = len(data.tasks)
 
     def fetch(task):
@@ -177,6 +282,7 @@ def run_training(project: str, settings: Settings, *, force: bool, progress) -> 
                 skipped.append({"task": task.task_id, "reason": error})
             elif task.label in labels:
                 videos.append((path, task.label))
+                keys.append(f"task:{task.task_id}")  # the stable split follows the task
             progress({"stage": "fetch_videos", "done": done, "total": total})
 
     configure_accelerator()
@@ -208,12 +314,33 @@ def run_training(project: str, settings: Settings, *, force: bool, progress) -> 
                     "forced": force,
                 }
             },
+            make_current=False,
+            keys=keys,
+            gate_tolerance=settings.gate_tolerance,
             progress=progress,
         )
     except TrainingError as exc:
         return {"status": "skipped", "reason": str(exc), "per_label": counts}
+    job = get_current_job()
+    connection = job.connection if job is not None else None
+    promoted = promote(
+        store,
+        project,
+        info,
+        connection=connection,
+        force=force and settings.promote_on_start_training,
+    )
+    refresh_job = None
+    if promoted and connection is not None:
+        try:
+            refresh_job = enqueue_refresh(connection, project, info.version, settings)
+        except redis.RedisError as exc:  # the version is current; predictions refresh lazily
+            log.warning("project %s: could not queue the refresh: %s", project, exc)
     return {
-        "status": "trained",
+        "status": "trained" if promoted else "rejected",
+        "promoted": promoted,
+        "gate": info.meta.get("gate"),
+        "refresh_job": refresh_job,
         "version": info.version,
         "parent": info.meta.get("parent"),
         "init": info.meta.get("init"),

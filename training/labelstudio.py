@@ -8,6 +8,10 @@ Goes through label-studio-sdk 2.x (``LabelStudio``), which makes these requests:
   past the last page). ``fields=all`` is what brings the annotations along.
   ``resolve_uri=false`` keeps cloud URIs as imported (``s3://...``): by default Label Studio
   rewrites them to ``/tasks/<id>/presign/?fileuri=...``, which training.media cannot fetch.
+  The same answer carries each task's ``predictions`` (Label Studio's task serializer adds
+  them, like annotations and drafts, only with ``fields=all``);
+* ``GET /api/predictions/?task=<id>`` and ``POST /api/predictions/`` with ``{task, result,
+  score, model_version}`` (the refresh job, through :class:`LabelStudioSession`).
 
 Authentication, as the sdk does it: a key that is not a JWT is a legacy token and goes out as
 ``Authorization: Token <key>``; a JWT (a personal access token, which is a refresh token) is
@@ -29,6 +33,7 @@ import logging
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Any
 
 import httpx
@@ -56,8 +61,13 @@ _NEVER = dt.datetime.min.replace(tzinfo=dt.UTC)
 class LabelStudioError(RuntimeError):
     """Label Studio cannot be read: unreachable, 401/403/404, or an answer we cannot use.
 
-    The message names the URL and the HTTP status, never the API key.
+    The message names the URL and the HTTP status, never the API key; ``status`` is the
+    HTTP status when Label Studio answered (None when it did not, or for a local problem).
     """
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -126,15 +136,7 @@ def fetch_project_data(
             <Video> classified by a <Choices>.
     """
     project_id = _project_id(project)
-    base = (url or "").strip().rstrip("/")
-    if not base:
-        raise LabelStudioError("cannot read Label Studio: LABEL_STUDIO_URL is not set")
-    if not base.startswith(("http://", "https://")):
-        raise LabelStudioError(f"cannot read Label Studio at {base}: the URL must be http(s)://")
-    if not api_key:
-        raise LabelStudioError(
-            f"cannot read Label Studio at {base}: LABEL_STUDIO_API_KEY is not set"
-        )
+    base = _check_target(url, api_key)
     started = time.perf_counter()
     reader = _Reader(base, api_key, timeout_s=timeout_s, max_retries=max_retries)
     with httpx.Client(timeout=timeout_s, follow_redirects=True) as http:
@@ -173,6 +175,139 @@ def fetch_project_data(
         labels=list(choices.choice_values),
         tasks=tasks,
         skipped=skipped,
+    )
+
+
+@dataclass(frozen=True)
+class TaskPredictions:
+    """What the refresh job needs of a task: its video, whether it is labelled, and the
+    model versions it already has predictions of (``video_url`` None: none in the data)."""
+
+    task_id: int
+    video_url: str | None
+    labelled: bool
+    model_versions: frozenset[str]
+
+
+class LabelStudioSession:
+    """One connection to Label Studio for a run of many calls (one HTTP client, one token
+    refresh): the project's tasks with their predictions, and writing predictions.
+
+    Use as a context manager::
+
+        with LabelStudioSession(url, api_key) as ls:
+            config = ls.get_label_config("3")
+            for task in ls.iter_task_predictions("3", choices): ...
+            ls.create_prediction(task.task_id, prediction)
+
+    Raises (every method, and entering):
+        LabelStudioError: url or key missing, Label Studio unreachable, an HTTP error.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        api_key: str,
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+    ) -> None:
+        self.base = _check_target(url, api_key)
+        self._reader = _Reader(self.base, api_key, timeout_s=timeout_s, max_retries=max_retries)
+        self._timeout_s = timeout_s
+        self._http: httpx.Client | None = None
+        self._client: LabelStudio | None = None
+
+    def __enter__(self) -> LabelStudioSession:
+        self._http = httpx.Client(timeout=self._timeout_s, follow_redirects=True)
+        try:
+            self._client = self._reader.connect(self._http)
+        except BaseException:
+            self._http.close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._http is not None:
+            self._http.close()
+        self._http = self._client = None
+
+    @property
+    def client(self) -> LabelStudio:
+        if self._client is None:
+            raise RuntimeError("use LabelStudioSession as a context manager")
+        return self._client
+
+    def get_label_config(self, project: str | int) -> str:
+        """The project's label config (XML)."""
+        return self._reader.label_config(self.client, _project_id(project))
+
+    def iter_task_predictions(
+        self, project: str | int, choices: VideoChoices, page_size: int = DEFAULT_PAGE_SIZE
+    ) -> Iterator[TaskPredictions]:
+        """Every task of the project, all pages, with the versions of its predictions.
+
+        A task counts as labelled when it has an annotation that was not cancelled.
+        """
+        for task in self._reader.tasks(self.client, _project_id(project), page_size):
+            yield task_predictions(task, choices)
+
+    def get_prediction_versions(self, task_id: int) -> set[str]:
+        """The model versions of a task's predictions as they are now
+        (``GET /api/predictions/?task=<id>``): a last look before writing one."""
+        where = f"/api/predictions/?task={int(task_id)}"
+        try:
+            predictions = self.client.predictions.list(task=int(task_id))
+        except Exception as exc:
+            raise self._reader.error(where, exc) from None
+        return {str(p.model_version) for p in predictions or () if p.model_version}
+
+    def create_prediction(self, task_id: int, prediction: Mapping[str, Any]) -> int | None:
+        """Store a prediction (``{"result", "score", "model_version"}``) on a task.
+
+        Returns:
+            The new prediction's id (None if Label Studio did not say).
+
+        Raises:
+            LabelStudioError: the write failed; ``status`` says how (404: task deleted).
+        """
+        where = "/api/predictions/"
+        try:
+            created = self.client.predictions.create(
+                task=int(task_id),
+                result=list(prediction.get("result") or []),
+                score=float(prediction.get("score") or 0.0),
+                model_version=str(prediction["model_version"]),
+            )
+        except Exception as exc:
+            raise self._reader.error(where, exc, verb="write to") from None
+        return getattr(created, "id", None)
+
+
+def task_predictions(task: Mapping[str, Any], choices: VideoChoices) -> TaskPredictions:
+    """The TaskPredictions of one task as ``GET /api/tasks/?fields=all`` returns it."""
+    annotations = [a for a in task.get("annotations") or () if isinstance(a, Mapping)]
+    if "annotations" in task:
+        labelled = any(not a.get("was_cancelled") for a in annotations)
+    else:
+        labelled = bool(task.get("is_labeled"))
+    versions = frozenset(
+        str(p["model_version"])
+        for p in task.get("predictions") or ()
+        if isinstance(p, Mapping) and p.get("model_version")
+    )
+    data = task.get("data")
+    video = data.get(choices.video_value_key) if isinstance(data, Mapping) else None
+    return TaskPredictions(
+        task_id=_as_int(task.get("id")),
+        video_url=video.strip() if isinstance(video, str) and video.strip() else None,
+        labelled=labelled,
+        model_versions=versions,
     )
 
 
@@ -258,14 +393,14 @@ class _Reader:
                 max_retries=self._max_retries,
             )
         except ApiError as exc:  # an expired personal access token, or a JWT without expiry
-            raise self._error("the API key", exc) from None
+            raise self.error("the API key", exc) from None
 
     def label_config(self, client: LabelStudio, project_id: int) -> str:
         where = f"/api/projects/{project_id}/"
         try:
             project = client.projects.get(project_id)
         except Exception as exc:
-            raise self._error(where, exc) from None
+            raise self.error(where, exc) from None
         config = getattr(project, "label_config", None)
         if not isinstance(config, str) or not config.strip():
             raise LabelStudioError(f"{self.base}{where} has no label config")
@@ -300,7 +435,7 @@ class _Reader:
         except LabelStudioError:
             raise
         except Exception as exc:
-            raise self._error(where, exc) from None
+            raise self.error(where, exc) from None
         if isinstance(expected, int) and seen < expected:
             log.warning(
                 "project %s: Label Studio reported %d tasks but %d were read (tasks deleted "
@@ -310,7 +445,7 @@ class _Reader:
                 seen,
             )
 
-    def _error(self, where: str, exc: Exception) -> LabelStudioError:
+    def error(self, where: str, exc: Exception, *, verb: str = "read") -> LabelStudioError:
         """The error for a failed call; what came from outside (the answer's detail, an
         exception's text) is cleared of the key before it goes into the message."""
         target = where if not where.startswith("/") else f"{self.base}{where}"
@@ -327,7 +462,8 @@ class _Reader:
             text = f"{target}: the answer is not what the API returns ({type(exc).__name__})"
         else:
             text = f"{target}: {type(exc).__name__}: {self._scrub(str(exc))}"
-        return LabelStudioError("cannot read Label Studio: " + text)
+        status = exc.status_code if isinstance(exc, ApiError) else None
+        return LabelStudioError(f"cannot {verb} Label Studio: " + text, status=status)
 
     def _auth_hint(self) -> str:
         if self._key.count(".") == 2:
@@ -354,6 +490,20 @@ class _Reader:
 
     def _scrub(self, text: str) -> str:
         return text.replace(self._key, "***") if self._key else text
+
+
+def _check_target(url: str, api_key: str) -> str:
+    """Label Studio's base URL without a trailing slash, once url and key are usable."""
+    base = (url or "").strip().rstrip("/")
+    if not base:
+        raise LabelStudioError("cannot reach Label Studio: LABEL_STUDIO_URL is not set")
+    if not base.startswith(("http://", "https://")):
+        raise LabelStudioError(f"cannot reach Label Studio at {base}: the URL must be http(s)://")
+    if not api_key:
+        raise LabelStudioError(
+            f"cannot reach Label Studio at {base}: LABEL_STUDIO_API_KEY is not set"
+        )
+    return base
 
 
 def _project_id(project: str | int) -> int:

@@ -20,6 +20,33 @@ def _env_int(name: str, default: int) -> int:
         raise ValueError(f"{name} must be an integer, got {raw!r}") from None
 
 
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    """``1/true/yes/on`` or ``0/false/no/off`` (any case); anything else is an error, so a
+    typo never silently flips a switch."""
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise ValueError(f"{name} must be one of {'/'.join(_TRUE)} or {'/'.join(_FALSE)}, got {raw!r}")
+
+
 def _env_str(name: str, default: str) -> str:
     return os.environ.get(name, "").strip() or default
 
@@ -43,6 +70,7 @@ class Settings:
     log_level: str = "INFO"
     predict_batch_size: int = 8
     decode_threads: int = 2
+    max_models_in_memory: int = 8
     min_per_label: int = 2
     train_every: int = 1
     train_epochs: int = 30
@@ -51,6 +79,11 @@ class Settings:
     train_timeout_s: int = 3600
     train_lease_s: int = 30
     recover_every_s: int = 5
+    gate_tolerance: float = 0.0
+    """How much lower (accuracy, 0-1) a new version may score than the current one and still
+    become current."""
+    promote_on_start_training: bool = False
+    refresh_all_tasks: bool = False
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -59,8 +92,12 @@ class Settings:
         for f in fields(cls):
             default = f.default
             name = f.name.upper()
-            if isinstance(default, int):
+            if isinstance(default, bool):  # before int: bool is a subclass of int
+                values[f.name] = _env_bool(name, default)
+            elif isinstance(default, int):
                 values[f.name] = _env_int(name, default)
+            elif isinstance(default, float):
+                values[f.name] = _env_float(name, default)
             elif isinstance(default, Path):
                 values[f.name] = Path(_env_str(name, str(default)))
             else:

@@ -1,12 +1,18 @@
 """Training a CNN-LSTM on labelled clips, evaluating it on a held-out split, publishing it.
 
 Used by ``videoloop train`` (offline) and by the RQ training job. Progress is reported as
-plain dicts through a callback (``{"stage": "decode"|"train"|"evaluate"|"publish", ...}``),
-which the CLI draws as a progress bar and the job stores in its RQ meta.
+plain dicts through a callback (``{"stage": "decode"|"train"|"evaluate"|"gate"|"publish",
+...}``), which the CLI draws as a progress bar and the job stores in its RQ meta.
+
+The quality gate: before publishing, the new version and the project's current one are
+scored on the same held-out clips (this run's test split, minus any clip the current version
+trained or early-stopped on), and the figures go into ``meta["gate"]``. Whether the new
+version then becomes current is the caller's decision (:func:`gate_allows`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -17,7 +23,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from training.dataset import ClipArrays, class_weights, decode_labelled, stratified_split
+from training.dataset import (
+    ClipArrays,
+    class_weights,
+    content_keys,
+    decode_labelled,
+    stable_split,
+)
 from training.metrics import classification_metrics
 from training.model import ModelConfig, build_model, compile_model
 from training.reports import (
@@ -27,7 +39,7 @@ from training.reports import (
     plot_learning_curve,
 )
 from training.sampling import SamplingConfig
-from training.store import MODEL_FILE, ModelStore, VersionInfo
+from training.store import MODEL_FILE, SPLIT_FILE, ModelStore, VersionInfo
 
 if TYPE_CHECKING:
     from training.clipcache import ClipCache
@@ -251,6 +263,136 @@ def as_float32(model, num_classes: int, sampling: SamplingConfig, model_config: 
     return clean
 
 
+GATE_METRIC = "accuracy"
+"""What the quality gate compares: the share of held-out clips each version gets right."""
+_GATE_EPSILON = 1e-9
+
+
+def quality_gate(
+    candidate_probs: np.ndarray,
+    test: ClipArrays,
+    labels: Sequence[str],
+    sampling: SamplingConfig,
+    current: VersionInfo | None,
+    *,
+    tolerance: float = 0.0,
+    threads: int = 2,
+    cache: ClipCache | None = None,
+) -> dict:
+    """Score a candidate and the current version on the same held-out clips.
+
+    The clips are ``test`` less those the current version trained or early-stopped on (its
+    ``split.json``; versions without one are assumed to have seen none of them). The current
+    model predicts with its own sampling (clips are decoded again when it differs) and its own
+    labels: a label it does not know counts as a miss.
+
+    Args:
+        candidate_probs: the candidate's probabilities for every clip of ``test``.
+        test: this run's test clips, with their keys.
+        labels: the candidate's labels (what ``test.y`` indexes).
+        sampling: how ``test`` was sampled.
+        current: the version to beat; None when the project has none.
+        tolerance: how much lower (0-1) the candidate may score and still pass.
+
+    Returns:
+        ``{"metric", "candidate", "current", "current_version", "tolerance", "passed",
+        "clips", "reason"}``; ``passed`` is True whenever there is nothing to compare with
+        (no current version, no clip it has not seen, a current model that cannot be read).
+    """
+    overall = float(np.mean(candidate_probs.argmax(axis=1) == test.y)) if len(test) else None
+    gate: dict = {
+        "metric": GATE_METRIC,
+        "candidate": round(overall, 4) if overall is not None else None,
+        "current": None,
+        "current_version": current.version if current is not None else None,
+        "tolerance": float(tolerance),
+        "passed": True,
+        "clips": 0,
+        "reason": "",
+    }
+    if current is None:
+        return {**gate, "reason": "no current version to compare with"}
+    seen = _trained_keys(current)
+    idx = [i for i, key in enumerate(test.keys) if key not in seen]
+    gate["excluded_seen_by_current"] = len(test) - len(idx)
+    if not idx:
+        return {**gate, "reason": "no held-out clip that the current version has not seen"}
+    try:
+        current_correct = _current_correct(
+            current, test.subset(idx), labels, sampling, threads, cache
+        )
+    except Exception as exc:  # a broken current model must not stop a new one from replacing it
+        log.warning("gate: current version %s cannot be scored", current.version, exc_info=True)
+        return {**gate, "reason": f"the current version cannot be scored: {exc}"}
+    keep = [i for i, ok in zip(idx, current_correct, strict=True) if ok is not None]
+    if not keep:
+        return {**gate, "reason": "no held-out clip the current version can read"}
+    candidate_ok = candidate_probs[keep].argmax(axis=1) == test.y[keep]
+    candidate = float(np.mean(candidate_ok))
+    current_acc = float(np.mean([ok for ok in current_correct if ok is not None]))
+    passed = candidate + _GATE_EPSILON >= current_acc - tolerance
+    verdict = "not worse than" if passed else "worse than"
+    return {
+        **gate,
+        "candidate": round(candidate, 4),
+        "current": round(current_acc, 4),
+        "passed": bool(passed),
+        "clips": len(keep),
+        "reason": (
+            f"{GATE_METRIC} {candidate:.3f} on {len(keep)} held-out clips is {verdict} the "
+            f"current version's {current_acc:.3f} (tolerance {tolerance:g})"
+        ),
+    }
+
+
+def gate_allows(gate: dict | None, *, force: bool = False) -> bool:
+    """Whether a version with this gate result may become current (``force``: anyway)."""
+    return force or gate is None or bool(gate.get("passed", True))
+
+
+def _trained_keys(info: VersionInfo) -> set[str]:
+    """Keys of the clips a version trained or early-stopped on (empty without split.json)."""
+    try:
+        split = json.loads((info.path / SPLIT_FILE).read_text())
+    except (OSError, ValueError):
+        return set()
+    return {str(k) for part in ("train", "val") for k in split.get(part) or ()}
+
+
+def _current_correct(
+    current: VersionInfo,
+    clips: ClipArrays,
+    labels: Sequence[str],
+    sampling: SamplingConfig,
+    threads: int,
+    cache: ClipCache | None,
+) -> list[bool | None]:
+    """Per clip: did the current version predict its label (None: it could not read it)."""
+    import keras
+
+    import training.model  # noqa: F401  (custom layers for deserialisation)
+    from training.decode import decode_many
+    from training.sampling import stack_clips
+
+    model = keras.saving.load_model(current.model_path, compile=False)
+    current_sampling = SamplingConfig.from_dict(current.meta["sampling"])
+    if current_sampling == sampling:
+        arrays, readable = clips, list(range(len(clips)))
+    else:
+        decoded = decode_many(clips.sources, current_sampling, threads=threads, cache=cache)
+        readable = [i for i, c in enumerate(decoded) if not isinstance(c, Exception)]
+        if not readable:
+            return [None] * len(clips)
+        frames, mask = stack_clips([decoded[i] for i in readable])
+        arrays = ClipArrays(frames, mask, clips.y[readable], [clips.sources[i] for i in readable])
+    predicted = predict_arrays(model, arrays).argmax(axis=1)
+    current_labels = list(current.meta["labels"])
+    correct: list[bool | None] = [None] * len(clips)
+    for i, p in zip(readable, predicted, strict=True):
+        correct[i] = current_labels[int(p)] == labels[int(clips.y[i])]
+    return correct
+
+
 def train_and_publish(
     store: ModelStore,
     project: str,
@@ -265,9 +407,15 @@ def train_and_publish(
     cache: ClipCache | None = None,
     extra_meta: dict | None = None,
     make_current: bool = True,
+    keys: Sequence[str] | None = None,
+    gate_tolerance: float = 0.0,
     progress: Progress = _noop,
 ) -> VersionInfo:
-    """Decode, split, train, evaluate on the held-out split and publish a new version.
+    """Decode, split, train, evaluate on the held-out split, gate and publish a new version.
+
+    The split is stable (:func:`training.dataset.stable_split` on ``keys``): a video keeps its
+    part across runs, so the quality gate's clips are ones the current version never trained
+    on. The gate's figures go into ``meta["gate"]``, the split's keys into ``split.json``.
 
     Args:
         store: where the version is published.
@@ -278,7 +426,13 @@ def train_and_publish(
         parent: a version to fine-tune from (see :func:`warm_start`); None trains from scratch.
         cache: decoded-clip cache, so a retrain does not decode the same video again.
         extra_meta: more fields for meta.json (where the data came from, what triggered it).
-        make_current: point the project's ``current`` at the new version.
+        make_current: point the project's ``current`` at the new version, whatever the gate
+            says (callers that honour the gate pass False and decide with
+            :func:`gate_allows`).
+        keys: one stable identity per video for the split (Label Studio task ids); default
+            the videos' content hashes.
+        gate_tolerance: see :func:`quality_gate`; the version compared with is ``parent``,
+            else the project's current version.
         progress: called with dicts describing each stage.
 
     Returns:
@@ -298,6 +452,8 @@ def train_and_publish(
         raise TrainingError(f"need at least two labels to train, got {labels}")
     started = time.perf_counter()
 
+    if keys is None:
+        keys = content_keys([path for path, _ in videos])
     progress({"stage": "decode", "done": 0, "total": len(videos)})
     data, skipped = decode_labelled(
         videos,
@@ -306,14 +462,15 @@ def train_and_publish(
         threads=threads,
         cache=cache,
         progress=lambda done, total: progress({"stage": "decode", "done": done, "total": total}),
+        keys=keys,
     )
     counts = np.bincount(data.y, minlength=len(labels))
     if (counts == 0).any():
         missing = [label for label, c in zip(labels, counts, strict=True) if c == 0]
         raise TrainingError(f"no readable video for labels {missing}")
 
-    train_idx, test_idx, val_idx = stratified_split(
-        data.y, (train_config.test_fraction, train_config.val_fraction), seed=train_config.seed
+    train_idx, test_idx, val_idx = stable_split(
+        data.keys, data.y, (train_config.test_fraction, train_config.val_fraction)
     )
     train, test, val = data.subset(train_idx), data.subset(test_idx), data.subset(val_idx)
     log.info(
@@ -325,12 +482,27 @@ def train_and_publish(
     )
 
     progress({"stage": "evaluate"})
+    test_probs = predict_arrays(model, test)
     metrics = {
-        "test": classification_metrics(test.y, predict_arrays(model, test), labels),
+        "test": classification_metrics(test.y, test_probs, labels),
         "val": classification_metrics(val.y, predict_arrays(model, val), labels),
     }
-    seconds = round(time.perf_counter() - started, 1)
     log.info("project %s: test metrics %s", project, metrics["test"])
+
+    progress({"stage": "gate"})
+    current = parent if parent is not None else store.get_current_info(project)
+    gate = quality_gate(
+        test_probs,
+        test,
+        labels,
+        sampling,
+        current,
+        tolerance=gate_tolerance,
+        threads=threads,
+        cache=cache,
+    )
+    log.info("project %s: quality gate: %s", project, gate["reason"])
+    seconds = round(time.perf_counter() - started, 1)
 
     progress({"stage": "publish"})
 
@@ -339,6 +511,8 @@ def train_and_publish(
         plot_learning_curve(history, folder / LEARNING_CURVE_FILE)
         matrix = np.asarray(metrics["test"]["confusion_matrix"])
         plot_confusion_matrix(matrix, labels, folder / CONFUSION_MATRIX_FILE)
+        split = {"train": train.keys, "val": val.keys, "test": test.keys}
+        (folder / SPLIT_FILE).write_text(json.dumps(split))
         return {
             "labels": labels,
             "sampling": sampling.to_dict(),
@@ -350,6 +524,7 @@ def train_and_publish(
             },
             "history": history,
             "metrics": metrics,
+            "gate": gate,
             "dataset": {
                 "videos": len(videos),
                 "train": len(train),
@@ -357,6 +532,7 @@ def train_and_publish(
                 "test": len(test),
                 "per_label": {label: int(c) for label, c in zip(labels, counts, strict=True)},
                 "skipped": [{"video": v, "reason": r} for v, r in skipped],
+                "split": "stable",
             },
             "parent": parent.version if parent is not None and init != "scratch" else None,
             "init": init,

@@ -1,0 +1,159 @@
+"""Refreshing predictions in Label Studio after a version becomes current (training/refresh.py
+and the ``refresh_predictions`` job): the fake Label Studio, real Redis, RQ's SimpleWorker
+in this process (burst), a real model from the session fixture."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from conftest import LS_TOKEN, publish_copy
+from fake_label_studio import FakeLabelStudio
+from rq import SimpleWorker
+from rq.job import Job
+
+from training.jobs import enqueue_refresh, make_coordinator
+from training.labelstudio import TaskPredictions
+from training.refresh import order_tasks
+from training.settings import Settings
+from training.store import ModelStore
+
+CONFIG = """
+<View>
+  <Video name="video" value="$video"/>
+  <Choices name="label" toName="video" choice="single">
+    <Choice value="left_to_right"/>
+    <Choice value="right_to_left"/>
+  </Choices>
+</View>
+"""
+
+
+@dataclass
+class Project:
+    ls: FakeLabelStudio
+    project: int
+    store: ModelStore
+    version: str
+    unlabelled: list[int]
+    labelled: list[int]
+    broken: int
+    missing: int
+
+
+@pytest.fixture
+def setup(tmp_path, trained_model, monkeypatch) -> Project:
+    media = tmp_path / "media"
+    media.mkdir()
+    for clip in trained_model.synth_clips:
+        shutil.copy(clip, media / clip.name)
+    (media / "broken.mp4").write_bytes(np.random.default_rng(1).bytes(20_000))
+    ls = FakeLabelStudio(media, token=LS_TOKEN)
+    project = ls.add_project(CONFIG)
+    clips = [c.name for c in trained_model.synth_clips]
+    url = f"/data/upload/{project}/"
+    unlabelled = [ls.add_task(project, {"video": url + name}) for name in clips[:4]]
+    labelled = [ls.add_task(project, {"video": url + name}) for name in clips[4:6]]
+    for task in labelled:
+        ls.annotate(task, "left_to_right")
+    broken = ls.add_task(project, {"video": url + "broken.mp4"})
+    missing = ls.add_task(project, {"video": url + "gone.mp4"})
+    store = ModelStore(tmp_path / "models")
+    version = publish_copy(store, str(project), trained_model.info).version
+    for name, value in {
+        "MODEL_DIR": str(store.root),
+        "CACHE_DIR": str(tmp_path / "cache"),
+        "LABEL_STUDIO_URL": ls.url,
+        "LABEL_STUDIO_API_KEY": LS_TOKEN,
+        "PREDICT_BATCH_SIZE": "2",
+        "REFRESH_ALL_TASKS": "false",
+    }.items():
+        monkeypatch.setenv(name, value)
+    yield Project(ls, project, store, version, unlabelled, labelled, broken, missing)
+    ls.close()
+
+
+def run_refresh(redis_conn, project: Project, version: str | None = None) -> Job:
+    """Queue the refresh as a promotion does and run it to the end on a SimpleWorker."""
+    settings = Settings.from_env()
+    job_id = enqueue_refresh(redis_conn, str(project.project), version or project.version, settings)
+    assert job_id is not None
+    queue = make_coordinator(redis_conn, settings).queue
+    SimpleWorker([queue], connection=redis_conn).work(burst=True)
+    job = Job.fetch(job_id, connection=redis_conn)
+    assert job.get_status() == "finished", job.latest_result()
+    return job
+
+
+def test_unlabelled_tasks_get_the_new_versions_predictions_once(setup, redis_conn):
+    job = run_refresh(redis_conn, setup)
+    result = job.return_value()
+    assert result["status"] == "done"
+    assert result["written"] == len(setup.unlabelled)
+    assert result["skipped"] == 2  # the broken video and the missing one
+    skipped = {s["task"]: s["reason"] for s in result["skipped_tasks"]}
+    assert set(skipped) == {setup.broken, setup.missing}
+    assert "404" in skipped[setup.missing]
+    progress = job.get_meta(refresh=True)["progress"]
+    assert progress["stage"] == "done" and progress["total"] == len(setup.unlabelled) + 2
+
+    labels = {"left_to_right", "right_to_left"}
+    for task in setup.unlabelled:
+        (prediction,) = setup.ls.predictions(task)
+        assert prediction["model_version"] == setup.version
+        assert 0.0 <= prediction["score"] <= 1.0
+        (region,) = prediction["result"]
+        assert region["from_name"] == "label" and region["to_name"] == "video"
+        assert region["value"]["choices"][0] in labels
+    for task in (*setup.labelled, setup.broken, setup.missing):
+        assert setup.ls.predictions(task) == []
+    posts = [s for s in setup.ls.seen if s.method == "POST" and "/api/predictions/" in s.path]
+    assert len(posts) == len(setup.unlabelled)
+
+    again = run_refresh(redis_conn, setup).return_value()
+    assert again["written"] == 0 and again["already"] == len(setup.unlabelled)
+    assert len(setup.ls.predictions()) == len(setup.unlabelled)  # nothing twice
+
+
+def test_with_refresh_all_tasks_labelled_ones_follow_and_nothing_is_doubled(
+    setup, redis_conn, monkeypatch
+):
+    # One task was predicted with this version already (say, Label Studio asked /predict).
+    setup.ls.add_prediction(setup.unlabelled[0], [], score=0.5, model_version=setup.version)
+    monkeypatch.setenv("REFRESH_ALL_TASKS", "true")
+    result = run_refresh(redis_conn, setup).return_value()
+    assert result["written"] == len(setup.unlabelled) - 1 + len(setup.labelled)
+    assert result["already"] == 1
+    for task in (*setup.unlabelled, *setup.labelled):
+        assert [p["model_version"] for p in setup.ls.predictions(task)] == [setup.version]
+    # Unlabelled tasks were written first.
+    written = [p["task"] for p in setup.ls.predictions() if p["result"]]
+    assert written == sorted(setup.unlabelled[1:]) + sorted(setup.labelled)
+
+
+def test_a_version_that_is_no_longer_current_writes_nothing(setup, redis_conn, trained_model):
+    old = setup.version
+    publish_copy(setup.store, str(setup.project), trained_model.info)  # a newer one is current
+    result = run_refresh(redis_conn, setup, old).return_value()
+    assert result["status"] == "superseded"
+    assert setup.ls.predictions() == []
+
+
+def test_a_second_refresh_of_a_queued_version_is_not_queued_again(setup, redis_conn):
+    settings = Settings.from_env()
+    first = enqueue_refresh(redis_conn, str(setup.project), setup.version, settings)
+    assert first == f"refresh-{setup.project}-{setup.version}"
+    assert enqueue_refresh(redis_conn, str(setup.project), setup.version, settings) is None
+    assert redis_conn.llen("rq:queue:videoloop-training") == 1
+
+
+def test_order_puts_unlabelled_tasks_first_and_skips_predicted_ones():
+    def task(i: int, labelled: bool, versions=()) -> TaskPredictions:
+        return TaskPredictions(i, f"/v/{i}.mp4", labelled, frozenset(versions))
+
+    tasks = [task(5, True), task(3, False), task(4, False, ["v2"]), task(1, True), task(2, False)]
+    assert [t.task_id for t in order_tasks(tasks, "v2", include_labelled=False)] == [2, 3]
+    assert [t.task_id for t in order_tasks(tasks, "v2", include_labelled=True)] == [2, 3, 1, 5]
+    assert [t.task_id for t in order_tasks(tasks, "v9", include_labelled=False)] == [2, 3, 4]

@@ -1,0 +1,50 @@
+"""training/settings.py: every type of setting read from its environment variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from training.settings import Settings
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    for name in ("GATE_TOLERANCE", "PROMOTE_ON_START_TRAINING", "REFRESH_ALL_TASKS", "PORT"):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_defaults_when_nothing_is_set(clean_env):
+    settings = Settings.from_env()
+    assert settings.gate_tolerance == 0.0 and isinstance(settings.gate_tolerance, float)
+    assert settings.promote_on_start_training is False
+    assert settings.refresh_all_tasks is False
+    assert settings.port == 9090 and isinstance(settings.model_dir, Path)
+
+
+def test_floats_and_switches_are_parsed(clean_env):
+    clean_env.setenv("GATE_TOLERANCE", " 0.05 ")
+    clean_env.setenv("PROMOTE_ON_START_TRAINING", "Yes")
+    clean_env.setenv("REFRESH_ALL_TASKS", "1")
+    settings = Settings.from_env()
+    assert settings.gate_tolerance == pytest.approx(0.05)
+    assert settings.promote_on_start_training is True and settings.refresh_all_tasks is True
+    for off in ("0", "false", "NO", "off"):
+        clean_env.setenv("PROMOTE_ON_START_TRAINING", off)
+        assert Settings.from_env().promote_on_start_training is False
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("GATE_TOLERANCE", "five", "GATE_TOLERANCE must be a number"),
+        ("PROMOTE_ON_START_TRAINING", "maybe", "PROMOTE_ON_START_TRAINING must be one of"),
+        ("PORT", "1.5", "PORT must be an integer"),
+    ],
+)
+def test_a_bad_value_names_the_variable(clean_env, name, value, message):
+    clean_env.setenv(name, value)
+    with pytest.raises(ValueError, match=message):
+        Settings.from_env()
