@@ -15,8 +15,11 @@ worker producing versions is covered by tests/test_training_loop.py.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -24,6 +27,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from conftest import REPO
 
 from backend.app import PID_HEADER
 from training.current import VersionPointer
@@ -186,7 +190,7 @@ def served(tmp_path, trained_model, media_root, make_media_host, start_server, r
 
 
 def test_every_process_swaps_each_new_version_under_load_without_a_failed_request(
-    served, trained_model, redis_conn
+    served, trained_model, redis_conn, redis_url
 ):
     server, bucket, store = served
     pointer = VersionPointer(store, redis_conn)
@@ -218,10 +222,20 @@ def test_every_process_swaps_each_new_version_under_load_without_a_failed_reques
             published.append((info.version, set_at, seen))
             time.sleep(GAP_S)
 
-        # Roll back to the second version: an older version number, made current again.
+        # `videoloop models rollback`: back to the version current before the last one.
         rollback = published[1][0]
         rolled_at = time.time()
-        pointer.set(PROJECT, rollback)
+        env = {**os.environ, "MODEL_DIR": str(store.root), "REDIS_URL": redis_url}
+        done = subprocess.run(
+            [sys.executable, "-m", "backend.cli", "models", "rollback", "--project", PROJECT],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert rollback in done.stdout
         rolled = wait_until_every_process_serves(
             clients, pids, rollback, rolled_at, server.log_text
         )
