@@ -6,8 +6,9 @@
 - anything else (`videoloop train`, a shell): healthy; there is nothing to probe.
 
 What the container runs is read from PID 1's command line, so one image serves both roles
-without a per-service healthcheck; `healthcheck.py serve|worker` names the role instead. Standard library only for the /health path (slim images
-have no curl); the worker check uses redis-py, which the image has anyway.
+without a per-service healthcheck; `healthcheck.py serve|worker` names the role instead.
+Standard library only for the /health path (slim images have no curl); the worker check
+uses redis-py, which the image has anyway.
 """
 
 from __future__ import annotations
