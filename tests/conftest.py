@@ -52,6 +52,20 @@ os.environ.setdefault("KERAS_HOME", tempfile.mkdtemp(prefix="videoloop-keras-"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+def run_videoloop(
+    *args: str, env: dict[str, str], timeout_s: float = 300
+) -> subprocess.CompletedProcess:
+    """Run ``videoloop`` (``python -m backend.cli``) in a subprocess, as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "backend.cli", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+
+
 def free_port() -> int:
     """A TCP port nothing listens on right now."""
     with socket.socket() as s:

@@ -4,26 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
-from conftest import REPO
+from conftest import REPO, run_videoloop
 
 from training.store import ModelStore
 
-
-def videoloop(
-    *args: str, env: dict[str, str], timeout_s: float = 300
-) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "backend.cli", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-    )
+videoloop = run_videoloop
 
 
 def test_synth_train_predict(tmp_path):

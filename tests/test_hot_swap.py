@@ -18,8 +18,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -27,7 +25,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import REPO
+from conftest import run_videoloop
 
 from backend.app import PID_HEADER
 from training.current import VersionPointer
@@ -226,14 +224,7 @@ def test_every_process_swaps_each_new_version_under_load_without_a_failed_reques
         rollback = published[1][0]
         rolled_at = time.time()
         env = {**os.environ, "MODEL_DIR": str(store.root), "REDIS_URL": redis_url}
-        done = subprocess.run(
-            [sys.executable, "-m", "backend.cli", "models", "rollback", "--project", PROJECT],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        done = run_videoloop("models", "rollback", "--project", PROJECT, env=env, timeout_s=60)
         assert done.returncode == 0, done.stderr
         assert rollback in done.stdout
         rolled = wait_until_every_process_serves(

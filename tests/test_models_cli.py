@@ -6,13 +6,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, publish_copy
+from conftest import publish_copy, run_videoloop
 
 from training.current import CURRENT_CHANNEL, CURRENT_KEY
 from training.store import MODEL_FILE, ModelStore, VersionStatus
@@ -20,15 +18,7 @@ from training.store import MODEL_FILE, ModelStore, VersionStatus
 PROJECT = "7"
 
 
-def videoloop(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "backend.cli", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+videoloop = run_videoloop
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import redis
 import requests
-from conftest import LS_TOKEN, REPO, free_port
+from conftest import LS_TOKEN, REPO, free_port, run_videoloop
 from fake_label_studio import FakeLabelStudio
 
 from training.labelled_files import read_manifest
@@ -250,14 +250,7 @@ def test_start_training_with_only_a_project_starts_a_run(loop):
 def test_status_command_reads_the_training_state_from_redis(loop):
     loop.annotate(per_label=1)
     assert loop.webhook("ANNOTATION_CREATED").json()["status"] == "queued"  # no worker yet
-    result = subprocess.run(
-        [sys.executable, "-m", "backend.cli", "status", "--project", str(loop.project)],
-        cwd=REPO,
-        env=loop.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_videoloop("status", "--project", str(loop.project), env=loop.env, timeout_s=60)
     assert result.returncode == 0, result.stderr
     state = json.loads(result.stdout)
     assert state["pending_events"] == 1
