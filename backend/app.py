@@ -210,10 +210,13 @@ def predict():
 
 @bp.post("/webhook")
 def webhook():
-    """Annotation events and "Start training": record and enqueue only (Label Studio waits 1 s).
+    """Annotation events, "Start training" and new tasks: record and enqueue only (Label
+    Studio waits 1 s).
 
-    Answers 200 with what happened (queued, joined, follow_up, recorded, ignored), 400 for an
-    event without a project, 503 when Redis is down (the request is kept and queued later).
+    Answers 200 with what happened (queued, joined, follow_up, recorded for training;
+    refresh_queued, refresh_pending, refresh_no_model for TASKS_CREATED; ignored), 400 for an
+    event without a project, 503 when Redis is down (a training request is kept and queued
+    later).
     """
     body = _json_body()
     try:

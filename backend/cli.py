@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from training.model_config import TEMPORAL_HEADS
 from training.settings import Settings
 
 
@@ -108,6 +109,7 @@ def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     model_config = ModelConfig(
         backbone=args.backbone,
         backbone_weights=args.backbone_weights,
+        temporal=args.temporal,
         lstm_units=args.lstm_units,
         dropout=args.dropout,
     )
@@ -145,7 +147,7 @@ def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         "project": args.project,
         "version": info.version,
         "test_accuracy": test["accuracy"],
-        "test_macro_f1": test["macro_f1"],
+        "test_macro_f1": test.get("macro_f1"),
         "test_clips": test["count"],
         "epochs_run": info.meta["training"]["epochs_run"],
         "parameters": info.meta["model"]["parameters"],
@@ -175,26 +177,54 @@ def _cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
     model = load_version(info, batch_size=settings.predict_batch_size)
     results = decode_many(args.videos, model.sampling, threads=settings.decode_threads)
     clips = [r for r in results if not isinstance(r, VideoDecodeError)]
-    probs = iter(model.predict_proba(*stack_clips(clips)) if clips else [])
+    outputs = model.predict(*stack_clips(clips)) if clips else {}
     failed = 0
+    row_of_clip = 0
     for video, result in zip(args.videos, results, strict=True):
         if isinstance(result, VideoDecodeError):
             failed += 1
             print(json.dumps({"video": video, "error": str(result)}))
             continue
-        p = next(probs)
-        best = int(p.argmax())
-        row = {
-            "video": video,
-            "label": model.labels[best],
-            "score": round(float(p[best]), 4),
-            "model_version": model.version,
-            "probabilities": {
-                lbl: round(float(x), 4) for lbl, x in zip(model.labels, p, strict=True)
-            },
-        }
-        print(json.dumps(row))
+        clip_outputs = {head: value[row_of_clip] for head, value in outputs.items()}
+        row_of_clip += 1
+        print(json.dumps(_prediction_row(video, result, clip_outputs, model, settings)))
     return 1 if failed else 0
+
+
+def _prediction_row(video: str, clip, outputs: dict, model, settings: Settings) -> dict:
+    """One line of ``videoloop predict``: the class with its probabilities and/or the
+    segments (frame numbers 1-based, inclusive, at the video's own frame rate)."""
+    from training.timeline import predict_segments
+    from training.uncertainty import confidence
+
+    row: dict = {"video": video, "model_version": model.version}
+    scores = []
+    if "classes" in outputs:
+        p = outputs["classes"]
+        best = int(p.argmax())
+        row["label"] = model.labels[best]
+        scores.append(float(confidence(p, settings.uncertainty_measure)))
+        row["probabilities"] = {
+            lbl: round(float(x), 4) for lbl, x in zip(model.labels, p, strict=True)
+        }
+    if "timeline" in outputs:
+        frame_probs = outputs["timeline"]
+        n = len(clip.indices)
+        segments = predict_segments(
+            frame_probs, clip.indices, clip.fps, clip.frame_count, clip.fps, model.timeline_labels
+        )
+        row["segments"] = [
+            {
+                "start": s.segment.start,
+                "end": s.segment.end,
+                "label": s.segment.label,
+                "score": round(s.score, 4),
+            }
+            for s in segments
+        ]
+        scores.append(float(confidence(frame_probs[:n], settings.uncertainty_measure).mean()))
+    row["score"] = round(min(scores), 4) if scores else 0.0
+    return row
 
 
 def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
@@ -257,13 +287,16 @@ def _gate_text(gate: dict | None) -> str:
 
 def _version_row(info) -> dict[str, str]:
     meta = info.meta
-    accuracy = ((meta.get("metrics") or {}).get("test") or {}).get("accuracy")
+    test = (meta.get("metrics") or {}).get("test") or {}
+    accuracy = test.get("accuracy")
+    frame_accuracy = (test.get("timeline") or {}).get("frame_accuracy")
     dataset = meta.get("dataset") or {}
     created = meta.get("created_at")
     return {
         "version": info.version,
         "status": str(info.status or ""),
         "test acc": f"{accuracy:.3f}" if isinstance(accuracy, int | float) else "-",
+        "frame acc": f"{frame_accuracy:.3f}" if isinstance(frame_accuracy, int | float) else "-",
         "gate (new vs current)": _gate_text(meta.get("gate")),
         "parent": meta.get("parent") or "-",
         "created (UTC)": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(created))
@@ -377,6 +410,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=16, help="frames sampled per clip")
     p.add_argument("--size", type=int, default=112, help="frame height and width")
     p.add_argument("--backbone", default="small", choices=["small", "mobilenet_v3_small"])
+    p.add_argument(
+        "--temporal",
+        default="lstm",
+        choices=list(TEMPORAL_HEADS),
+        help="temporal head: lstm (default), bilstm, attention (pooling over the LSTM's "
+        "outputs) or average (frame averaging, no temporal model: the baseline)",
+    )
     p.add_argument(
         "--backbone-weights", default=None, help="mobilenet only: 'imagenet' or a .weights.h5 file"
     )

@@ -1,4 +1,4 @@
-"""Label Studio's JSON shapes: project ids, choices results, predictions. No Flask, no I/O.
+"""Label Studio's JSON shapes: project ids, results, predictions. No Flask, no I/O.
 
 See DESIGN.md "Label Studio protocol": a prediction is ``{"result": [...], "score": float,
 "model_version": str}``, one per task, and ``score`` is a confidence in [0, 1] that Label
@@ -14,21 +14,21 @@ import re
 from training.results import (
     allowed_label_indices,
     choices_result,
-    classification_prediction,
     empty_prediction,
     make_prediction,
     pick_label,
+    video_prediction,
 )
 from training.store import validate_project
 
 __all__ = [
     "allowed_label_indices",
     "choices_result",
-    "classification_prediction",
     "empty_prediction",
     "make_prediction",
     "normalize_project",
     "pick_label",
+    "video_prediction",
 ]
 
 _LS_PROJECT_RE = re.compile(r"^(\d+)\.\d+$")

@@ -37,8 +37,9 @@ from typing import TYPE_CHECKING
 
 from backend import protocol
 from training.current import CurrentVersion, PointerListener, VersionPointer
-from training.labelconfig import VideoChoices
+from training.labelconfig import VideoControls
 from training.media import MediaError, MediaResolver, get_video_url
+from training.results import fillable_controls
 from training.sampler import VideoDecodeError, sample_clip
 from training.sampling import Clip, stack_clips
 from training.settings import Settings
@@ -383,7 +384,7 @@ class ModelServer:
 
     # -- prediction -------------------------------------------------------------------------
 
-    def predict(self, project: str, tasks: Sequence[dict], choices: VideoChoices) -> list[dict]:
+    def predict(self, project: str, tasks: Sequence[dict], controls: VideoControls) -> list[dict]:
         """One prediction per task, in order.
 
         Videos are fetched and decoded on the decode pool, a bounded window ahead of the
@@ -393,14 +394,17 @@ class ModelServer:
         model = self.get_model(project)
         if model is None:
             return [protocol.empty_prediction(NO_MODEL_VERSION) for _ in tasks]
-        if not protocol.allowed_label_indices(model.labels, choices.choice_values):
+        if not fillable_controls(model, controls):
             self._log_once(
-                ("no overlap", project, model.version, choices.choice_values),
-                "project %s: none of version %s's labels %s is among the config's choices %s",
+                ("no overlap", project, model.version, controls),
+                "project %s: version %s (labels %s, timeline labels %s) fills no control of the "
+                "config (choices %s, timeline %s)",
                 project,
                 model.version,
                 model.labels,
-                list(choices.choice_values),
+                model.timeline_labels,
+                list(controls.choice_values),
+                list(controls.timeline.labels) if controls.timeline else None,
             )
             return [protocol.empty_prediction(model.version) for _ in tasks]
 
@@ -410,21 +414,29 @@ class ModelServer:
         window = max(2 * batch_size, 2 * self.settings.decode_threads)
         pending: deque[tuple[int, Future[Clip]]] = deque()
         next_task = 0
+        measure = self.settings.uncertainty_measure
 
         def flush() -> None:
             if not batch:
                 return
             frames, mask = stack_clips([clip for _, clip in batch])
-            probs = model.predict_proba(frames, mask)
-            for (i, _), row in zip(batch, probs, strict=True):
-                results[i] = protocol.classification_prediction(
-                    row, model.labels, choices, model.version
+            outputs = model.predict(frames, mask)
+            for row, (i, clip) in enumerate(batch):
+                results[i] = protocol.video_prediction(
+                    {head: value[row] for head, value in outputs.items()},
+                    model.labels,
+                    controls,
+                    model.version,
+                    timeline_labels=model.timeline_labels,
+                    clip=clip,
+                    frame_rate=controls.task_frame_rate(_task_data(tasks[i])),
+                    measure=measure,
                 )
             batch.clear()
 
         while next_task < len(tasks) or pending:
             while next_task < len(tasks) and len(pending) < window:
-                future = self._decode_pool.submit(self._prepare, tasks[next_task], choices, model)
+                future = self._decode_pool.submit(self._prepare, tasks[next_task], controls, model)
                 pending.append((next_task, future))
                 next_task += 1
             i, future = pending.popleft()
@@ -443,12 +455,12 @@ class ModelServer:
         flush()
         return [r if r is not None else protocol.empty_prediction(model.version) for r in results]
 
-    def _prepare(self, task: dict, choices: VideoChoices, model: LoadedModel) -> Clip:
+    def _prepare(self, task: dict, controls: VideoControls, model: LoadedModel) -> Clip:
         """Fetch and sample one task's video (runs on the decode pool)."""
-        data = task.get("data") if isinstance(task, dict) else None
-        if not isinstance(data, dict):
+        data = _task_data(task)
+        if data is None:
             raise MediaError("task has no data")
-        url = get_video_url(data, choices.video_value_key)
+        url = get_video_url(data, controls.video_value_key)
         path = self.media.resolve(url, task_id=task.get("id"))
         return sample_clip(path, model.sampling)
 
@@ -470,3 +482,8 @@ class ModelServer:
 
 def _task_id(task: object) -> object:
     return task.get("id") if isinstance(task, dict) else None
+
+
+def _task_data(task: object) -> dict | None:
+    data = task.get("data") if isinstance(task, dict) else None
+    return data if isinstance(data, dict) else None

@@ -16,14 +16,28 @@ import redis
 
 from backend import protocol
 from training.coordinator import TrainingCoordinator
+from training.jobs import request_refresh, resume_refreshes
 from training.settings import Settings
 
 log = logging.getLogger(__name__)
 
 TRAINING_ACTIONS = frozenset(
-    {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED", "START_TRAINING"}
+    {
+        "ANNOTATION_CREATED",
+        "ANNOTATIONS_CREATED",
+        "ANNOTATION_UPDATED",
+        "ANNOTATIONS_DELETED",
+        "START_TRAINING",
+    }
 )
-"""Events that ask for training. START_TRAINING ("Start training") carries only the project."""
+"""Events that ask for training. START_TRAINING ("Start training") carries only the project.
+ANNOTATIONS_CREATED is the Data Manager's "Create Annotations From Predictions" (many at once,
+and the only event it sends: bulk-created annotations never trigger train-on-submit)."""
+
+REFRESH_ACTIONS = frozenset({"TASKS_CREATED"})
+"""Events that ask for predictions: tasks imported into a project with a model get them from
+the current version at once (Label Studio asks the backend itself only while the model, not
+a version, is selected for predictions: see SELECT_NEW_VERSION)."""
 
 REPLAY_EVERY_S = 1.0
 """How often requests kept while Redis was down are retried, in seconds."""
@@ -66,6 +80,8 @@ class TrainingRequests:
             TrainingUnavailable: Redis is down (the request is kept and replayed).
         """
         action = event.get("action")
+        if action in REFRESH_ACTIONS:
+            return self._refresh(action, protocol.normalize_project(event.get("project")))
         if action not in TRAINING_ACTIONS:
             return {"status": "ignored", "action": action}
         project = protocol.normalize_project(event.get("project"))
@@ -82,6 +98,19 @@ class TrainingRequests:
             ) from None
         log.info("webhook %s project %s: %s", action, project, outcome.value)
         return {"status": outcome.value, "action": action, "project": project}
+
+    def _refresh(self, action: str, project: str) -> dict:
+        """Queue predictions of the new tasks; not kept while Redis is down (the next
+        version's refresh predicts every task)."""
+        try:
+            outcome = request_refresh(self.coordinator.connection, project, self.settings)
+        except redis.RedisError as exc:
+            raise TrainingUnavailable(
+                f"Redis is unreachable ({type(exc).__name__}); new tasks of project {project} "
+                "get predictions with the next version"
+            ) from None
+        log.info("webhook %s project %s: refresh %s", action, project, outcome)
+        return {"status": f"refresh_{outcome}", "action": action, "project": project}
 
     def get_kept(self) -> dict[str, int]:
         """Events per project waiting for Redis to come back (for status and tests)."""
@@ -135,6 +164,7 @@ class TrainingRequests:
                     self.replay_kept()
                 if tick % ticks_per_recover == 0:
                     self.coordinator.recover()
+                    resume_refreshes(self.coordinator.connection, self.settings)
             except redis.RedisError as exc:
                 log.debug("training requests: Redis unavailable: %s", exc)
             except Exception:

@@ -1,63 +1,47 @@
-"""Quality against the origin: videoloop's CNN-LSTM, frame averaging and the origin's model.
+"""Quality against the origin: videoloop's CNN-LSTM heads, frame averaging and the origin's model.
 
-Trains and scores, side by side on the same clips and splits:
+Trains and scores, side by side on the same clips and splits, in one run:
 
-1. ``videoloop``: the default ``ModelConfig()`` CNN-LSTM (``training.model.build_model``);
-2. ``frame average``: the same model up to its per-frame features (the ``unfold_time``
-   output, 224 features a frame), then a masked mean over time, dropout and the softmax:
-   built here from the default model's graph (training/model.py has no option for it);
-3. ``origin``: the origin guide's architecture, TimeDistributed(Conv2D(32,3,relu)) ->
+1. ``lstm``: videoloop's default model (``training.model.build_model``, ``ModelConfig()``);
+2. ``bilstm`` and ``attention``: the same CNN with the other temporal heads of the origin
+   guide's extensions (``ModelConfig(temporal=...)``): a bidirectional LSTM, and attention
+   pooling over the LSTM's outputs;
+3. ``frame average``: the same CNN with no temporal model (``temporal="average"``: the mean
+   of the per-frame features, then the softmax), the baseline that cannot see order;
+4. ``origin``: the origin guide's exact architecture, TimeDistributed(Conv2D(32,3,relu)) ->
    TimeDistributed(MaxPool2D) -> TimeDistributed(Conv2D(64,3,relu)) ->
    TimeDistributed(MaxPool2D) -> TimeDistributed(Flatten) -> LSTM(128) -> Dense(softmax),
-   input scaled to [0,1] inside the model. Its LSTM gets the padding mask (no parameters;
-   identical for full-length clips, which all clips here are). Input size: ``--origin-frames``
-   x ``--origin-size``; the guide's 32x224x224 (95.6 M parameters, 10 GB peak to train,
-   DESIGN.md) does not fit the default 15-minute run on 2 cores.
+   input scaled to [0,1] inside the model, at ``--origin-frames`` x ``--origin-size``
+   (the guide's 32x224x224 by default). Its LSTM gets the padding mask (no parameters).
 
-All three compile with videoloop's ``compile_model`` (Adam lr 1e-3, clipnorm 1, label
-smoothing 0.1) and train with the same loop as ``training.train.fit`` (its tf.data pipeline
-and augmentation, class weights, batch 8, early stopping on validation loss with best
-weights restored, learning rate halved on plateaus), capped at ``--epochs``.
+videoloop's models train with the product's own ``training.train.fit`` (tf.data pipeline,
+augmentation that keeps temporal order, class weights, Adam with clipnorm, label smoothing,
+early stopping on validation loss with best weights kept, learning rate halved on plateaus).
+The origin compiles with the same ``compile_model`` and trains with the same pipeline and
+callbacks (``build_model`` cannot build it). Epochs are capped by ``--epochs``.
 
-Data sets: (a) ``synth``: ``training.synth.generate_dataset`` (classes that differ only in
-temporal order); (b) ``real``: 16-frame segments cut from the clips in tests/data, each
-written once (``training.synth.write_video``) in original or reversed frame order and
-labelled ``forward`` / ``reversed``: a temporal-order task on real footage. Segments of one
-video overlap a little when it is short (922 frames for 60 segments).
+Data sets:
+
+* ``synth``: ``training.synth.generate_dataset`` with ``--classes`` (default 4:
+  left_to_right, right_to_left, grow, shrink): classes that differ only in temporal order;
+* ``real``: 16-frame stretches of the real clips in tests/data, seen through a window that
+  pans left or right across the frame (``pan_left`` / ``pan_right``): real footage, and
+  only the order of the frames tells the classes apart;
+* ``timeline``: synthetic clips whose motion changes (or not) inside the clip
+  (``render_segmented_clip``), labelled per frame as a <TimelineLabels> project would be;
+  scored by frame accuracy and segmental F1@0.5 on the sampled frames (the origin has no
+  per-frame head and is not run here).
 
 Each (model, data set) trains in its own spawned process, so peak memory (ru_maxrss of that
-process: TensorFlow, the data and training) is per model. Split per seed with
+process: TensorFlow, the data and training) is per model, and a model that runs out of memory
+is reported as failed while the others go on. Split per seed with
 ``stratified_split(y, (0.2, 0.15), seed)``; accuracy is on the held-out 20 %. ms/clip:
-``predict_on_batch`` on batches of 8, after a warm-up, best of 5. Run from the repository
+``predict_on_batch`` on batches of 8 after a warm-up, best of 5. Run from the repository
 root (not imported by the packages):
 
     .venv/bin/python bench/quality.py
 
-Measured here (2 cores, no GPU; one split seed, 12 held-out clips per data set, so each
-clip is 8 points of accuracy; ms/clip is noisy while other work shares the cores):
-
-    $ .venv/bin/python bench/quality.py
-    machine: x86_64, 2 cores, 24 GB RAM, python 3.11.7, tensorflow 2.21.0, keras 3.15.1, numpy 2.2.6, av 18.1.0
-    data synth: ['left_to_right', 'right_to_left'], 30 clips each (data seed 0)
-    data real: ['forward', 'reversed'], 30 16-frame segments of tests/data/*.mp4 each
-
-    seeds [0], epochs <= 15 (patience 5); held-out 20 % per seed
-    data   model                input acc mean acc min     params  MB file ms/clip peak MB train s params x   ms x
-    synth  videoloop       16x112x112    1.000   1.000     308402     3.87     4.3    1168      26   0.0139  0.223
-    synth  frame average   16x112x112    0.500   0.500     127858     1.70     3.9    1137      11   0.0057  0.206
-    synth  origin          16x112x112    0.750   0.750   22236866   266.91    19.1    5754     164   1.0000  1.000
-    real   videoloop       16x112x112    0.500   0.500     308402     3.87     4.5    1139      12   0.0139  0.238
-    real   frame average   16x112x112    0.500   0.500     127858     1.70     4.0    1101      11   0.0057  0.215
-    real   origin          16x112x112    0.500   0.500   22236866   266.91    18.8    5564      68   1.0000  1.000
-    total 326 s
-
-Epochs run (videoloop / frame average / origin): synth 15 / 6 / 15, real 6 / 6 / 6 (early
-stopping; on the real set validation loss was best after the first epoch). On the real
-forward/reversed set no model beat chance with 48 training segments, nor with
-``--datasets real --epochs 25 --patience 10`` (all three stopped after 11 epochs, all at
-0.500, 198 s). The origin ran at 16x112x112 (22.2 M parameters), not the guide's 32x224x224
-(95.6 M, ~0.9 s/clip, 10 GB peak per DESIGN.md): at 16x112 it already took 164 s of this
-run's 326 s, and 32x224 is 8x the pixels per clip, far beyond the 15-minute run.
+Measured here: see the README ("How good the model is") for the table of the last run.
 """
 
 from __future__ import annotations
@@ -70,6 +54,7 @@ import resource
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -77,55 +62,57 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = ("videoloop", "frame average", "origin")
+HEADS = {"lstm": "lstm", "bilstm": "bilstm", "attention": "attention", "frame average": "average"}
+MODELS = (*HEADS, "origin")
 SEGMENT = 16
+MOTIONS = ("left_to_right", "right_to_left")
 
 
-def _build(name: str, num_classes: int, frames: int, size: int):
+def _origin(num_classes: int, frames: int, size: int):
+    """The origin guide's CNN-LSTM, compiled like videoloop's models."""
     import keras
-    from keras import layers, ops
+    from keras import layers
 
-    from training.model import BoolMask, ModelConfig, build_model, compile_model
-    from training.sampling import SamplingConfig
+    from training.model import BoolMask, ModelConfig, compile_model
 
-    config = ModelConfig()
-    sampling = SamplingConfig(frames=frames, height=size, width=size)
-    if name == "videoloop":
-        return build_model(num_classes, sampling, config)
-    if name == "frame average":
-        base = build_model(num_classes, sampling, config)
-        per_frame = base.get_layer("unfold_time").output  # (B, T, 224)
+    inp = keras.Input((frames, size, size, 3), dtype="uint8", name="frames")
+    mask = keras.Input((frames,), dtype="bool", name="mask")
+    x = layers.Rescaling(1.0 / 255.0)(inp)
+    x = layers.TimeDistributed(layers.Conv2D(32, 3, activation="relu"))(x)
+    x = layers.TimeDistributed(layers.MaxPooling2D())(x)
+    x = layers.TimeDistributed(layers.Conv2D(64, 3, activation="relu"))(x)
+    x = layers.TimeDistributed(layers.MaxPooling2D())(x)
+    x = layers.TimeDistributed(layers.Flatten())(x)
+    x = layers.LSTM(128)(x, mask=BoolMask()(mask))
+    out = layers.Dense(num_classes, activation="softmax")(x)
+    model = keras.Model({"frames": inp, "mask": mask}, out, name="origin")
+    compile_model(model, ModelConfig())
+    return model
 
-        @keras.saving.register_keras_serializable(package="bench")
-        class MaskedMean(layers.Layer):
-            """Mean over time of the real (unpadded) frames."""
 
-            def call(self, x, valid):
-                m = ops.expand_dims(ops.cast(valid, x.dtype), -1)
-                return ops.sum(x * m, axis=1) / ops.maximum(ops.sum(m, axis=1), 1.0)
+def _fit_origin(train, val, k: int, frames: int, size: int, config, batch_size: int):
+    """The origin trained with videoloop's pipeline and callbacks (see training.train.fit):
+    ``config`` is the TrainConfig videoloop's models get."""
+    import keras
 
-        inputs = {"frames": base.get_layer("frames").output, "mask": base.get_layer("mask").output}
-        x = MaskedMean(name="masked_mean")(per_frame, inputs["mask"])
-        x = layers.Dropout(config.dropout, name="head_dropout_avg")(x)
-        out = layers.Dense(num_classes, activation="softmax", name="classes_avg")(x)
-        model = keras.Model(inputs, out, name="frame_average")
-        compile_model(model, config)
-        return model
-    if name == "origin":
-        inp = keras.Input((frames, size, size, 3), dtype="uint8", name="frames")
-        mask = keras.Input((frames,), dtype="bool", name="mask")
-        x = layers.Rescaling(1.0 / 255.0)(inp)
-        x = layers.TimeDistributed(layers.Conv2D(32, 3, activation="relu"))(x)
-        x = layers.TimeDistributed(layers.MaxPooling2D())(x)
-        x = layers.TimeDistributed(layers.Conv2D(64, 3, activation="relu"))(x)
-        x = layers.TimeDistributed(layers.MaxPooling2D())(x)
-        x = layers.TimeDistributed(layers.Flatten())(x)
-        x = layers.LSTM(128)(x, mask=BoolMask()(mask))
-        out = layers.Dense(num_classes, activation="softmax")(x)
-        model = keras.Model({"frames": inp, "mask": mask}, out, name="origin")
-        compile_model(model, config)
-        return model
-    raise ValueError(name)
+    from training.dataset import class_weights
+    from training.train import make_dataset, training_callbacks
+
+    keras.utils.set_random_seed(config.seed)
+    model = _origin(k, frames, size)
+    weights = class_weights(train.y, k)
+    train_ds = make_dataset(
+        train, k, batch_size, shuffle=True, augment=True, seed=config.seed, weights=weights
+    )
+    val_ds = make_dataset(val, k, batch_size, shuffle=False, augment=False, seed=0)
+    history = model.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=config.epochs,
+        verbose=0,
+        callbacks=training_callbacks(config, has_val=True),
+    )
+    return model, len(history.history["loss"])
 
 
 def _train_one(job: dict) -> dict:
@@ -133,41 +120,53 @@ def _train_one(job: dict) -> dict:
     sys.path.insert(0, str(ROOT))
     import keras
 
-    from training.dataset import ClipArrays, class_weights, stratified_split
-    from training.train import make_dataset, predict_arrays
+    from training.dataset import NO_CLASS, ClipArrays, stratified_split
+    from training.model import ModelConfig
+    from training.sampling import SamplingConfig
+    from training.timeline import timeline_metrics
+    from training.train import TrainConfig, fit, predict_outputs
 
     arrays = np.load(job["data"])
-    data = ClipArrays(arrays["frames"], arrays["mask"], arrays["y"], [""] * len(arrays["y"]))
-    k = int(arrays["y"].max()) + 1
-    accuracies, train_s, epochs_run = [], [], []
+    frame_y = arrays.get("frame_y", None)
+    timeline = frame_y is not None
+    y = np.full(len(arrays["strata"]), NO_CLASS, np.int32) if timeline else arrays["y"]
+    data = ClipArrays(arrays["frames"], arrays["mask"], y, [""] * len(y), frame_y=frame_y)
+    labels = list(arrays["labels"])
+    t, size = data.frames.shape[1:3]
+    scores, f1s, train_s, epochs_run = [], [], [], []
     model = None
     for seed in job["seeds"]:
-        keras.utils.set_random_seed(seed)
-        train_idx, test_idx, val_idx = stratified_split(data.y, (0.2, 0.15), seed=seed)
+        train_idx, test_idx, val_idx = stratified_split(arrays["strata"], (0.2, 0.15), seed=seed)
         train, val, test = data.subset(train_idx), data.subset(val_idx), data.subset(test_idx)
-        model = _build(job["model"], k, *data.frames.shape[1:3])
-        train_ds = make_dataset(
-            train, k, 8, shuffle=True, augment=True, seed=seed, weights=class_weights(train.y, k)
-        )
-        val_ds = make_dataset(val, k, 8, shuffle=False, augment=False, seed=0)
         started = time.perf_counter()
-        history = model.fit(
-            train_ds,
-            validation_data=val_ds,
-            epochs=job["epochs"],
-            verbose=0,
-            callbacks=[
-                keras.callbacks.EarlyStopping(
-                    monitor="val_loss", patience=job["patience"], restore_best_weights=True
-                ),
-                keras.callbacks.ReduceLROnPlateau(
-                    monitor="val_loss", factor=0.5, patience=max(2, job["patience"] // 3)
-                ),
-            ],
+        config = TrainConfig(
+            epochs=job["epochs"], patience=job["patience"], min_epochs=job["min_epochs"], seed=seed
         )
+        if job["model"] == "origin":
+            model, epochs = _fit_origin(
+                train, val, len(labels), t, size, config, job["origin_batch"]
+            )
+        else:
+            model, history, _ = fit(
+                train,
+                val,
+                [] if timeline else labels,
+                SamplingConfig(frames=t, height=size, width=size),
+                ModelConfig(temporal=HEADS[job["model"]]),
+                config,
+                timeline_labels=labels if timeline else (),
+            )
+            epochs = len(history["loss"])
         train_s.append(time.perf_counter() - started)
-        epochs_run.append(len(history.history["loss"]))
-        accuracies.append(float((predict_arrays(model, test, 8).argmax(1) == test.y).mean()))
+        epochs_run.append(epochs)
+        outputs = predict_outputs(model, test, 8)
+        if timeline:
+            metrics = timeline_metrics(test.frame_y, outputs["timeline"], labels)
+            scores.append(metrics["frame_accuracy"])
+            f1s.append(metrics["segment_f1@0.5"])
+        else:
+            scores.append(float((outputs["classes"].argmax(1) == test.y).mean()))
+        keras.backend.clear_session(free_memory=False)
     batch = {"frames": data.frames[:8], "mask": data.mask[:8]}
     model.predict_on_batch(batch)
     model.predict_on_batch(batch)
@@ -179,7 +178,8 @@ def _train_one(job: dict) -> dict:
     path = Path(job["data"]).with_suffix(f".{job['model'].replace(' ', '_')}.keras")
     model.save(path)
     return {
-        "accuracies": accuracies,
+        "scores": scores,
+        "f1": f1s,
         "params": model.count_params(),
         "bytes": path.stat().st_size,
         "ms": min(times) / 8 * 1000,
@@ -189,11 +189,9 @@ def _train_one(job: dict) -> dict:
     }
 
 
-def _real_segments(out_dir: Path, per_class: int, seed: int) -> list[tuple[Path, str]]:
-    """Cut the tests/data clips into 16-frame segments; write each forward or reversed."""
+def _real_frames(width: int, height: int) -> list[tuple[str, np.ndarray, float]]:
+    """Every frame of each real clip in tests/data, resized, with its fps."""
     import av
-
-    from training.synth import write_video
 
     videos = []
     for path in sorted((ROOT / "tests" / "data").glob("*.mp4")):
@@ -202,25 +200,44 @@ def _real_segments(out_dir: Path, per_class: int, seed: int) -> list[tuple[Path,
                 continue
             fps = float(container.streams.video[0].average_rate or 25)
             frames = [
-                f.to_ndarray(width=160, height=120, format="rgb24")
+                f.to_ndarray(width=width, height=height, format="rgb24")
                 for f in container.decode(video=0)
             ]
         if len(frames) >= SEGMENT:
             videos.append((path.stem, np.stack(frames), fps))
+    return videos
+
+
+def _real_pans(out_dir: Path, per_class: int, seed: int) -> list[tuple[Path, str]]:
+    """16-frame stretches of the real clips seen through a window panning left or right.
+
+    The window (5/8 of the frame wide) slides across the frame over the 16 frames, one way
+    or the other; the scene keeps its own motion. Stretches are spread over each clip in
+    proportion to its length; the two classes draw from the same stretches.
+    """
+    from training.synth import write_video
+
+    rng = np.random.default_rng(seed)
+    width, height = 256, 192
+    crop_w, crop_h = 160, 120
+    videos = _real_frames(width, height)
     total = 2 * per_class
     lengths = np.array([len(f) for _, f, _ in videos], float)
     counts = np.maximum(1, np.round(total * lengths / lengths.sum()).astype(int))
     counts[np.argmax(counts)] += total - counts.sum()
-    labels = np.array(["forward", "reversed"] * per_class)
-    np.random.default_rng(seed).shuffle(labels)
+    labels = np.array(["pan_left", "pan_right"] * per_class)
+    rng.shuffle(labels)
     rows, n = [], 0
     for (stem, frames, fps), count in zip(videos, counts, strict=True):
-        starts = np.linspace(0, len(frames) - SEGMENT, count).round().astype(int)
-        for s in starts:
-            clip = frames[s : s + SEGMENT]
+        for s in np.linspace(0, len(frames) - SEGMENT, count).round().astype(int):
             label = labels[n]
-            if label == "reversed":
-                clip = clip[::-1]
+            xs = np.linspace(0, width - crop_w, SEGMENT).round().astype(int)
+            if label == "pan_left":
+                xs = xs[::-1]
+            y0 = int(rng.integers(0, height - crop_h + 1))
+            clip = np.stack(
+                [frames[s + i, y0 : y0 + crop_h, x : x + crop_w] for i, x in enumerate(xs)]
+            )
             target = out_dir / f"{stem}_{s:04d}_{label}.mp4"
             write_video(target, np.ascontiguousarray(clip), int(round(fps)))
             rows.append((target, str(label)))
@@ -228,20 +245,48 @@ def _real_segments(out_dir: Path, per_class: int, seed: int) -> list[tuple[Path,
     return rows
 
 
+def _timeline_clips(out_dir: Path, per_pair: int, seed: int):
+    """Clips whose motion may change inside: LabelledVideo items with their segments, and the
+    index of each clip's (first, second) motion pair (for a stratified split)."""
+    from training.dataset import LabelledVideo
+    from training.synth import clip_rng, render_segmented_clip, write_video
+    from training.timeline import segments_from_labels
+
+    fps = 25
+    items, strata = [], []
+    pairs = [(a, b) for a in MOTIONS for b in MOTIONS]
+    for p, pair in enumerate(pairs):
+        for i in range(per_pair):
+            frames, per_frame = render_segmented_clip(pair, clip_rng(seed, 10 + p, i), fps=fps)
+            path = out_dir / f"pair{p}_{i:03d}.mp4"
+            write_video(path, frames, fps)
+            segments = tuple(segments_from_labels(per_frame))
+            items.append(LabelledVideo(path, None, segments, fps))
+            strata.append(p)
+    return items, np.asarray(strata, np.int32)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--classes", default="2", help="synthetic classes: 2, 4 or names")
-    parser.add_argument("--per-class", type=int, default=30, help="synthetic clips per class")
-    parser.add_argument("--real-per-class", type=int, default=30, help="real segments per class")
-    parser.add_argument("--seed", type=int, default=0, help="data seed (synthetic and real)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="split/init seeds")
+    parser.add_argument("--classes", default="4", help="synthetic classes: 2, 4 or names")
+    parser.add_argument("--per-class", type=int, default=20, help="synthetic clips per class")
+    parser.add_argument("--real-per-class", type=int, default=20, help="real pans per class")
+    parser.add_argument("--timeline-per-pair", type=int, default=15, help="per motion pair")
+    parser.add_argument("--seed", type=int, default=0, help="data seed (every data set)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="split seeds")
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--patience", type=int, default=5)
+    parser.add_argument("--min-epochs", type=int, default=8, help="before early stopping acts")
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--size", type=int, default=112)
-    parser.add_argument("--origin-frames", type=int, default=16, help="the guide used 32")
-    parser.add_argument("--origin-size", type=int, default=112, help="the guide used 224")
-    parser.add_argument("--datasets", nargs="+", default=["synth", "real"])
+    parser.add_argument(
+        "--origin-frames", type=int, default=16, help="the guide's 32 (out of memory here)"
+    )
+    parser.add_argument("--origin-size", type=int, default=224, help="the guide's 224")
+    parser.add_argument(
+        "--origin-batch", type=int, default=4, help="the origin's batch (8 runs out of memory)"
+    )
+    parser.add_argument("--datasets", nargs="+", default=["synth", "real", "timeline"])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     args = parser.parse_args()
     started = time.perf_counter()
@@ -272,6 +317,8 @@ def main() -> None:
         for dataset in args.datasets:
             folder = Path(tmp) / dataset
             folder.mkdir()
+            timeline_labels: tuple[str, ...] = ()
+            strata = None
             if dataset == "synth":
                 labels = select_classes(args.classes)
                 videos = read_manifest(
@@ -281,20 +328,40 @@ def main() -> None:
                 )
                 what = f"{args.per_class} clips each (data seed {args.seed})"
             elif dataset == "real":
-                labels = ["forward", "reversed"]
-                videos = _real_segments(folder, args.real_per_class, args.seed)
-                what = f"{args.real_per_class} {SEGMENT}-frame segments of tests/data/*.mp4 each"
+                labels = ["pan_left", "pan_right"]
+                videos = _real_pans(folder, args.real_per_class, args.seed)
+                what = f"{args.real_per_class} panned {SEGMENT}-frame stretches of tests/data each"
+            elif dataset == "timeline":
+                labels, timeline_labels = [], MOTIONS
+                videos, strata = _timeline_clips(folder, args.timeline_per_pair, args.seed)
+                what = (
+                    f"{len(videos)} clips, {args.timeline_per_pair} per (first, second) motion "
+                    "pair, labelled per frame"
+                )
             else:
-                raise SystemExit(f"unknown data set {dataset!r}: synth or real")
-            print(f"data {dataset}: {labels}, {what}", flush=True)
+                raise SystemExit(f"unknown data set {dataset!r}: synth, real or timeline")
+            print(f"data {dataset}: {list(labels or timeline_labels)}, {what}", flush=True)
+            wanted = [m for m in args.models if not (timeline_labels and m == "origin")]
             files = {}
-            for sampling in {ours, origin}:
-                data, skipped = decode_labelled(videos, labels, sampling)
+            for sampling in {ours, origin} if "origin" in wanted else {ours}:
+                data, skipped = decode_labelled(
+                    videos, labels, sampling, timeline_labels=timeline_labels
+                )
                 if skipped:
                     print(f"  skipped {skipped}")
                 files[sampling] = folder / f"{sampling.key()}.npz"
-                np.savez(files[sampling], frames=data.frames, mask=data.mask, y=data.y)
-            for name in args.models:
+                extra = {"frame_y": data.frame_y} if timeline_labels else {}
+                np.savez(
+                    files[sampling],
+                    frames=data.frames,
+                    mask=data.mask,
+                    y=data.y,
+                    strata=strata if strata is not None else data.y,
+                    labels=np.asarray(list(labels or timeline_labels)),
+                    **extra,
+                )
+                del data
+            for name in wanted:
                 sampling = origin if name == "origin" else ours
                 job = {
                     "model": name,
@@ -302,35 +369,55 @@ def main() -> None:
                     "seeds": args.seeds,
                     "epochs": args.epochs,
                     "patience": args.patience,
+                    "min_epochs": args.min_epochs,
+                    "origin_batch": args.origin_batch,
                 }
-                with ctx.Pool(1, maxtasksperchild=1) as pool:
-                    result = pool.apply(_train_one, (job,))
+                try:  # a process of its own; killed (out of memory, say), the executor says so
+                    with ProcessPoolExecutor(1, mp_context=ctx) as pool:
+                        result = pool.submit(_train_one, job).result()
+                except Exception as exc:
+                    print(f"  {name}: FAILED ({type(exc).__name__}: {exc})", flush=True)
+                    continue
                 result["input"] = f"{sampling.frames}x{sampling.height}x{sampling.width}"
                 results[(dataset, name)] = result
                 print(
-                    f"  {name}: acc {[round(a, 3) for a in result['accuracies']]}, "
-                    f"epochs {result['epochs']}, train {result['train_s']:.0f} s, "
+                    f"  {name}: {[round(a, 3) for a in result['scores']]}, "
+                    f"epochs {result['epochs']}, train {result['train_s']:.0f} s/seed, "
                     f"{time.perf_counter() - started:.0f} s so far",
                     flush=True,
                 )
+    print_table(results, args)
+    print(f"total {time.perf_counter() - started:.0f} s")
 
+
+def print_table(results: dict[tuple[str, str], dict], args: argparse.Namespace) -> None:
+    """The side-by-side table: accuracy (timeline: frame accuracy, segmental F1), size,
+    speed, memory, and ratios to the origin and to frame averaging."""
     print(
-        f"\nseeds {args.seeds}, epochs <= {args.epochs} (patience {args.patience}); "
-        f"held-out 20 % per seed\n"
-        f"{'data':6} {'model':14} {'input':>11} {'acc mean':>8} {'acc min':>7} {'params':>10} "
-        f"{'MB file':>8} {'ms/clip':>7} {'peak MB':>7} {'train s':>7} {'params x':>8} "
-        f"{'ms x':>6}"
+        f"\nseeds {args.seeds}, epochs {args.min_epochs}-{args.epochs} (patience "
+        f"{args.patience}); held-out "
+        "20 % per seed; acc = clip accuracy (timeline: frame accuracy), seg F1 = segmental "
+        "F1@0.5; vs avg = acc minus frame average's, in points\n"
+        f"{'data':8} {'model':13} {'input':>11} {'acc mean':>8} {'acc min':>7} {'seg F1':>6} "
+        f"{'vs avg':>6} {'params':>10} {'MB file':>8} {'ms/clip':>7} {'peak MB':>7} "
+        f"{'train s':>7} {'params x':>8} {'ms x':>7}"
     )
     for (dataset, name), r in results.items():
         ref = results.get((dataset, "origin"))
+        avg = results.get((dataset, "frame average"))
         params_x = f"{r['params'] / ref['params']:8.4f}" if ref else f"{'-':>8}"
-        ms_x = f"{r['ms'] / ref['ms']:6.3f}" if ref else f"{'-':>6}"
-        print(
-            f"{dataset:6} {name:14} {r['input']:>11} {np.mean(r['accuracies']):8.3f} "
-            f"{min(r['accuracies']):7.3f} {r['params']:10d} {r['bytes'] / 1e6:8.2f} "
-            f"{r['ms']:7.1f} {r['peak_mb']:7.0f} {r['train_s']:7.0f} {params_x} {ms_x}"
+        ms_x = f"{r['ms'] / ref['ms']:7.4f}" if ref else f"{'-':>7}"
+        vs_avg = (
+            f"{100 * (np.mean(r['scores']) - np.mean(avg['scores'])):+6.1f}" if avg else f"{'-':>6}"
         )
-    print(f"total {time.perf_counter() - started:.0f} s")
+        f1 = [f for f in r["f1"] if f is not None]
+        f1_text = f"{np.mean(f1):6.3f}" if f1 else f"{'-':>6}"
+        print(
+            f"{dataset:8} {name:13} {r['input']:>11} {np.mean(r['scores']):8.3f} "
+            f"{min(r['scores']):7.3f} {f1_text} {vs_avg} {r['params']:10d} "
+            f"{r['bytes'] / 1e6:8.2f} {r['ms']:7.1f} {r['peak_mb']:7.0f} {r['train_s']:7.0f} "
+            f"{params_x} {ms_x}"
+        )
 
 
 if __name__ == "__main__":

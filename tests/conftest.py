@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -196,6 +197,32 @@ def run_server_process(workdir: Path, **env: str) -> Iterator[ServerProcess]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@contextmanager
+def worker_process(workdir: Path, env: dict[str, str], name: str) -> Iterator[subprocess.Popen]:
+    """``videoloop worker`` in its own process group (so a kill takes its work horse too);
+    its output goes to ``workdir/<name>.log``."""
+    log = open(workdir / f"{name}.log", "wb")  # noqa: SIM115 (closed below)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "backend.cli", "worker", "--name", name],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        log.close()
 
 
 # -- a tiny real model ------------------------------------------------------------------------

@@ -93,6 +93,10 @@ class MediaHost:
                 host.seen.append(Seen(self.path, dict(self.headers.items()), "POST"))
                 host._route_post(self)
 
+            def do_PATCH(self) -> None:
+                host.seen.append(Seen(self.path, dict(self.headers.items()), "PATCH"))
+                host._route_patch(self)
+
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
@@ -138,6 +142,9 @@ class MediaHost:
     def _route_post(self, req: BaseHTTPRequestHandler) -> None:
         return self._send(req, 405, b'{"detail": "Method not allowed."}')
 
+    def _route_patch(self, req: BaseHTTPRequestHandler) -> None:
+        return self._send(req, 405, b'{"detail": "Method not allowed."}')
+
     def _send_file(self, req: BaseHTTPRequestHandler, name: str) -> None:
         path = self.root / name
         if not name or not path.is_file():
@@ -177,6 +184,7 @@ class FakeLabelStudio(MediaHost):
         self._annotations: dict[int, dict] = {}
         self._predictions: dict[int, dict] = {}
         self._next_id = {"project": 1, "task": 1, "annotation": 1, "prediction": 1}
+        self._ml_backends: list[dict] = []
         self._faults: list[tuple[str, dict[str, str], int]] = []
         self.personal_access_token = self._mint("refresh", ttl_s=30 * 24 * 3600)
         super().__post_init__()
@@ -192,8 +200,32 @@ class FakeLabelStudio(MediaHost):
                 "title": f"Project {pid}",
                 "label_config": label_config,
                 "created_at": self._now(),
+                "model_version": "",
             }
             return pid
+
+    def connect_ml_backend(self, project_id: int, title: str = "videoloop") -> None:
+        """An ML backend on the project, as connecting one does: Label Studio then selects
+        the backend's title as the project's predictions version."""
+        with self._lock:
+            self._ml_backends.append(
+                {
+                    "id": len(self._ml_backends) + 1,
+                    "project": project_id,
+                    "title": title,
+                    "url": "http://backend:9090",
+                }
+            )
+            self._projects[project_id]["model_version"] = title
+
+    def selected_version(self, project_id: int) -> str:
+        with self._lock:
+            return self._projects[project_id]["model_version"]
+
+    def select_version(self, project_id: int, version: str) -> None:
+        """What a person does in Settings -> Annotation -> Prelabeling."""
+        with self._lock:
+            self._projects[project_id]["model_version"] = version
 
     def set_label_config(self, project_id: int, label_config: str) -> None:
         with self._lock:
@@ -355,7 +387,38 @@ class FakeLabelStudio(MediaHost):
             return self._list_tasks(req, parse_qs(parsed.query))
         if parts == ["api", "predictions"]:
             return self._list_predictions(req, parse_qs(parsed.query))
+        if parts == ["api", "ml"]:
+            wanted = parse_qs(parsed.query).get("project", [""])[-1]
+            with self._lock:
+                found = [dict(m) for m in self._ml_backends if str(m["project"]) == wanted]
+            return self._send_json(req, 200, found)
         return self._send_json(req, 404, {"detail": "Not found."})
+
+    def _route_patch(self, req: BaseHTTPRequestHandler) -> None:
+        """``PATCH /api/projects/<id>/``: the project settings videoloop changes (the selected
+        predictions version); other fields are refused so a test notices a surprise."""
+        parsed = urlparse(req.path)
+        if self._take_fault(req):
+            return None
+        if not self._authorized(req):
+            return self._send_json(
+                req, 401, {"detail": "Authentication credentials were not provided."}
+            )
+        parts = [p for p in parsed.path.split("/") if p]
+        length = int(req.headers.get("Content-Length") or 0)
+        body = json.loads(req.rfile.read(length) or b"{}")
+        if len(parts) != 3 or parts[:2] != ["api", "projects"] or not parts[2].isdigit():
+            return self._send_json(req, 404, {"detail": "Not found."})
+        if set(body) - {"model_version"}:
+            return self._send_json(req, 400, {"detail": f"unexpected fields {sorted(body)}"})
+        with self._lock:
+            project = self._projects.get(int(parts[2]))
+            if project is not None:
+                project.update(body)
+                payload = dict(project)
+        if project is None:
+            return self._send_json(req, 404, {"detail": "Not found."})
+        return self._send_json(req, 200, payload)
 
     def _route_post(self, req: BaseHTTPRequestHandler) -> None:
         parsed = urlparse(req.path)

@@ -73,7 +73,7 @@ def test_setup_reports_the_current_version(tmp_path, trained_model):
                 "project": "3.1",
                 "schema": '<View><Video name="video" value="$video"/></View>',
             },
-            'no <Choices> with toName="video"',
+            'no <Choices> or <TimelineLabels> with toName="video"',
         ),
         ({"project": "3.1"}, "empty"),
         ({"schema": CONFIG}, "project"),
@@ -143,6 +143,35 @@ def test_webhook_queues_training_and_ignores_other_events(client):
     status = client.get("/training/3").get_json()
     assert status["project"] == "3"
     assert status["queued"] or status["running"] or status["last"]
+
+
+def test_annotations_created_in_bulk_ask_for_training(client):
+    """Label Studio 1.23's "Create Annotations From Predictions" sends only this event."""
+    event = {
+        "action": "ANNOTATIONS_CREATED",
+        "annotation": [{"id": 7, "task": 1}, {"id": 8, "task": 2}],
+        "project": {"id": 3, "title": "videos"},
+    }
+    response = client.post("/webhook", json=event)
+    assert response.status_code == 200
+    assert response.get_json() == {
+        "status": "queued",
+        "action": "ANNOTATIONS_CREATED",
+        "project": "3",
+    }
+
+
+def test_new_tasks_ask_for_predictions_of_the_current_version(tmp_path, trained_model):
+    app = make_app(tmp_path, model_dir=trained_model.store_root)
+    client = app.test_client()
+    try:
+        event = {"action": "TASKS_CREATED", "tasks": [{"id": 5}], "project": {"id": 9}}
+        assert client.post("/webhook", json=event).get_json()["status"] == "refresh_no_model"
+        event["project"] = {"id": int(trained_model.project)}
+        answer = client.post("/webhook", json=event).get_json()
+        assert answer["status"] in ("refresh_queued", "refresh_pending"), answer
+    finally:
+        app.extensions["videoloop"].close()
 
 
 def test_basic_auth_protects_all_but_health_and_webhook(tmp_path):

@@ -86,3 +86,44 @@ def test_bad_settings_are_reported_not_raised(tmp_path):
     result = videoloop("status", "--project", "1", env=env)
     assert result.returncode == 2
     assert "PORT must be an integer" in result.stderr
+
+
+def test_predict_prints_the_segments_of_a_timeline_model(tmp_path):
+    from training.dataset import LabelledVideo
+    from training.model import ModelConfig
+    from training.sampling import SamplingConfig
+    from training.synth import clip_rng, render_segmented_clip, write_video
+    from training.timeline import Segment
+    from training.train import TrainConfig, train_and_publish
+
+    videos = []
+    for i in range(6):
+        pair = ("left_to_right", "right_to_left")[:: 1 if i % 2 else -1]
+        frames, labels = render_segmented_clip(pair, clip_rng(5, 0, i), width=64, height=48)
+        path = tmp_path / f"clip{i}.mp4"
+        write_video(path, frames, 25)
+        split = labels.index(pair[1])
+        segments = (Segment(1, split, pair[0]), Segment(split + 1, len(labels), pair[1]))
+        videos.append(LabelledVideo(path, None, segments, 25.0))
+    store = ModelStore(tmp_path / "models")
+    train_and_publish(
+        store,
+        "6",
+        videos,
+        labels=[],
+        timeline_labels=["left_to_right", "right_to_left"],
+        sampling=SamplingConfig(frames=8, height=48, width=48),
+        model_config=ModelConfig(conv_filters=(8, 8, 8, 8), lstm_units=8, temporal="bilstm"),
+        train_config=TrainConfig(epochs=3, min_epochs=3),
+    )
+    env = {**os.environ, "MODEL_DIR": str(tmp_path / "models"), "CACHE_DIR": str(tmp_path / "c")}
+    predicted = videoloop("predict", "--project", "6", str(videos[0].path), env=env)
+    assert predicted.returncode == 0, predicted.stderr
+    row = json.loads(predicted.stdout)
+    assert "label" not in row and 0.0 <= row["score"] <= 1.0
+    frames = videos[0].segments[-1].end
+    assert row["segments"], row  # every training frame had a label: "no label" is learnt away
+    for segment in row["segments"]:
+        assert segment["label"] in ("left_to_right", "right_to_left")
+        assert 1 <= segment["start"] <= segment["end"] <= frames
+        assert 0.0 <= segment["score"] <= 1.0

@@ -72,3 +72,19 @@ def test_a_version_without_a_gate_becomes_current(store):
     info = publish(store, None)
     assert promote(store, "3", info, connection=None) is True
     assert store.get_current("3") == info.version
+
+
+def test_training_labels_wait_for_every_label_of_an_annotated_control():
+    from training.jobs import training_labels
+
+    # nobody marked segments yet: the classes train on their own
+    wanted = training_labels({"a": 3, "b": 2}, {"Run": 0, "Walk": 0}, min_per_label=2)
+    assert (wanted.labels, wanted.timeline_labels, wanted.short) == (["a", "b"], [], {})
+    # segments started: each timeline label needs its videos too
+    wanted = training_labels({"a": 3, "b": 2}, {"Run": 1, "Walk": 0}, min_per_label=2)
+    assert wanted.short == {"timeline:Run": 1, "timeline:Walk": 0}
+    assert wanted.timeline_labels == ["Run"]  # what "Start training" would train on
+    # one class is no classifier; the timeline alone still trains
+    wanted = training_labels({"a": 4, "b": 0}, {"Run": 5}, min_per_label=1)
+    assert wanted.labels == [] and wanted.timeline_labels == ["Run"]
+    assert wanted.short == {"b": 0}

@@ -29,7 +29,7 @@ def test_finds_video_choices_and_timeline():
     # Results carry a choice's alias when it has one.
     assert parsed.choice_values == ("Walking", "run", "Standing")
     assert parsed.frame_rate == pytest.approx(29.97)
-    assert parsed.timelines == (TimelineLabels(name="segments", labels=("Jump", "Fall")),)
+    assert parsed.timeline == TimelineLabels(name="segments", labels=("Jump", "Fall"))
 
 
 def test_parsed_configs_are_cached_by_text():
@@ -50,7 +50,7 @@ def test_frame_rate_and_timelines_are_optional():
         "cls",
     )
     assert parsed.frame_rate is None
-    assert parsed.timelines == ()
+    assert parsed.timeline is None
 
 
 def test_picks_the_choices_that_point_at_a_video():
@@ -90,12 +90,7 @@ def test_choices_with_several_targets_count():
         (
             '<View><Video name="video" value="$video"/><Text name="t" value="$t"/>'
             '<Choices name="c" toName="t"><Choice value="x"/></Choices></View>',
-            'no <Choices> with toName="video"',
-        ),
-        (
-            '<View><Video name="video" value="$video"/>'
-            '<TimelineLabels name="tl" toName="video"><Label value="x"/></TimelineLabels></View>',
-            'no <Choices> with toName="video"',
+            'no <Choices> or <TimelineLabels> with toName="video"',
         ),
         (
             '<View><Video name="video" value="video"/>'
@@ -107,6 +102,11 @@ def test_choices_with_several_targets_count():
             '<Choices name="c" toName="video"><Choice value="x"/></Choices></View>',
             "frameRate must be a number",
         ),
+        (
+            '<View><Video name="video" value="$video"/>'
+            '<TimelineLabels name="tl" toName="video"></TimelineLabels></View>',
+            "has no labels",
+        ),
     ],
 )
 def test_unusable_configs_say_what_is_missing(config, message):
@@ -116,3 +116,41 @@ def test_unusable_configs_say_what_is_missing(config, message):
 
 def test_label_config_error_is_a_value_error():
     assert issubclass(LabelConfigError, ValueError)
+
+
+def test_a_timeline_alone_is_a_frame_level_project():
+    parsed = parse_label_config(
+        '<View><Video name="video" value="$video" frameRate="25"/>'
+        '<TimelineLabels name="tl" toName="video"><Label value="Run"/><Label value="Walk"/>'
+        "</TimelineLabels></View>"
+    )
+    assert not parsed.has_choices
+    assert parsed.choices_name is None and parsed.choice_values == ()
+    assert parsed.timeline == TimelineLabels(name="tl", labels=("Run", "Walk"))
+    assert parsed.task_frame_rate({"video": "x"}) == 25.0
+
+
+def test_frame_rate_from_task_data():
+    parsed = parse_label_config(
+        '<View><Video name="video" value="$video" frameRate="$fps"/>'
+        '<TimelineLabels name="tl" toName="video"><Label value="Run"/></TimelineLabels></View>'
+    )
+    assert parsed.frame_rate is None and parsed.frame_rate_key == "fps"
+    assert parsed.task_frame_rate({"fps": "29.97"}) == pytest.approx(29.97)
+    # missing or unusable: Label Studio's own default
+    assert parsed.task_frame_rate({}) == 24.0
+    assert parsed.task_frame_rate({"fps": "fast"}) == 24.0
+    assert parsed.task_frame_rate(None) == 24.0
+
+
+def test_the_first_video_with_any_control_wins():
+    parsed = parse_label_config(
+        """<View>
+          <Video name="a" value="$a"/>
+          <Video name="b" value="$b"/>
+          <TimelineLabels name="tl" toName="a"><Label value="x"/></TimelineLabels>
+          <Choices name="c" toName="b"><Choice value="y"/><Choice value="z"/></Choices>
+        </View>"""
+    )
+    assert parsed.video_name == "a"
+    assert parsed.timeline is not None and parsed.choices_name is None

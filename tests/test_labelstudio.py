@@ -319,3 +319,67 @@ def test_tasks_annotated_while_reading_are_safe_to_add(label_studio, ls_token):
     # A task added between its creation and its annotation may be read unannotated.
     assert all(reason == "no annotation" for _, reason in during.skipped)
     assert after.skipped == []
+
+
+MIXED = """<View>
+  <Video name="video" value="$video" frameRate="$fps"/>
+  <Choices name="label" toName="video"><Choice value="a"/><Choice value="b"/></Choices>
+  <TimelineLabels name="tl" toName="video">
+    <Label value="Run"/><Label value="Walk"/>
+  </TimelineLabels>
+</View>"""
+
+
+def timeline_region(start, end, label, name="tl"):
+    return {
+        "from_name": name,
+        "to_name": "video",
+        "type": "timelinelabels",
+        "value": {"ranges": [{"start": start, "end": end}], "timelinelabels": [label]},
+    }
+
+
+def test_timeline_regions_are_read_with_the_class_or_alone(label_studio, ls_token):
+    from training.labelstudio import count_per_timeline_label
+    from training.timeline import Segment
+
+    project = label_studio.add_project(MIXED)
+    add = label_studio.add_task
+    both = add(project, {"video": "a.mp4", "fps": 30})
+    choice = {"from_name": "label", "to_name": "video", "type": "choices"}
+    label_studio.annotate(
+        both,
+        result=[
+            {**choice, "value": {"choices": ["a"]}},
+            timeline_region(1, 10, "Run"),
+            timeline_region(11, 20, "Walk"),
+        ],
+    )
+    segments_only = add(project, {"video": "b.mp4"})
+    label_studio.annotate(segments_only, result=[timeline_region(5, 9, "Run")])
+    class_only = add(project, {"video": "c.mp4"})
+    label_studio.annotate(class_only, "b")
+    # several choices: the class does not count, the segments still do
+    bad_choice = add(project, {"video": "d.mp4"})
+    label_studio.annotate(
+        bad_choice,
+        result=[{**choice, "value": {"choices": ["a", "b"]}}, timeline_region(1, 2, "Walk")],
+    )
+    neither = add(project, {"video": "e.mp4"})
+    label_studio.annotate(neither, result=[timeline_region(1, 3, "Fly")])  # not a config label
+
+    data = fetch(label_studio, project, ls_token)
+    tasks = {t.task_id: t for t in data.tasks}
+    assert data.timeline_labels == ["Run", "Walk"]
+    assert tasks[both].label == "a"
+    assert tasks[both].segments == (Segment(1, 10, "Run"), Segment(11, 20, "Walk"))
+    assert tasks[both].frame_rate == 30.0  # frameRate="$fps" from the task's data
+    assert tasks[segments_only].label is None
+    assert tasks[segments_only].segments == (Segment(5, 9, "Run"),)
+    assert tasks[segments_only].frame_rate == 24.0  # Label Studio's default
+    assert tasks[class_only].label == "b" and tasks[class_only].segments is None
+    assert tasks[bad_choice].label is None and tasks[bad_choice].segments is not None
+    (reason,) = [r for t, r in data.skipped if t == neither]
+    assert "no choice" in reason and 'no region for <TimelineLabels name="tl">' in reason
+    assert count_per_label(data) == {"a": 1, "b": 1}
+    assert count_per_timeline_label(data) == {"Run": 2, "Walk": 2}

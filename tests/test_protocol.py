@@ -10,15 +10,17 @@ import pytest
 from backend.protocol import (
     allowed_label_indices,
     choices_result,
-    classification_prediction,
     empty_prediction,
     make_prediction,
     normalize_project,
     pick_label,
+    video_prediction,
 )
-from training.labelconfig import VideoChoices
+from training.labelconfig import TimelineLabels, VideoControls
+from training.sampler import frame_indices
+from training.sampling import Clip
 
-CHOICES = VideoChoices(
+CHOICES = VideoControls(
     video_name="video",
     video_value_key="video",
     choices_name="label",
@@ -90,7 +92,7 @@ def test_classification_prediction_builds_the_result():
     labels = ["walk", "sit", "run", "fly"]
     for _ in range(20):
         probs = rng.dirichlet(np.ones(len(labels)))
-        prediction = classification_prediction(probs, labels, CHOICES, "v5-20250101-000000")
+        prediction = video_prediction({"classes": probs}, labels, CHOICES, "v5-20250101-000000")
         offered = [i for i, name in enumerate(labels) if name in CHOICES.choice_values]
         best = max(offered, key=lambda i: probs[i])
         assert prediction["result"] == [choices_result("label", "video", labels[best])]
@@ -99,5 +101,85 @@ def test_classification_prediction_builds_the_result():
 
 
 def test_classification_prediction_is_empty_when_no_label_fits():
-    prediction = classification_prediction([0.5, 0.5], ["fly", "swim"], CHOICES, "v1")
+    prediction = video_prediction({"classes": np.array([0.5, 0.5])}, ["fly", "swim"], CHOICES, "v1")
     assert prediction == empty_prediction("v1")
+
+
+TIMELINE = VideoControls(
+    video_name="video",
+    video_value_key="video",
+    choices_name="label",
+    choice_values=("run", "walk", "sit"),
+    frame_rate=25.0,
+    timeline=TimelineLabels("tl", ("Jump", "Fall")),
+)
+
+
+def clip_of(frame_count: int, t: int) -> Clip:
+    indices = frame_indices(frame_count, t)
+    return Clip(
+        frames=np.zeros((t, 8, 8, 3), np.uint8),
+        mask=np.ones(t, bool),
+        indices=indices,
+        fps=25.0,
+        frame_count=frame_count,
+        duration_s=frame_count / 25.0,
+    )
+
+
+def test_a_clip_and_its_frames_each_get_their_result():
+    frame_probs = np.zeros((4, 3))
+    frame_probs[:, 0] = 1.0  # no label ...
+    frame_probs[2:, :] = [0.1, 0.8, 0.1]  # ... then Jump for the second half
+    prediction = video_prediction(
+        {"classes": np.array([0.1, 0.9, 0.0]), "timeline": frame_probs},
+        ["sit", "run", "fly"],
+        TIMELINE,
+        "v2",
+        timeline_labels=["Jump", "Fall"],
+        clip=clip_of(100, 4),
+        frame_rate=25.0,
+    )
+    choice, region = prediction["result"]
+    assert choice == choices_result("label", "video", "run")
+    assert region["type"] == "timelinelabels" and region["from_name"] == "tl"
+    assert region["value"] == {"ranges": [{"start": 51, "end": 100}], "timelinelabels": ["Jump"]}
+    assert region["score"] == pytest.approx(0.8)
+    # the task is as sure as its least sure part: the frames average 0.9, the class 0.9
+    assert prediction["score"] == pytest.approx(0.9)
+
+
+def test_timeline_labels_the_config_dropped_are_never_predicted():
+    frame_probs = np.tile([0.1, 0.2, 0.7], (4, 1))  # "Fall" everywhere, "Jump" second
+    controls = VideoControls("video", "video", timeline=TimelineLabels("tl", ("Jump",)))
+    prediction = video_prediction(
+        {"timeline": frame_probs},
+        [],
+        controls,
+        "v1",
+        timeline_labels=["Jump", "Fall"],
+        clip=clip_of(40, 4),
+    )
+    (region,) = prediction["result"]
+    assert region["value"]["timelinelabels"] == ["Jump"]
+    # no choices control: no class result even if the model has a classes output
+    alone = video_prediction(
+        {"classes": np.array([1.0, 0.0]), "timeline": frame_probs},
+        ["run", "walk"],
+        controls,
+        "v1",
+        timeline_labels=["Jump", "Fall"],
+        clip=clip_of(40, 4),
+    )
+    assert all(r["type"] == "timelinelabels" for r in alone["result"])
+
+
+@pytest.mark.parametrize(
+    ("measure", "expected"), [("least_confidence", 0.5), ("margin", 0.2), ("entropy", 0.0628)]
+)
+def test_the_score_follows_the_configured_measure(measure, expected):
+    probs = np.array([0.3, 0.5, 0.2])
+    prediction = video_prediction(
+        {"classes": probs}, ["walk", "run", "sit"], CHOICES, "v1", measure=measure
+    )
+    assert prediction["score"] == pytest.approx(expected, abs=1e-4)

@@ -157,3 +157,66 @@ def test_order_puts_unlabelled_tasks_first_and_skips_predicted_ones():
     assert [t.task_id for t in order_tasks(tasks, "v2", include_labelled=False)] == [2, 3]
     assert [t.task_id for t in order_tasks(tasks, "v2", include_labelled=True)] == [2, 3, 1, 5]
     assert [t.task_id for t in order_tasks(tasks, "v9", include_labelled=False)] == [2, 3, 4]
+
+
+def test_the_new_version_is_selected_in_label_studio_unless_another_model_is(
+    setup, redis_conn, monkeypatch, trained_model
+):
+    # Connecting the backend selected its title: the score column would stay empty.
+    setup.ls.connect_ml_backend(setup.project, title="videoloop")
+    result = run_refresh(redis_conn, setup).return_value()
+    assert result["selected"] is True
+    assert setup.ls.selected_version(setup.project) == setup.version
+
+    # The next version replaces our earlier one.
+    newer = publish_copy(setup.store, str(setup.project), trained_model.info).version
+    assert run_refresh(redis_conn, setup, newer).return_value()["selected"] is True
+    assert setup.ls.selected_version(setup.project) == newer
+
+    # Someone chose another model's predictions: left alone, but predictions still written.
+    setup.ls.select_version(setup.project, "human-baseline")
+    newest = publish_copy(setup.store, str(setup.project), trained_model.info).version
+    kept = run_refresh(redis_conn, setup, newest).return_value()
+    assert kept["selected"] is False and kept["written"] == len(setup.unlabelled)
+    assert setup.ls.selected_version(setup.project) == "human-baseline"
+
+    # SELECT_NEW_VERSION=false never touches the setting.
+    setup.ls.select_version(setup.project, "")
+    monkeypatch.setenv("SELECT_NEW_VERSION", "false")
+    latest = publish_copy(setup.store, str(setup.project), trained_model.info).version
+    assert run_refresh(redis_conn, setup, latest).return_value()["selected"] is False
+    assert setup.ls.selected_version(setup.project) == ""
+
+
+def test_tasks_imported_later_get_predictions_of_the_current_version(setup, redis_conn):
+    from training.jobs import REFRESH_AGAIN_KEY, request_refresh, resume_refreshes
+
+    settings = Settings.from_env()
+    project = str(setup.project)
+    run_refresh(redis_conn, setup)
+    video = setup.ls.task_json(setup.unlabelled[0])["data"]["video"]
+    new = setup.ls.add_task(setup.project, {"video": video})  # imported after the refresh
+
+    assert request_refresh(redis_conn, project, settings) == "queued"
+    # More tasks while it is queued: the same job takes them (it lists tasks when it runs).
+    assert request_refresh(redis_conn, project, settings) == "pending"
+    queue = make_coordinator(redis_conn, settings).queue
+    SimpleWorker([queue], connection=redis_conn).work(burst=True)
+    assert [p["model_version"] for p in setup.ls.predictions(new)] == [setup.version]
+    flag = REFRESH_AGAIN_KEY.format(project=project, version=setup.version)
+    assert not redis_conn.exists(flag)
+
+    # A request whose job had already ended (the flag is left): recovery queues one.
+    redis_conn.set(flag, 1)
+    assert resume_refreshes(redis_conn, settings) == [f"refresh-{project}-{setup.version}"]
+    assert resume_refreshes(redis_conn, settings) == []  # queued now: not twice
+    # ... and a flag for a version that is no longer current is dropped.
+    redis_conn.set(REFRESH_AGAIN_KEY.format(project=project, version="v0-old"), 1)
+    resume_refreshes(redis_conn, settings)
+    assert not redis_conn.exists(REFRESH_AGAIN_KEY.format(project=project, version="v0-old"))
+
+
+def test_no_model_no_refresh(setup, redis_conn):
+    from training.jobs import request_refresh
+
+    assert request_refresh(redis_conn, "999", Settings.from_env()) == "no_model"

@@ -22,7 +22,7 @@ from backend import serving
 from backend.protocol import choices_result
 from backend.serving import ModelServer
 from training.current import VersionPointer
-from training.labelconfig import VideoChoices
+from training.labelconfig import VideoControls
 from training.sampler import sample_clip
 from training.sampling import SamplingConfig
 from training.settings import Settings
@@ -31,7 +31,7 @@ from training.store import MODEL_FILE, NO_MODEL_VERSION, ModelStore, VersionInfo
 DATA_DIR = Path(__file__).resolve().parent / "data"
 SAMPLING = SamplingConfig(frames=4, height=32, width=32)
 LABELS = ["bright", "dark"]
-CHOICES = VideoChoices("video", "video", "label", ("bright", "dark", "unknown"))
+CHOICES = VideoControls("video", "video", "label", ("bright", "dark", "unknown"))
 
 
 @dataclass(frozen=True)
@@ -42,10 +42,11 @@ class BrightnessModel:
     labels: list[str]
     sampling: SamplingConfig
     batches: list[int] = field(default_factory=list)
+    timeline_labels: list[str] = field(default_factory=list)
 
-    def predict_proba(self, frames: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    def predict(self, frames: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
         self.batches.append(len(frames))
-        return np.stack([bright(f, m) for f, m in zip(frames, mask, strict=True)])
+        return {"classes": np.stack([bright(f, m) for f, m in zip(frames, mask, strict=True)])}
 
 
 def bright(frames: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -252,7 +253,7 @@ def test_labels_missing_from_the_config_give_empty_results_logged_once(tmp_path,
     loader = Loader()
     loader.release.set()
     server = make_server(tmp_path, store, loader)
-    other = VideoChoices("video", "video", "label", ("cat", "dog"))
+    other = VideoControls("video", "video", "label", ("cat", "dog"))
     task = {"id": 1, "data": {"video": str(DATA_DIR / "b.mp4")}}
     with caplog.at_level(logging.WARNING, logger="backend.serving"):
         for _ in range(2):

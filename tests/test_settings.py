@@ -11,7 +11,8 @@ from training.settings import Settings
 
 @pytest.fixture
 def clean_env(monkeypatch):
-    for name in ("GATE_TOLERANCE", "PROMOTE_ON_START_TRAINING", "REFRESH_ALL_TASKS", "PORT"):
+    names = ("GATE_TOLERANCE", "PROMOTE_ON_START_TRAINING", "REFRESH_ALL_TASKS", "PORT")
+    for name in (*names, "UNCERTAINTY_MEASURE", "TRAIN_TEMPORAL"):
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
 
@@ -22,6 +23,15 @@ def test_defaults_when_nothing_is_set(clean_env):
     assert settings.promote_on_start_training is False
     assert settings.refresh_all_tasks is False
     assert settings.port == 9090 and isinstance(settings.model_dir, Path)
+    assert settings.uncertainty_measure == "least_confidence"
+    assert settings.train_temporal == "auto"
+
+
+def test_measure_and_temporal_head_are_read_and_checked(clean_env):
+    clean_env.setenv("UNCERTAINTY_MEASURE", " Margin")
+    clean_env.setenv("TRAIN_TEMPORAL", "attention")
+    settings = Settings.from_env()
+    assert (settings.uncertainty_measure, settings.train_temporal) == ("margin", "attention")
 
 
 def test_floats_and_switches_are_parsed(clean_env):
@@ -42,6 +52,8 @@ def test_floats_and_switches_are_parsed(clean_env):
         ("GATE_TOLERANCE", "five", "GATE_TOLERANCE must be a number"),
         ("PROMOTE_ON_START_TRAINING", "maybe", "PROMOTE_ON_START_TRAINING must be one of"),
         ("PORT", "1.5", "PORT must be an integer"),
+        ("UNCERTAINTY_MEASURE", "variance", "UNCERTAINTY_MEASURE: unknown uncertainty measure"),
+        ("TRAIN_TEMPORAL", "gru", "TRAIN_TEMPORAL: unknown temporal head 'gru'"),
     ],
 )
 def test_a_bad_value_names_the_variable(clean_env, name, value, message):

@@ -277,3 +277,71 @@ def test_the_gate_leaves_out_clips_the_current_version_trained_on(trained_model,
     unseen = [k for k in as_seen.keys if k not in seen]
     assert gate["excluded_seen_by_current"] == len(as_seen) - len(unseen) > 0
     assert gate["clips"] == len(unseen)
+
+
+def test_build_model_needs_a_head_and_never_one_class():
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        build_model(1, SMALL_CLIPS, TINY)
+    with pytest.raises(ValueError, match="at least one head"):
+        build_model(0, SMALL_CLIPS, TINY)
+    with pytest.raises(ValueError, match="unknown temporal head 'gru'"):
+        build_model(2, SMALL_CLIPS, ModelConfig(temporal="gru"))
+
+
+def test_adding_a_timeline_keeps_the_parent_and_starts_the_timeline_head(trained_model):
+    import keras
+
+    parent = keras.saving.load_model(trained_model.info.model_path, compile=False)
+    model = build_model(2, SMALL_CLIPS, TINY, timeline_labels=3)
+    fresh_timeline = weights_of(model, "timeline")
+    init = warm_start(model, trained_model.info, trained_model.labels, ["a", "b", "c"])
+    assert init == "parent-new-head"
+    for name in ("lstm", "classes"):  # same labels on the classes head: kept
+        for got, want in zip(weights_of(model, name), weights_of(parent, name), strict=True):
+            np.testing.assert_array_equal(got, want)
+    for got, want in zip(weights_of(model, "timeline"), fresh_timeline, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_the_gate_judges_a_timeline_only_model_by_its_frames(trained_model, synth_arrays):
+    from training.timeline import IGNORE
+
+    n = len(synth_arrays)
+    frame_y = np.where(synth_arrays.mask, 1 + synth_arrays.y[:, None], IGNORE).astype(np.int32)
+    frame_y[0] = IGNORE  # a clip without timeline annotation does not count
+    data = ClipArrays(
+        synth_arrays.frames,
+        synth_arrays.mask,
+        np.full(n, -1, np.int32),
+        synth_arrays.sources,
+        synth_arrays.keys,
+        frame_y,
+    )
+    right = np.eye(3, dtype=np.float32)[np.clip(frame_y, 0, None)]
+    timeline = ["left_to_right", "right_to_left"]
+    gate = quality_gate({"timeline": right}, data, [], SMALL_CLIPS, None, timeline_labels=timeline)
+    assert gate["metric"] == "frame_accuracy" and gate["candidate"] == 1.0
+    # the session's current version classifies clips but has no timeline to compare with
+    against = quality_gate(
+        {"timeline": right}, data, [], SMALL_CLIPS, trained_model.info, timeline_labels=timeline
+    )
+    assert against["passed"] and "no comparable timeline output" in against["reason"]
+
+
+def test_no_held_out_clip_gives_empty_outputs_and_metrics():
+    # With two annotated videos everything trains: the evaluation sees no clip at all.
+    from training.train import evaluate, predict_outputs
+
+    t = SMALL_CLIPS.frames
+    empty = ClipArrays(
+        np.zeros((0, t, 64, 64, 3), np.uint8),
+        np.zeros((0, t), bool),
+        np.zeros(0, np.int32),
+        [],
+        frame_y=np.zeros((0, t), np.int32),
+    )
+    model = build_model(2, SMALL_CLIPS, TINY, timeline_labels=2)
+    outputs = predict_outputs(model, empty)
+    assert outputs["classes"].shape == (0, 2) and outputs["timeline"].shape == (0, t, 3)
+    metrics = evaluate(outputs, empty, ["a", "b"], ["x", "y"])
+    assert metrics["accuracy"] is None and metrics["timeline"]["frame_accuracy"] is None

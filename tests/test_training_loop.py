@@ -14,7 +14,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -25,7 +24,7 @@ import numpy as np
 import pytest
 import redis
 import requests
-from conftest import LS_TOKEN, REPO, free_port, run_videoloop
+from conftest import LS_TOKEN, free_port, run_videoloop, worker_process
 from fake_label_studio import FakeLabelStudio
 
 from training.labelled_files import read_manifest
@@ -98,31 +97,6 @@ def worker_env(workdir: Path, redis_url: str, ls: FakeLabelStudio, **extra: str)
     )
     env.update(extra)
     return env
-
-
-@contextmanager
-def worker_process(workdir: Path, env: dict[str, str], name: str) -> Iterator[subprocess.Popen]:
-    """``videoloop worker`` in its own process group (so a kill takes its work horse too)."""
-    log = open(workdir / f"{name}.log", "wb")  # noqa: SIM115 (closed below)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "backend.cli", "worker", "--name", name],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        log.close()
 
 
 def kill_tree(pid: int) -> None:

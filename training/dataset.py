@@ -17,6 +17,7 @@ from training.clipcache import ClipCache
 from training.decode import decode_many
 from training.sampler import VideoDecodeError
 from training.sampling import SamplingConfig, stack_clips
+from training.timeline import DEFAULT_FRAME_RATE, IGNORE, Segment, frame_targets
 
 log = logging.getLogger(__name__)
 
@@ -25,16 +26,40 @@ HASH_CHUNK_BYTES = 1 << 20
 """Bytes read at a time when hashing a video for its split key."""
 
 
+NO_CLASS = -1
+"""``ClipArrays.y`` of a clip without a class (annotated on the timeline only)."""
+
+
+@dataclass(frozen=True)
+class LabelledVideo:
+    """A video and what an annotator said of it: its class (<Choices>), its segments
+    (<TimelineLabels>, in Label Studio's 1-based frame numbering at ``frame_rate``), or both.
+
+    ``segments`` None means "not annotated on the timeline" (its frames do not count), an
+    empty tuple "annotated, and nothing happens".
+    """
+
+    path: str | os.PathLike
+    label: str | None = None
+    segments: tuple[Segment, ...] | None = None
+    frame_rate: float = DEFAULT_FRAME_RATE
+
+
 @dataclass
 class ClipArrays:
     """Decoded clips with integer labels; ``sources`` names each clip's video and ``keys``
-    its stable identity for splitting (a task id, a content hash; default the source)."""
+    its stable identity for splitting (a task id, a content hash; default the source).
+
+    ``y`` is NO_CLASS for a clip without a class; ``frame_y`` (for timeline models) holds
+    per-frame targets, IGNORE where a frame does not count (training/timeline.py).
+    """
 
     frames: np.ndarray  # (N, T, H, W, 3) uint8
     mask: np.ndarray  # (N, T) bool
-    y: np.ndarray  # (N,) int32 index into the label list
+    y: np.ndarray  # (N,) int32 index into the label list, or NO_CLASS
     sources: list[str]
     keys: list[str] = field(default_factory=list)
+    frame_y: np.ndarray | None = None  # (N, T) int32
 
     def __post_init__(self) -> None:
         if not self.keys:
@@ -50,7 +75,13 @@ class ClipArrays:
             self.y[idx],
             [self.sources[i] for i in idx],
             [self.keys[i] for i in idx],
+            self.frame_y[idx] if self.frame_y is not None else None,
         )
+
+    @property
+    def has_class(self) -> np.ndarray:
+        """(N,) bool: which clips have a class."""
+        return self.y != NO_CLASS
 
 
 def content_keys(paths: Sequence[str | os.PathLike]) -> list[str]:
@@ -71,8 +102,16 @@ def content_keys(paths: Sequence[str | os.PathLike]) -> list[str]:
     return keys
 
 
+def as_labelled_video(item: LabelledVideo | tuple) -> LabelledVideo:
+    """A LabelledVideo from itself or from a ``(path, label)`` pair (manifests, benches)."""
+    if isinstance(item, LabelledVideo):
+        return item
+    path, label = item
+    return LabelledVideo(path, label)
+
+
 def decode_labelled(
-    videos: Sequence[tuple[str | os.PathLike, str]],
+    videos: Sequence[LabelledVideo | tuple[str | os.PathLike, str]],
     labels: Sequence[str],
     sampling: SamplingConfig,
     *,
@@ -80,41 +119,63 @@ def decode_labelled(
     progress: Callable[[int, int], None] | None = None,
     cache: ClipCache | None = None,
     keys: Sequence[str] | None = None,
+    timeline_labels: Sequence[str] = (),
 ) -> tuple[ClipArrays, list[tuple[str, str]]]:
-    """Decode (path, label) pairs. Unreadable videos are skipped and returned with the reason.
+    """Decode labelled videos. Unreadable videos are skipped and returned with the reason.
 
-    ``cache`` (a ClipCache) spares decoding videos decoded before, e.g. by the last retrain.
-    ``keys`` (one per video) are carried into the result's ``keys`` for the kept clips.
+    ``videos`` are LabelledVideo items or ``(path, label)`` pairs. ``cache`` (a ClipCache)
+    spares decoding videos decoded before, e.g. by the last retrain. ``keys`` (one per video)
+    are carried into the result's ``keys`` for the kept clips. With ``timeline_labels``, each
+    clip's sampled frames get their targets from its segments (``frame_y``).
 
     Raises:
         ValueError: a label is not in ``labels``, or ``keys`` is not one per video.
     """
-    if keys is not None and len(keys) != len(videos):
-        raise ValueError(f"{len(keys)} keys for {len(videos)} videos")
+    items = [as_labelled_video(v) for v in videos]
+    if keys is not None and len(keys) != len(items):
+        raise ValueError(f"{len(keys)} keys for {len(items)} videos")
     index = {label: i for i, label in enumerate(labels)}
-    unknown = sorted({label for _, label in videos if label not in index})
+    unknown = sorted({v.label for v in items if v.label is not None and v.label not in index})
     if unknown:
         raise ValueError(f"labels {unknown} are not among the model's labels {list(labels)}")
     results = decode_many(
-        [p for p, _ in videos], sampling, threads=threads, progress=progress, cache=cache
+        [v.path for v in items], sampling, threads=threads, progress=progress, cache=cache
     )
-    clips, ys, sources, kept_keys, skipped = [], [], [], [], []
-    for n, ((path, label), result) in enumerate(zip(videos, results, strict=True)):
+    clips, ys, frame_ys, sources, kept_keys, skipped = [], [], [], [], [], []
+    for n, (video, result) in enumerate(zip(items, results, strict=True)):
         if isinstance(result, VideoDecodeError):
-            log.warning("skipping %s: %s", path, result)
-            skipped.append((str(path), str(result)))
+            log.warning("skipping %s: %s", video.path, result)
+            skipped.append((str(video.path), str(result)))
             continue
         clips.append(result)
-        ys.append(index[label])
-        sources.append(str(path))
-        kept_keys.append(str(keys[n]) if keys is not None else str(path))
+        ys.append(index[video.label] if video.label is not None else NO_CLASS)
+        if timeline_labels:
+            frame_ys.append(
+                frame_targets(
+                    video.segments,
+                    timeline_labels,
+                    result.indices,
+                    result.fps,
+                    video.frame_rate,
+                    sampling.frames,
+                )
+            )
+        sources.append(str(video.path))
+        kept_keys.append(str(keys[n]) if keys is not None else str(video.path))
+    t = sampling.frames
     if not clips:
-        empty = np.zeros((0, sampling.frames, sampling.height, sampling.width, 3), np.uint8)
-        return ClipArrays(
-            empty, np.zeros((0, sampling.frames), bool), np.zeros(0, np.int32), []
-        ), skipped
+        empty = np.zeros((0, t, sampling.height, sampling.width, 3), np.uint8)
+        frame_y = np.full((0, t), IGNORE, np.int32) if timeline_labels else None
+        arrays = ClipArrays(
+            empty, np.zeros((0, t), bool), np.zeros(0, np.int32), [], frame_y=frame_y
+        )
+        return arrays, skipped
     frames, mask = stack_clips(clips)
-    return ClipArrays(frames, mask, np.asarray(ys, np.int32), sources, kept_keys), skipped
+    frame_y = np.stack(frame_ys).astype(np.int32) if timeline_labels else None
+    return (
+        ClipArrays(frames, mask, np.asarray(ys, np.int32), sources, kept_keys, frame_y),
+        skipped,
+    )
 
 
 def stratified_split(y: np.ndarray, fractions: Sequence[float], seed: int = 0) -> list[np.ndarray]:
@@ -209,7 +270,12 @@ def _split_class(keys: list[str], fractions: Sequence[float]) -> list[int]:
 
 
 def class_weights(y: np.ndarray, num_classes: int) -> dict[int, float]:
-    """'Balanced' weights: n / (k * count), so rare labels count as much as common ones."""
+    """'Balanced' weights: n / (k * count), so rare labels count as much as common ones.
+
+    Values outside 0..num_classes-1 (NO_CLASS, IGNORE) are not counted.
+    """
+    y = np.asarray(y)
+    y = y[(y >= 0) & (y < num_classes)]
     counts = np.bincount(y, minlength=num_classes).astype(float)
     present = counts > 0
     weights = np.ones(num_classes)

@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import redis
@@ -214,17 +215,72 @@ def enqueue_refresh(
     return job_id
 
 
+REFRESH_AGAIN_KEY = "videoloop:refresh:{project}:{version}:again"
+"""Set when tasks were added to a project (TASKS_CREATED): its refresh of ``version`` makes
+one more pass if it is running, and recovery queues one if none is queued or running."""
+REFRESH_AGAIN_TTL_S = 24 * 3600
+"""A flag nobody acted on is dropped after this long, in seconds (the next version's refresh
+predicts every task anyway)."""
+
+
 def refresh_predictions(project: str, version: str) -> dict:
     """RQ job: predict the project's tasks with ``version`` and write the predictions to
     Label Studio (see training/refresh.py). Progress ``{"stage": "refresh", "done",
-    "total"}`` is in the job's meta."""
+    "total"}`` is in the job's meta. Tasks imported during a pass get another pass."""
     from training.refresh import refresh_predictions as refresh
 
     job = get_current_job()
     progress = JobProgress(job, project)
-    result = refresh(project, version, Settings.from_env(), progress=progress)
+    settings = Settings.from_env()
+    again = REFRESH_AGAIN_KEY.format(project=project, version=version)
+    passes = 0
+    while True:
+        if job is not None:
+            job.connection.delete(again)  # this pass lists every task there is now
+        result = refresh(project, version, settings, progress=progress)
+        passes += 1
+        if job is None or result["status"] != "done" or not job.connection.exists(again):
+            break
+        log.info("project %s: tasks were added during the refresh; another pass", project)
+    result["passes"] = passes
     progress({"stage": "done", **{k: v for k, v in result.items() if k != "skipped_tasks"}})
     return result
+
+
+def request_refresh(connection: redis.Redis, project: str, settings: Settings) -> str:
+    """New tasks in Label Studio: predict them with the project's current version.
+
+    Returns ``"queued"`` (a refresh job was queued), ``"pending"`` (one is queued or running:
+    it makes another pass), or ``"no_model"`` (the project has no version yet).
+    """
+    from training.store import ModelStore
+
+    version = ModelStore(settings.model_dir).get_current(project)
+    if version is None:
+        return "no_model"
+    key = REFRESH_AGAIN_KEY.format(project=project, version=version)
+    connection.set(key, 1, ex=REFRESH_AGAIN_TTL_S)
+    return "queued" if enqueue_refresh(connection, project, version, settings) else "pending"
+
+
+def resume_refreshes(connection: redis.Redis, settings: Settings) -> list[str]:
+    """Queue the refreshes that new tasks asked for and no job took up (the request came as
+    a refresh was finishing); drop requests for versions no longer current. Returns the ids
+    of the jobs queued. Run by the backend's recovery loop."""
+    from training.store import ModelStore
+
+    store = ModelStore(settings.model_dir)
+    queued = []
+    for raw in connection.scan_iter(match=REFRESH_AGAIN_KEY.format(project="*", version="*")):
+        key = raw.decode() if isinstance(raw, bytes) else str(raw)
+        _, _, project, version, _ = key.split(":")
+        if store.get_current(project) != version:
+            connection.delete(key)
+            continue
+        job_id = enqueue_refresh(connection, project, version, settings)
+        if job_id:
+            queued.append(job_id)
+    return queued
 
 
 def run_training(project: str, settings: Settings, *, force: bool, progress) -> dict:
@@ -238,8 +294,14 @@ def run_training(project: str, settings: Settings, *, force: bool, progress) -> 
     """
     from training.accelerator import configure_accelerator
     from training.clipcache import ClipCache
-    from training.labelstudio import count_per_label, fetch_project_data
+    from training.dataset import LabelledVideo
+    from training.labelstudio import (
+        count_per_label,
+        count_per_timeline_label,
+        fetch_project_data,
+    )
     from training.media import MediaError, MediaResolver
+    from training.model_config import AUTO_TEMPORAL, ModelConfig, default_temporal
     from training.sampling import SamplingConfig
     from training.store import ModelStore
     from training.train import TrainConfig, TrainingError, train_and_publish
@@ -249,19 +311,22 @@ def run_training(project: str, settings: Settings, *, force: bool, progress) -> 
         project, url=settings.label_studio_url, api_key=settings.label_studio_api_key
     )
     counts = count_per_label(data)
-    short = {label: counts.get(label, 0) for label in data.labels}
-    short = {k: v for k, v in short.items() if v < settings.min_per_label}
-    if short and not force:
+    timeline_counts = count_per_timeline_label(data)
+    wanted = training_labels(counts, timeline_counts, settings.min_per_label)
+    if wanted.short and not force:
         reason = f"every label needs {settings.min_per_label} annotated videos; " + ", ".join(
-            f"{k} has {v}" for k, v in short.items()
+            f"{k} has {v}" for k, v in wanted.short.items()
         )
         log.info("project %s: not training yet: %s", project, reason)
         return {"status": "skipped", "reason": reason, "per_label": counts}
-    labels = [label for label in data.labels if counts.get(label, 0) > 0]
-    if len(labels) < 2:
+    labels, timeline_labels = wanted.labels, wanted.timeline_labels
+    if not labels and not timeline_labels:
         return {
             "status": "skipped",
-            "reason": f"need annotated videos of at least two labels, have {counts}",
+            "reason": (
+                "need annotated videos of at least two labels (or timeline segments), have "
+                f"{counts}" + (f" and timeline {timeline_counts}" if timeline_counts else "")
+            ),
             "per_label": counts,
         }
 
@@ -280,11 +345,21 @@ def run_training(project: str, settings: Settings, *, force: bool, progress) -> 
             if error:
                 log.warning("project %s: task %s skipped: %s", project, task.task_id, error)
                 skipped.append({"task": task.task_id, "reason": error})
-            elif task.label in labels:
-                videos.append((path, task.label))
-                keys.append(f"task:{task.task_id}")  # the stable split follows the task
+            else:
+                video = LabelledVideo(
+                    path,
+                    task.label if task.label in labels else None,
+                    task.segments if timeline_labels else None,
+                    task.frame_rate,
+                )
+                if video.label is not None or video.segments is not None:
+                    videos.append(video)
+                    keys.append(f"task:{task.task_id}")  # the stable split follows the task
             progress({"stage": "fetch_videos", "done": done, "total": total})
 
+    temporal = settings.train_temporal
+    if temporal == AUTO_TEMPORAL:
+        temporal = default_temporal(bool(timeline_labels))
     configure_accelerator()
     store = ModelStore(settings.model_dir)
     store.cleanup_staging(project)  # what publishers killed mid-write left behind
@@ -296,6 +371,7 @@ def run_training(project: str, settings: Settings, *, force: bool, progress) -> 
             project,
             videos,
             labels=labels,
+            timeline_labels=timeline_labels,
             parent=parent,
             sampling=None
             if parent
@@ -304,6 +380,7 @@ def run_training(project: str, settings: Settings, *, force: bool, progress) -> 
                 height=settings.train_frame_size,
                 width=settings.train_frame_size,
             ),
+            model_config=None if parent else ModelConfig(temporal=temporal),
             cache=cache,
             train_config=TrainConfig(epochs=settings.train_epochs),
             threads=settings.decode_threads,
@@ -346,6 +423,39 @@ def run_training(project: str, settings: Settings, *, force: bool, progress) -> 
         "init": info.meta.get("init"),
         "test_accuracy": info.meta["metrics"]["test"]["accuracy"],
         "val_accuracy": info.meta["metrics"]["val"]["accuracy"],
+        "test_frame_accuracy": (info.meta["metrics"]["test"].get("timeline") or {}).get(
+            "frame_accuracy"
+        ),
         "clips": {"decoded": cache.misses, "from_cache": cache.hits},
         "per_label": counts,
+        "per_timeline_label": timeline_counts,
     }
+
+
+@dataclass(frozen=True)
+class TrainingLabels:
+    """The labels a run trains on, per head, and those still short of MIN_PER_LABEL."""
+
+    labels: list[str]
+    timeline_labels: list[str]
+    short: dict[str, int]
+
+
+def training_labels(
+    counts: dict[str, int], timeline_counts: dict[str, int], min_per_label: int
+) -> TrainingLabels:
+    """Which labels to train on, from the annotated videos per label of each control.
+
+    A control nobody annotated yet does not hold training back (a project may label the
+    class first and the segments later); on a control that has annotations, every label
+    needs ``min_per_label`` videos (``short`` lists those that do not: timeline labels as
+    ``timeline:<label>``) before annotation events train. The classes head needs two labels
+    with videos; the timeline head one.
+    """
+    short: dict[str, int] = {}
+    for prefix, per_label in (("", counts), ("timeline:", timeline_counts)):
+        if any(per_label.values()):
+            short.update({f"{prefix}{k}": v for k, v in per_label.items() if v < min_per_label})
+    labels = [label for label, n in counts.items() if n > 0]
+    timeline_labels = [label for label, n in timeline_counts.items() if n > 0]
+    return TrainingLabels(labels if len(labels) >= 2 else [], timeline_labels, short)

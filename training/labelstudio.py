@@ -41,7 +41,8 @@ from label_studio_sdk import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
 from label_studio_sdk.core.parse_error import ParsingError
 
-from training.labelconfig import LabelConfigError, VideoChoices, parse_label_config
+from training.labelconfig import LabelConfigError, VideoControls, parse_label_config
+from training.timeline import DEFAULT_FRAME_RATE, Segment, segments_from_result
 
 log = logging.getLogger(__name__)
 
@@ -72,33 +73,40 @@ class LabelStudioError(RuntimeError):
 
 @dataclass(frozen=True)
 class LabelledTask:
-    """One task with the label of its latest submitted annotation.
+    """One task with what its latest submitted annotation says: the class (<Choices>), the
+    segments (<TimelineLabels>), or both.
 
-    ``result`` is that annotation's whole result list as Label Studio stores it (choices,
-    timeline regions, ...), kept for frame-level training.
+    ``label`` None: no usable choice. ``segments`` None: no timeline region (the task is not
+    annotated on the timeline; its frames do not count for the timeline head).
+    ``frame_rate`` is what the segments' frame numbers count at. ``result`` is the
+    annotation's whole result list as Label Studio stores it.
     """
 
     task_id: int
     video_url: str
-    label: str
+    label: str | None
     annotation_id: int
     result: tuple[dict, ...] = field(default=(), hash=False)
+    segments: tuple[Segment, ...] | None = None
+    frame_rate: float = DEFAULT_FRAME_RATE
 
 
 @dataclass(frozen=True)
 class ProjectData:
     """A project's label config and its tasks: those usable for training and the others.
 
-    ``labels`` are the config's choice values in order (the model's classes); ``skipped``
-    holds ``(task id, reason)`` for every task not in ``tasks``.
+    ``labels`` are the config's choice values in order (the model's classes),
+    ``timeline_labels`` its <TimelineLabels> labels; ``skipped`` holds ``(task id, reason)``
+    for every task not in ``tasks``.
     """
 
     project: str
     label_config: str
-    choices: VideoChoices
+    choices: VideoControls
     labels: list[str]
     tasks: list[LabelledTask]
     skipped: list[tuple[int, str]]
+    timeline_labels: list[str] = field(default_factory=list)
 
 
 def fetch_project_data(
@@ -114,12 +122,13 @@ def fetch_project_data(
 
     Per task, the latest annotation that was not cancelled (skipped) counts, latest by
     ``updated_at`` then id: with several annotators on one task, the last word wins. Its
-    ``choices`` result for the config's <Choices> on the <Video> gives the label. Tasks are
-    skipped, with the reason, when they have no such annotation, when that annotation has
-    no choice for the control, when its label is not in the config (renamed or removed
-    since), when it has several choices (a multi-choice config: the model is single-label,
-    and picking one of them would teach it a label the annotator did not single out), or
-    when the task has no video URL under the <Video>'s data key.
+    ``choices`` result for the config's <Choices> on the <Video> gives the label, its
+    ``timelinelabels`` regions for the config's <TimelineLabels> the segments. A choice does
+    not count when the annotation has several (a multi-choice config: the model is
+    single-label, and picking one of them would teach it a label the annotator did not single
+    out) or a label the config does not offer (renamed or removed since). Tasks are skipped,
+    with the reason, when they have no such annotation, when it gives neither a choice nor a
+    region, or when the task has no video URL under the <Video>'s data key.
 
     Args:
         project: the project id, ``"12"`` (``"12.1700000000"`` as /setup sends it works too).
@@ -175,6 +184,7 @@ def fetch_project_data(
         labels=list(choices.choice_values),
         tasks=tasks,
         skipped=skipped,
+        timeline_labels=list(choices.timeline.labels) if choices.timeline else [],
     )
 
 
@@ -187,6 +197,8 @@ class TaskPredictions:
     video_url: str | None
     labelled: bool
     model_versions: frozenset[str]
+    frame_rate: float | None = None
+    """The frame rate Label Studio numbers this task's frames at (timeline regions)."""
 
 
 class LabelStudioSession:
@@ -248,7 +260,7 @@ class LabelStudioSession:
         return self._reader.label_config(self.client, _project_id(project))
 
     def iter_task_predictions(
-        self, project: str | int, choices: VideoChoices, page_size: int = DEFAULT_PAGE_SIZE
+        self, project: str | int, choices: VideoControls, page_size: int = DEFAULT_PAGE_SIZE
     ) -> Iterator[TaskPredictions]:
         """Every task of the project, all pages, with the versions of its predictions.
 
@@ -256,6 +268,41 @@ class LabelStudioSession:
         """
         for task in self._reader.tasks(self.client, _project_id(project), page_size):
             yield task_predictions(task, choices)
+
+    def select_version(self, project: str | int, version: str, is_ours) -> str | None:
+        """Make ``version`` the project's selected predictions version (Settings ->
+        Annotation -> Prelabeling, the project's ``model_version``) unless someone chose
+        another model's predictions there.
+
+        Why: Label Studio 1.23's Data Manager averages a task's prediction score over the
+        predictions of the selected version only; connecting a backend selects the backend's
+        title, under which the score column stays empty and "sort by prediction score" does
+        nothing. Selected when it is empty, the title of one of the project's ML backends
+        (the default after connecting), or a version ``is_ours(version)`` recognises (an
+        earlier version of ours).
+
+        Returns:
+            The version now selected (``version``), or None when left alone.
+        """
+        project_id = _project_id(project)
+        where = f"/api/projects/{project_id}/"
+        try:
+            selected = getattr(self.client.projects.get(project_id), "model_version", None) or ""
+            if selected == version:
+                return version
+            titles = {ml.title for ml in self.client.ml.list(project=project_id) if ml.title}
+            if selected and selected not in titles and not is_ours(selected):
+                log.info(
+                    "project %s: predictions of %r are selected in Label Studio; left alone",
+                    project_id,
+                    selected,
+                )
+                return None
+            self.client.projects.update(project_id, model_version=version)
+        except Exception as exc:
+            raise self._reader.error(where, exc, verb="update") from None
+        log.info("project %s: selected %s in Label Studio (was %r)", project_id, version, selected)
+        return version
 
     def get_prediction_versions(self, task_id: int) -> set[str]:
         """The model versions of a task's predictions as they are now
@@ -289,7 +336,7 @@ class LabelStudioSession:
         return getattr(created, "id", None)
 
 
-def task_predictions(task: Mapping[str, Any], choices: VideoChoices) -> TaskPredictions:
+def task_predictions(task: Mapping[str, Any], choices: VideoControls) -> TaskPredictions:
     """The TaskPredictions of one task as ``GET /api/tasks/?fields=all`` returns it."""
     annotations = [a for a in task.get("annotations") or () if isinstance(a, Mapping)]
     if "annotations" in task:
@@ -308,20 +355,36 @@ def task_predictions(task: Mapping[str, Any], choices: VideoChoices) -> TaskPred
         video_url=video.strip() if isinstance(video, str) and video.strip() else None,
         labelled=labelled,
         model_versions=versions,
+        frame_rate=choices.task_frame_rate(data if isinstance(data, Mapping) else None),
     )
 
 
 def count_per_label(data: ProjectData) -> dict[str, int]:
-    """Labelled tasks per label, every label of the config included (zero when unused)."""
+    """Labelled tasks per class, every class of the config included (zero when unused)."""
     counts = dict.fromkeys(data.labels, 0)
     for task in data.tasks:
-        counts[task.label] = counts.get(task.label, 0) + 1
+        if task.label is not None:
+            counts[task.label] = counts.get(task.label, 0) + 1
     return counts
 
 
-def pick_label(task: Mapping[str, Any], choices: VideoChoices) -> LabelledTask | tuple[int, str]:
+def count_per_timeline_label(data: ProjectData) -> dict[str, int]:
+    """Tasks with at least one segment of each timeline label (zero when unused)."""
+    counts = dict.fromkeys(data.timeline_labels, 0)
+    for task in data.tasks:
+        for label in {s.label for s in task.segments or ()}:
+            counts[label] = counts.get(label, 0) + 1
+    return counts
+
+
+def pick_label(task: Mapping[str, Any], choices: VideoControls) -> LabelledTask | tuple[int, str]:
     """The LabelledTask for one task as ``GET /api/tasks/?fields=all`` returns it, or
-    ``(task id, reason)`` when it cannot be used (see fetch_project_data for the rules)."""
+    ``(task id, reason)`` when it cannot be used (see fetch_project_data for the rules).
+
+    Per control: the <Choices> result gives the class unless it has several choices or a
+    label the config does not offer; the <TimelineLabels> regions give the segments. A task
+    counts when either is there.
+    """
     task_id = _as_int(task.get("id"))
     annotations = [a for a in task.get("annotations") or () if isinstance(a, Mapping)]
     submitted = [a for a in annotations if not a.get("was_cancelled")]
@@ -332,6 +395,43 @@ def pick_label(task: Mapping[str, Any], choices: VideoChoices) -> LabelledTask |
     latest = max(submitted, key=lambda a: (_timestamp(a), _as_int(a.get("id"))))
     annotation_id = _as_int(latest.get("id"))
     result = [r for r in latest.get("result") or () if isinstance(r, Mapping)]
+    label, why_no_label = _choice(result, choices, annotation_id)
+    segments = None
+    if choices.timeline is not None:
+        found = segments_from_result(
+            result, choices.timeline.name, choices.video_name, choices.timeline.labels
+        )
+        segments = tuple(found) if found else None
+    if label is None and segments is None:
+        if choices.timeline is not None:
+            timeline = f'no region for <TimelineLabels name="{choices.timeline.name}">'
+            why_no_label = (
+                f"{why_no_label}; {timeline}"
+                if why_no_label
+                else (f"annotation {annotation_id} has {timeline}")
+            )
+        return task_id, why_no_label
+    data = task.get("data")
+    video = data.get(choices.video_value_key) if isinstance(data, Mapping) else None
+    if not isinstance(video, str) or not video.strip():
+        return task_id, f"no video URL under data[{choices.video_value_key!r}]"
+    return LabelledTask(
+        task_id=task_id,
+        video_url=video.strip(),
+        label=label,
+        annotation_id=annotation_id,
+        result=tuple(dict(r) for r in result),
+        segments=segments,
+        frame_rate=choices.task_frame_rate(data if isinstance(data, Mapping) else None),
+    )
+
+
+def _choice(
+    result: list[Mapping], choices: VideoControls, annotation_id: int
+) -> tuple[str | None, str]:
+    """The class an annotation's result gives, or None and why (empty: no <Choices>)."""
+    if choices.choices_name is None:
+        return None, ""
     values: list[str] = []
     for region in result:
         if (
@@ -345,31 +445,20 @@ def pick_label(task: Mapping[str, Any], choices: VideoChoices) -> LabelledTask |
                     values.append(value)
     if not values:
         return (
-            task_id,
+            None,
             f'annotation {annotation_id} has no choice for <Choices name="{choices.choices_name}">',
         )
     if len(values) > 1:
         return (
-            task_id,
+            None,
             f"annotation {annotation_id} has several choices {values}; training is single-label",
         )
-    label = values[0]
-    if label not in choices.choice_values:
-        return task_id, (
-            f"annotation {annotation_id} has label {label!r}, not among the config's "
+    if values[0] not in choices.choice_values:
+        return None, (
+            f"annotation {annotation_id} has label {values[0]!r}, not among the config's "
             f"choices {list(choices.choice_values)}"
         )
-    data = task.get("data")
-    video = data.get(choices.video_value_key) if isinstance(data, Mapping) else None
-    if not isinstance(video, str) or not video.strip():
-        return task_id, f"no video URL under data[{choices.video_value_key!r}]"
-    return LabelledTask(
-        task_id=task_id,
-        video_url=video.strip(),
-        label=label,
-        annotation_id=annotation_id,
-        result=tuple(dict(r) for r in result),
-    )
+    return values[0], ""
 
 
 class _Reader:

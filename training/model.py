@@ -12,65 +12,42 @@ features keep a coarse spatial grid instead:
   position) and passed through one narrow dense layer: 7*7*8 -> 128;
 * time is folded into the batch (B*T frames through the CNN once), not wrapped in
   ``TimeDistributed`` (11-85 s build/first-step cost for large CNNs measured here);
-* an LSTM reads the per-frame features with a mask for padded frames.
+* an LSTM reads the per-frame features with a mask for padded frames (or, as the origin
+  guide's extensions suggest, a bidirectional LSTM, attention pooling over the LSTM's
+  outputs, or no temporal model at all: frame averaging, the baseline);
+* heads: a softmax over the clip's classes (from the LSTM's last state) for <Choices>,
+  and/or a per-frame softmax (from the LSTM's outputs at every frame, plus a "no label"
+  class) for <TimelineLabels>.
 
 Pixels enter as uint8 and are scaled inside the model, so preprocessing is saved with it.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import functools
 
 import keras
 from keras import layers, ops
 
+from training.model_config import (
+    APPEARANCE_MODES,
+    BACKBONES,
+    TEMPORAL_HEADS,
+    ModelConfig,
+    check_temporal,
+)
 from training.sampling import SamplingConfig
 
-BACKBONES = ("small", "mobilenet_v3_small")
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Architecture and optimiser settings; stored in each version's meta.json."""
-
-    backbone: str = "small"
-    """'small' (conv stack, random init) or 'mobilenet_v3_small'."""
-    backbone_weights: str | None = None
-    """For mobilenet_v3_small: None (random init), 'imagenet' (downloads), or a .weights.h5 path."""
-    conv_filters: tuple[int, ...] = (16, 32, 64, 64)
-    grid_channels: int = 8
-    """Channels of the 1x1 projection whose spatial grid is flattened (keeps position)."""
-    frame_features: int = 128
-    lstm_units: int = 128
-    dropout: float = 0.3
-    recurrent_dropout: float = 0.0
-    frame_differences: bool = True
-    appearance: str = "pooled"
-    """How the small backbone sees the frames themselves, beside their differences:
-    'pooled' (default): a second, smaller conv stream over the frames, globally pooled and
-    heavily dropped out: what is in the video, not where, so it cannot memorise backgrounds
-    position by position; 'full': frames and differences stacked into one stream (6
-    channels); 'none': differences only (static backgrounds cancel out; static content is
-    invisible)."""
-    appearance_dropout: float = 0.5
-    pooled_features: bool = True
-    """Also feed the LSTM the grid's channel averages: position-free detectors (say, of
-    local motion direction in the difference channels) that generalise from few clips."""
-    learning_rate: float = 1e-3
-    clipnorm: float = 1.0
-    label_smoothing: float = 0.1
-
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        data["conv_filters"] = list(self.conv_filters)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict) -> ModelConfig:
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        if "conv_filters" in known:
-            known["conv_filters"] = tuple(known["conv_filters"])
-        return cls(**known)
+__all__ = [
+    "APPEARANCE_MODES",
+    "BACKBONES",
+    "TEMPORAL_HEADS",
+    "ModelConfig",
+    "build_model",
+    "check_temporal",
+    "compile_model",
+    "output_heads",
+]
 
 
 @keras.saving.register_keras_serializable(package="videoloop")
@@ -125,7 +102,44 @@ class BoolMask(layers.Layer):
         return ops.cast(mask, "bool")
 
 
-APPEARANCE_MODES = ("pooled", "full", "none")
+@keras.saving.register_keras_serializable(package="videoloop")
+class MaskedMean(layers.Layer):
+    """Mean over time of the real (unpadded) frames: (B, T, F), (B, T) -> (B, F)."""
+
+    def call(self, x, valid):
+        m = ops.expand_dims(ops.cast(valid, x.dtype), -1)
+        return ops.sum(x * m, axis=1) / ops.maximum(ops.sum(m, axis=1), 1.0)
+
+
+@keras.saving.register_keras_serializable(package="videoloop")
+class AttentionPooling(layers.Layer):
+    """Attention over time (Bahdanau-style scores, softmax over the real frames), the
+    weighted sum of the sequence: (B, T, F), (B, T) -> (B, F). Lets the clip vector come from
+    the frames that matter instead of only the last state."""
+
+    def __init__(self, units: int = 64, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.supports_masking = True  # the padding comes in as ``valid``; no mask goes out
+        self.project = layers.Dense(units, activation="tanh", name="project")
+        self.score = layers.Dense(1, use_bias=False, name="score")
+
+    def build(self, x_shape, valid_shape=None):
+        self.project.build(x_shape)
+        self.score.build((*x_shape[:-1], self.units))
+
+    def call(self, x, valid):
+        logits = ops.squeeze(self.score(self.project(x)), -1)  # (B, T)
+        valid = ops.cast(valid, "bool")
+        logits = ops.where(valid, logits, ops.full_like(logits, -1e9))
+        weights = ops.softmax(logits, axis=-1)
+        return ops.sum(x * ops.expand_dims(weights, -1), axis=1)
+
+    def compute_mask(self, x, mask=None):
+        return None
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
 
 
 def _small_cnn(x, filters: tuple[int, ...], prefix: str = ""):
@@ -158,24 +172,37 @@ def _mobilenet(x, config: ModelConfig, sampling: SamplingConfig):
     return features
 
 
-def build_model(num_classes: int, sampling: SamplingConfig, config: ModelConfig) -> keras.Model:
+def build_model(
+    num_classes: int,
+    sampling: SamplingConfig,
+    config: ModelConfig,
+    timeline_labels: int = 0,
+) -> keras.Model:
     """Build and compile the CNN-LSTM.
 
     Args:
-        num_classes: size of the softmax.
+        num_classes: size of the clip-level softmax (0: no classes head).
         sampling: frames per clip and frame size the model takes.
         config: architecture and optimiser settings.
+        timeline_labels: number of frame-level labels (0: no timeline head); the timeline
+            softmax has one more output, 0, for "no label".
 
     Returns:
         A compiled model with inputs ``frames`` (B,T,H,W,3) uint8 and ``mask`` (B,T) bool
-        (1 = real frame, 0 = padding) and one softmax output (B, num_classes).
+        (1 = real frame, 0 = padding). Without a timeline head its one output is the softmax
+        (B, num_classes); with one, the outputs are a dict: ``"timeline"`` (B, T,
+        1 + timeline_labels) and, when num_classes > 0, ``"classes"`` (B, num_classes).
     """
     if config.backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {config.backbone!r}; choose one of {BACKBONES}")
     if config.appearance not in APPEARANCE_MODES:
         raise ValueError(f"unknown appearance {config.appearance!r}; one of {APPEARANCE_MODES}")
-    if num_classes < 2:
-        raise ValueError(f"need at least 2 classes, got {num_classes}")
+    check_temporal(config.temporal)
+    if num_classes == 1 or num_classes < 0 or (num_classes == 0 and timeline_labels < 1):
+        raise ValueError(
+            f"need 0 or at least 2 classes and at least one head, got {num_classes} classes "
+            f"and {timeline_labels} timeline labels"
+        )
     t, h, w = sampling.frames, sampling.height, sampling.width
     frames = keras.Input((t, h, w, 3), dtype="uint8", name="frames")
     mask = keras.Input((t,), dtype="bool", name="mask")
@@ -204,27 +231,84 @@ def build_model(num_classes: int, sampling: SamplingConfig, config: ModelConfig)
     x = layers.Concatenate(name="frame_parts")(parts) if len(parts) > 1 else features
     x = UnfoldTime(t, name="unfold_time")(x)
 
-    lstm_mask = BoolMask(name="bool_mask")(mask)
-    x = layers.LSTM(
-        config.lstm_units,
-        dropout=config.dropout,
-        recurrent_dropout=config.recurrent_dropout,
-        name="lstm",
-    )(x, mask=lstm_mask)
-    x = layers.Dropout(config.dropout, name="head_dropout")(x)
-    outputs = layers.Dense(num_classes, activation="softmax", name="classes", dtype="float32")(x)
-
-    model = keras.Model({"frames": frames, "mask": mask}, outputs, name="cnn_lstm")
+    sequence, clip = _temporal(x, mask, config)
+    outputs = {}
+    if num_classes:
+        head = layers.Dropout(config.dropout, name="head_dropout")(clip)
+        outputs["classes"] = layers.Dense(
+            num_classes, activation="softmax", name="classes", dtype="float32"
+        )(head)
+    if timeline_labels:
+        per_frame = layers.Dropout(config.dropout, name="timeline_dropout")(sequence)
+        outputs["timeline"] = layers.Dense(
+            timeline_labels + 1, activation="softmax", name="timeline", dtype="float32"
+        )(per_frame)
+    # A classes-only model keeps one plain output, as versions published before the timeline
+    # head existed: the same saved format, metric names ("accuracy") and serving code.
+    model_outputs = outputs if timeline_labels else outputs["classes"]
+    model = keras.Model({"frames": frames, "mask": mask}, model_outputs, name="cnn_lstm")
     compile_model(model, config)
     return model
 
 
+def _temporal(x, mask, config: ModelConfig):
+    """The temporal model over per-frame features (B, T, F): returns the per-frame sequence
+    (for the timeline head) and one vector per clip (for the classes head)."""
+    lstm_mask = BoolMask(name="bool_mask")(mask)
+    lstm = functools.partial(
+        layers.LSTM,
+        config.lstm_units,
+        dropout=config.dropout,
+        recurrent_dropout=config.recurrent_dropout,
+        return_sequences=True,
+    )
+    if config.temporal == "average":
+        return x, MaskedMean(name="masked_mean")(x, mask)
+    if config.temporal == "lstm":
+        # the state after the last real frame: masked steps carry it unchanged
+        sequence, last, _ = lstm(return_state=True, name="lstm")(x, mask=lstm_mask)
+        return sequence, last
+    if config.temporal == "bilstm":
+        sequence, forward, _, backward, _ = layers.Bidirectional(
+            lstm(return_state=True), name="bilstm"
+        )(x, mask=lstm_mask)
+        return sequence, layers.Concatenate(name="bilstm_states")([forward, backward])
+    sequence = lstm(name="lstm")(x, mask=lstm_mask)
+    return sequence, AttentionPooling(config.attention_units, name="attention")(sequence, mask)
+
+
+def output_heads(model: keras.Model) -> tuple[str, ...]:
+    """The model's outputs by name: ``("classes",)`` for a plain classifier, else the keys of
+    its output dict (``"classes"``, ``"timeline"``)."""
+    output = model.output
+    if isinstance(output, dict):
+        return tuple(output)
+    return ("classes",)
+
+
 def compile_model(model: keras.Model, config: ModelConfig, learning_rate=None) -> None:
-    """Adam with gradient clipping, label-smoothed cross-entropy, accuracy."""
+    """Adam with gradient clipping, label-smoothed cross-entropy, accuracy.
+
+    A model with a timeline head gets one loss per output; their accuracies are weighted by
+    the sample weights, which are 0 for padded frames and for clips an output has no label
+    for (training/train.py).
+    """
+    optimizer = keras.optimizers.Adam(
+        learning_rate=learning_rate or config.learning_rate, clipnorm=config.clipnorm
+    )
+    heads = output_heads(model)
+    if heads == ("classes",):
+        model.compile(
+            optimizer=optimizer,
+            loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
+            metrics=["accuracy"],
+        )
+        return
     model.compile(
-        optimizer=keras.optimizers.Adam(
-            learning_rate=learning_rate or config.learning_rate, clipnorm=config.clipnorm
-        ),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
-        metrics=["accuracy"],
+        optimizer=optimizer,
+        loss={
+            head: keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
+            for head in heads
+        },
+        weighted_metrics={head: ["accuracy"] for head in heads},
     )

@@ -21,7 +21,11 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """An immutable bundle: swap the whole object, never its parts."""
+    """An immutable bundle: swap the whole object, never its parts.
+
+    ``labels`` name the ``"classes"`` output (empty for a timeline-only model),
+    ``timeline_labels`` the ``"timeline"`` output's 1.. (empty without a timeline head).
+    """
 
     version: str
     labels: list[str]
@@ -29,28 +33,48 @@ class LoadedModel:
     batch_size: int
     meta: dict = field(repr=False)
     _predict_fn: object = field(repr=False)
+    timeline_labels: list[str] = field(default_factory=list)
 
-    def predict_proba(self, frames: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """Class probabilities for clips.
+    def predict(self, frames: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+        """Every output of the model for clips.
 
         Args:
             frames: (B, T, H, W, 3) uint8, as sampled with ``self.sampling``.
             mask: (B, T) bool, True for real frames.
 
         Returns:
-            (B, len(labels)) float32 probabilities, rows summing to 1.
+            ``"classes"``: (B, len(labels)) and/or ``"timeline"``: (B, T,
+            1 + len(timeline_labels)) float32 probabilities (output 0: no label).
         """
-        if len(frames) == 0:
-            return np.zeros((0, len(self.labels)), np.float32)
         expected = (self.sampling.frames, self.sampling.height, self.sampling.width, 3)
+        if len(frames) == 0:
+            out = {}
+            if self.labels:
+                out["classes"] = np.zeros((0, len(self.labels)), np.float32)
+            if self.timeline_labels:
+                shape = (0, expected[0], 1 + len(self.timeline_labels))
+                out["timeline"] = np.zeros(shape, np.float32)
+            return out
         if frames.shape[1:] != expected:
             raise ValueError(f"frames of shape {frames.shape[1:]}, model expects {expected}")
-        out = []
+        parts: dict[str, list[np.ndarray]] = {}
         for start in range(0, len(frames), self.batch_size):
             chunk = slice(start, start + self.batch_size)
-            probs = self._predict_fn(frames[chunk], mask[chunk].astype(bool))  # type: ignore[operator]
-            out.append(np.asarray(probs, dtype=np.float32))
-        return np.concatenate(out)
+            raw = self._predict_fn(frames[chunk], mask[chunk].astype(bool))  # type: ignore[operator]
+            for head, value in as_outputs(raw).items():
+                parts.setdefault(head, []).append(np.asarray(value, dtype=np.float32))
+        return {head: np.concatenate(values) for head, values in parts.items()}
+
+    def predict_proba(self, frames: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Class probabilities for clips: (B, len(labels)), rows summing to 1."""
+        return self.predict(frames, mask)["classes"]
+
+
+def as_outputs(raw) -> dict[str, np.ndarray]:
+    """A model's raw output as a dict by head: a plain classifier's tensor is ``"classes"``."""
+    if isinstance(raw, dict):
+        return {k: np.asarray(v) for k, v in raw.items()}
+    return {"classes": np.asarray(raw)}
 
 
 def load_version(info: VersionInfo, batch_size: int = 8) -> LoadedModel:
@@ -82,13 +106,14 @@ def load_version(info: VersionInfo, batch_size: int = 8) -> LoadedModel:
     loaded = LoadedModel(
         version=info.version,
         labels=list(info.meta["labels"]),
+        timeline_labels=list(info.meta.get("timeline_labels") or []),
         sampling=sampling,
         batch_size=batch_size,
         meta=info.meta,
         _predict_fn=predict_fn,
     )
     warm = np.zeros((1, t, h, w, 3), np.uint8)
-    loaded.predict_proba(warm, np.ones((1, t), bool))
+    loaded.predict(warm, np.ones((1, t), bool))
     log.info(
         "loaded project %s version %s in %.2f s",
         info.project,

@@ -33,9 +33,10 @@ from training.store import ModelStore
 
 if TYPE_CHECKING:
     from training.clipcache import ClipCache
-    from training.labelconfig import VideoChoices
+    from training.labelconfig import VideoControls
     from training.media import MediaResolver
     from training.predict import LoadedModel
+    from training.sampling import Clip
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ def refresh_predictions(
     from training.clipcache import ClipCache
     from training.media import MediaResolver
     from training.predict import load_version
-    from training.results import allowed_label_indices
+    from training.results import fillable_controls
 
     started = time.perf_counter()
     store = ModelStore(settings.model_dir)
@@ -106,15 +107,22 @@ def refresh_predictions(
         summary.total = len(todo)
         summary.report()
         if not todo:
+            if settings.select_new_version:
+                summary.selected = _select(ls, store, project, version)
             return summary.as_dict("done")
-        if not allowed_label_indices(info.labels, choices.choice_values):
-            reason = f"none of the model's labels {info.labels} is among the config's choices"
+        model = load_version(info, batch_size=settings.predict_batch_size)
+        if not fillable_controls(model, choices):
+            reason = (
+                f"the model's labels {model.labels} / timeline labels {model.timeline_labels} "
+                "fill none of the config's controls"
+            )
             return {**summary.as_dict("skipped"), "reason": reason}
 
         batch = _Batch(
             ls=ls,
             choices=choices,
-            model=load_version(info, batch_size=settings.predict_batch_size),
+            model=model,
+            measure=settings.uncertainty_measure,
             resolver=MediaResolver.from_settings(settings),
             cache=ClipCache(
                 Path(settings.cache_dir) / "clips", max_bytes=settings.cache_max_mb * 1024 * 1024
@@ -132,6 +140,8 @@ def refresh_predictions(
                     break
                 batch.run(todo[start : start + size], pool)
                 summary.report()
+        if status == "done" and settings.select_new_version:
+            summary.selected = _select(ls, store, project, version)
     log.info(
         "project %s: refreshed predictions with %s in %.1f s: %d written, %d skipped, "
         "%d already there",
@@ -143,6 +153,17 @@ def refresh_predictions(
         summary.already,
     )
     return summary.as_dict(status)
+
+
+def _select(ls: LabelStudioSession, store: ModelStore, project: str, version: str) -> bool:
+    """SELECT_NEW_VERSION: show this version's predictions (and scores) in Label Studio; a
+    failure is logged, not raised (the predictions are written)."""
+    known = {v.version for v in store.list_versions(project)}
+    try:
+        return ls.select_version(project, version, is_ours=known.__contains__) == version
+    except LabelStudioError as exc:
+        log.warning("project %s: could not select %s in Label Studio: %s", project, version, exc)
+        return False
 
 
 @dataclass
@@ -158,6 +179,8 @@ class RefreshSummary:
     already: int = 0
     """Tasks that had a prediction of this version (before the run, or written meanwhile)."""
     skipped_tasks: list[dict] = field(default_factory=list)
+    selected: bool = False
+    """Whether the version was made the project's selected predictions version."""
 
     def skip(self, task_id: int, reason: str) -> None:
         log.warning("project %s: refresh skips task %s: %s", self.project, task_id, reason)
@@ -184,6 +207,7 @@ class RefreshSummary:
             "written": self.written,
             "skipped": self.skipped,
             "already": self.already,
+            "selected": self.selected,
             "skipped_tasks": list(self.skipped_tasks),
         }
 
@@ -193,12 +217,13 @@ class _Batch:
     """Fetch, decode, predict and write one batch of tasks."""
 
     ls: LabelStudioSession
-    choices: VideoChoices
+    choices: VideoControls
     model: LoadedModel
     resolver: MediaResolver
     cache: ClipCache
     threads: int
     summary: RefreshSummary
+    measure: str
 
     def run(self, tasks: list[TaskPredictions], pool: ThreadPoolExecutor) -> None:
         from training.decode import decode_many
@@ -225,9 +250,9 @@ class _Batch:
                 readable.append((task, clip))
         if not readable:
             return
-        probs = self.model.predict_proba(*stack_clips([clip for _, clip in readable]))
-        for (task, _), p in zip(readable, probs, strict=True):
-            self._write(task, p)
+        outputs = self.model.predict(*stack_clips([clip for _, clip in readable]))
+        for row, (task, clip) in enumerate(readable):
+            self._write(task, clip, {head: value[row] for head, value in outputs.items()})
 
     def _fetch(self, task: TaskPredictions) -> tuple[TaskPredictions, Path | None, str | None]:
         from training.media import MediaError
@@ -239,15 +264,24 @@ class _Batch:
         except MediaError as exc:
             return task, None, str(exc)
 
-    def _write(self, task: TaskPredictions, probs) -> None:
+    def _write(self, task: TaskPredictions, clip: Clip, outputs: dict) -> None:
         """One prediction, unless the task got one of this version since it was listed."""
-        from training.results import classification_prediction
+        from training.results import video_prediction
 
         version = self.model.version
         if version in self.ls.get_prediction_versions(task.task_id):
             self.summary.already += 1  # Label Studio asked /predict meanwhile, or a twin job
             return
-        prediction = classification_prediction(probs, self.model.labels, self.choices, version)
+        prediction = video_prediction(
+            outputs,
+            self.model.labels,
+            self.choices,
+            version,
+            timeline_labels=self.model.timeline_labels,
+            clip=clip,
+            frame_rate=task.frame_rate,
+            measure=self.measure,
+        )
         try:
             self.ls.create_prediction(task.task_id, prediction)
         except LabelStudioError as exc:

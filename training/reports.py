@@ -9,6 +9,8 @@ import numpy as np
 
 LEARNING_CURVE_FILE = "learning_curve.png"
 CONFUSION_MATRIX_FILE = "confusion_matrix.png"
+TIMELINE_CONFUSION_MATRIX_FILE = "timeline_confusion_matrix.png"
+"""Per sampled frame, for models with a timeline head (row and column 0: no label)."""
 
 
 def _pyplot():
@@ -21,14 +23,23 @@ def _pyplot():
 
 
 def plot_learning_curve(history: dict[str, list[float]], path: Path) -> Path:
-    """Loss and accuracy per epoch, training and validation, side by side."""
+    """Loss and accuracy per epoch, training and validation, side by side.
+
+    A model with several heads logs ``classes_accuracy``, ``timeline_accuracy``: each gets
+    its own line in the accuracy panel.
+    """
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
-        for key, style in ((metric, "-"), (f"val_{metric}", "--")):
-            if history.get(key):
-                epochs = range(1, len(history[key]) + 1)
-                ax.plot(epochs, history[key], style, label=key)
+        names = [metric] if metric == "loss" else []
+        names += sorted(
+            k for k in history if k.endswith(metric) and not k.startswith("val_") and k != "loss"
+        )
+        for name in dict.fromkeys(names):
+            for key, style in ((name, "-"), (f"val_{name}", "--")):
+                if history.get(key):
+                    epochs = range(1, len(history[key]) + 1)
+                    ax.plot(epochs, history[key], style, label=key)
         ax.set_xlabel("epoch")
         ax.set_title(metric)
         ax.grid(alpha=0.3)

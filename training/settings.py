@@ -9,6 +9,9 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from training.model_config import AUTO_TEMPORAL, check_temporal
+from training.uncertainty import parse_measure
+
 
 def _env_int(name: str, default: int) -> int:
     raw = os.environ.get(name, "").strip()
@@ -84,6 +87,28 @@ class Settings:
     become current."""
     promote_on_start_training: bool = False
     refresh_all_tasks: bool = False
+    select_new_version: bool = True
+    """After a refresh, make the new version the project's selected predictions version in
+    Label Studio (unless another model's is selected there): the score sort follows it."""
+    uncertainty_measure: str = "least_confidence"
+    """How a prediction's score is measured (training/uncertainty.py): least_confidence,
+    margin or entropy."""
+    train_temporal: str = "auto"
+    """The temporal head of a project's first model (training/model_config.py TEMPORAL_HEADS),
+    or ``auto``: bilstm for projects with a <TimelineLabels>, lstm for the others."""
+
+    def __post_init__(self) -> None:
+        """Refuse a misspelt measure or head at start-up, not at the first prediction."""
+        try:
+            measure = parse_measure(self.uncertainty_measure).value
+        except ValueError as exc:
+            raise ValueError(f"UNCERTAINTY_MEASURE: {exc}") from None
+        object.__setattr__(self, "uncertainty_measure", measure)
+        if self.train_temporal != AUTO_TEMPORAL:
+            try:
+                check_temporal(self.train_temporal)
+            except ValueError as exc:
+                raise ValueError(f"TRAIN_TEMPORAL: {exc} (or {AUTO_TEMPORAL})") from None
 
     @classmethod
     def from_env(cls) -> Settings:

@@ -1,0 +1,558 @@
+"""videoloop against a real Label Studio 1.23.2, end to end, as an annotation team uses it.
+
+Real parts only: Label Studio from PyPI in its own virtual environment (tests/real_label_studio.py,
+started once per session), the backend under gunicorn, a ``videoloop worker`` process, a real
+Redis (an empty database, flushed), real clips (tests/data) and synthetic ones imported both as
+uploads and as local files. The tests speak to Label Studio as its UI and an annotator do
+(connect the model, turn on training on submit, submit annotations, "Retrieve predictions",
+"Start training") and check what Label Studio stored.
+
+A :class:`ProjectKind` holds what differs between kinds of video project (label config,
+synthetic clips, an annotator's result for a clip); every test runs once per kind in ``KINDS``.
+
+The figures of one run (submit latency with the backend attached, time from the annotation
+that made training possible to the first stored prediction of the new version, tasks whose
+predictions were refreshed) are printed and written to ``.videoloop/e2e-figures.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import statistics
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+import requests
+from conftest import DATA_DIR, REAL_CLIPS, REPO, SYNTH_CLASSES, ServerProcess, worker_process
+from real_label_studio import (
+    VERSION,
+    LabelStudioAPI,
+    TimingProxy,
+    poll,
+    result_problems,
+    run_label_studio,
+    skip_or_fail_without_label_studio,
+)
+from test_training_loop import worker_env
+
+from training.labelled_files import read_manifest
+from training.store import ModelStore
+from training.synth import clip_rng, generate_dataset, render_segmented_clip, write_video
+from training.timeline import Segment, segments_from_labels
+
+T = TypeVar("T")
+FIGURES_PATH = REPO / ".videoloop" / "e2e-figures.json"
+NO_MODEL = "untrained"
+"""The version /setup reports before a project has a model."""
+WEBHOOK_BOUND_S = 1.0
+"""Label Studio gives the project webhook 1 s: /webhook queues and answers, it never trains."""
+SUBMIT_BOUND_S = 3.0
+"""A Submit (Label Studio's own work, calling /webhook twice) never waits for a training run,
+which takes tens of seconds here; Label Studio's share of it grows with the machine's load."""
+
+
+@dataclass(frozen=True)
+class Clip:
+    """A synthetic clip and the class an annotator gives it (another kind's clips may carry
+    more, such as segments, as long as they have these two)."""
+
+    path: Path
+    label: str
+
+
+@dataclass(frozen=True)
+class ProjectKind:
+    """What differs between kinds of video project."""
+
+    name: str
+    label_config: str
+    make_clips: Callable[[Path], list[Clip]]
+    """Writes the project's synthetic clips under a folder; more than two per class."""
+    annotation: Callable[[Clip], list[dict]]
+    """The result an annotator submits for a clip."""
+
+
+def classification_clips(folder: Path) -> list[Clip]:
+    manifest = generate_dataset(
+        folder, classes=SYNTH_CLASSES, per_class=5, seed=7, width=96, height=64
+    )
+    return [Clip(path, label) for path, label in read_manifest(manifest)]
+
+
+def classification_annotation(clip: Clip) -> list[dict]:
+    value = {"choices": [clip.label]}
+    return [{"from_name": "label", "to_name": "video", "type": "choices", "value": value}]
+
+
+CLASSIFICATION = ProjectKind(
+    name="classification",
+    label_config="""<View>
+  <Video name="video" value="$video"/>
+  <Choices name="label" toName="video" choice="single">
+"""
+    + "".join(f'    <Choice value="{c}"/>\n' for c in SYNTH_CLASSES)
+    + """  </Choices>
+</View>""",
+    make_clips=classification_clips,
+    annotation=classification_annotation,
+)
+
+
+@dataclass(frozen=True)
+class SegmentedClip(Clip):
+    """A clip whose motion may change inside it: its class says whether it does, its
+    segments (1-based frames at the config's frameRate) where each motion is."""
+
+    segments: tuple[Segment, ...] = ()
+
+
+TIMELINE_FPS = 25
+TIMELINE_PAIRS = {
+    "changes": (("left_to_right", "right_to_left"), ("right_to_left", "left_to_right")),
+    "steady": (("left_to_right", "left_to_right"), ("right_to_left", "right_to_left")),
+}
+
+
+def timeline_clips(folder: Path) -> list[Clip]:
+    folder.mkdir(parents=True, exist_ok=True)
+    clips: list[Clip] = []
+    for c, (label, pairs) in enumerate(TIMELINE_PAIRS.items()):
+        for i in range(5):
+            pair = pairs[i % 2]
+            frames, per_frame = render_segmented_clip(
+                pair, clip_rng(7, c, i), width=96, height=64, fps=TIMELINE_FPS
+            )
+            path = folder / f"{label}_{i}.mp4"
+            write_video(path, frames, TIMELINE_FPS)
+            clips.append(SegmentedClip(path, label, tuple(segments_from_labels(per_frame))))
+    return clips
+
+
+def timeline_annotation(clip: Clip) -> list[dict]:
+    assert isinstance(clip, SegmentedClip)
+    regions = [
+        {
+            "id": f"r{k}",
+            "from_name": "motion",
+            "to_name": "video",
+            "type": "timelinelabels",
+            "origin": "manual",
+            "value": {
+                "ranges": [{"start": s.start, "end": s.end}],
+                "timelinelabels": [s.label],
+            },
+        }
+        for k, s in enumerate(clip.segments)
+    ]
+    value = {"choices": [clip.label]}
+    return [
+        {"from_name": "pattern", "to_name": "video", "type": "choices", "value": value},
+        *regions,
+    ]
+
+
+TIMELINE = ProjectKind(
+    name="timeline",
+    label_config=f"""<View>
+  <Video name="video" value="$video" frameRate="{TIMELINE_FPS}"/>
+  <Choices name="pattern" toName="video" choice="single">
+    <Choice value="changes"/>
+    <Choice value="steady"/>
+  </Choices>
+  <TimelineLabels name="motion" toName="video">
+    <Label value="left_to_right"/>
+    <Label value="right_to_left"/>
+  </TimelineLabels>
+</View>""",
+    make_clips=timeline_clips,
+    annotation=timeline_annotation,
+)
+KINDS = [CLASSIFICATION, TIMELINE]
+
+
+# -- fixtures -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def real_ls(tmp_path_factory) -> Iterator[LabelStudioAPI]:
+    """One real Label Studio for the session (fresh data folder, local files under ``files``)."""
+    skip_or_fail_without_label_studio()
+    workdir = tmp_path_factory.mktemp("label-studio")
+    files = workdir / "files"
+    files.mkdir()
+    with run_label_studio(workdir, files) as server:
+        print(f"Label Studio {VERSION} answered /health {server.start_s:.1f} s after start")
+        yield LabelStudioAPI(server)
+
+
+@pytest.fixture(scope="session")
+def figures(real_ls) -> Iterator[dict]:
+    """The run's figures; printed and written to FIGURES_PATH at the end of the session."""
+    found: dict = {
+        "label_studio": VERSION,
+        "label_studio_start_s": round(real_ls.server.start_s, 1),
+    }
+    yield found
+    FIGURES_PATH.parent.mkdir(parents=True, exist_ok=True)
+    FIGURES_PATH.write_text(json.dumps(found, indent=2) + "\n")
+    print(f"\nend-to-end figures ({FIGURES_PATH}):\n{json.dumps(found, indent=2)}")
+
+
+@pytest.fixture(params=KINDS, ids=lambda kind: kind.name)
+def kind(request) -> ProjectKind:
+    return request.param
+
+
+@dataclass
+class Project:
+    """A Label Studio project with videoloop connected as its model, and what the tests ask."""
+
+    ls: LabelStudioAPI
+    kind: ProjectKind
+    id: int
+    ml_id: int
+    parsed_config: dict
+    clips: dict[int, Clip | None]
+    """Task id -> its synthetic clip; None for a real clip (no class, never annotated)."""
+    backend: ServerProcess
+    proxy: TimingProxy
+    """Between Label Studio and the backend: how long Label Studio waited for each answer."""
+    workdir: Path
+    submit_s: list[float] = field(default_factory=list)
+
+    def per_label(self, tasks: list[int]) -> dict[str, int]:
+        """Annotated tasks per class, as a run's ``per_label`` reports them."""
+        return dict(Counter(self.clips[t].label for t in tasks))  # type: ignore[union-attr]
+
+    def labelling_order(self) -> list[int]:
+        """Synthetic tasks, classes taking turns (one of each first), uploads and local files
+        mixed, as an annotator would meet them."""
+        by_class: dict[str, list[int]] = {}
+        for task, clip in sorted(self.clips.items()):
+            if clip is not None:
+                by_class.setdefault(clip.label, []).append(task)
+        rounds = zip(*by_class.values(), strict=False)
+        return [task for batch in rounds for task in batch]
+
+    def submit(self, task: int) -> float:
+        clip = self.clips[task]
+        assert clip is not None, f"task {task} is a real clip without a class"
+        _, seconds = self.ls.annotate(task, self.kind.annotation(clip))
+        self.submit_s.append(seconds)
+        return seconds
+
+    def events_received(self) -> Counter:
+        """Webhook actions videoloop recorded for this project, by action (from its log)."""
+        found = re.findall(rf"webhook (\w+) project {self.id}: ", self.backend.log_text())
+        return Counter(found)
+
+    def status(self) -> dict:
+        response = requests.get(f"{self.backend.url}/training/{self.id}", timeout=10)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def diagnostics(self) -> str:
+        """The training state and the end of each process's log, for a failure message."""
+        try:
+            state = json.dumps(self.status())
+        except (AssertionError, requests.RequestException) as exc:
+            state = f"unavailable ({exc})"
+        worker = (self.workdir / "worker.log").read_text(errors="replace")[-3000:]
+        return (
+            f"training state: {state}\n--- worker log ---\n{worker}\n"
+            f"--- backend log ---\n{self.backend.log_text()[-3000:]}\n"
+            f"--- Label Studio log ---\n{self.ls.server.log_tail(3000)}"
+        )
+
+    def wait(self, probe: Callable[[], T | None], what: str, timeout_s: float = 240) -> T:
+        return poll(probe, what, timeout_s, self.diagnostics)
+
+    def wait_settled(self, accept: Callable[[dict], bool], what: str) -> dict:
+        """The last run, once training is idle (no event pending, no run queued or running)
+        and ``accept`` takes that run."""
+
+        def settled() -> dict | None:
+            state = self.status()
+            last = state["last"]
+            idle = not (state["queued"] or state["running"] or state["pending_events"])
+            return last if idle and last and accept(last) else None
+
+        return self.wait(settled, what)
+
+    def served_version(self) -> str:
+        """The version Label Studio's model card shows (it asks /setup)."""
+        ml = self.ls.ml_backend(self.ml_id)
+        assert ml["state"] == "CO", f"the model is not connected: {ml}"
+        return ml["model_version"]
+
+    def wait_served(self, version: str) -> None:
+        self.wait(lambda: self.served_version() == version, f"the backend to serve {version}")
+
+    def prediction_versions(self) -> dict[int, list[str]]:
+        """Task id -> the versions of its stored predictions, one entry per prediction."""
+        return {
+            t["id"]: [p["model_version"] for p in t["predictions"]] for t in self.ls.tasks(self.id)
+        }
+
+    def unlabelled(self) -> set[int]:
+        return {t["id"] for t in self.ls.tasks(self.id) if not t["annotations"]}
+
+    def wait_refreshed(self, version: str) -> set[int]:
+        """Waits until every unlabelled task has a prediction of ``version`` (the refresh
+        job's work); returns the tasks that have one."""
+        unlabelled = self.unlabelled()
+
+        def refreshed() -> set[int] | None:
+            having = {t for t, v in self.prediction_versions().items() if version in v}
+            return having if unlabelled <= having else None
+
+        return self.wait(refreshed, f"predictions of {version} on every unlabelled task")
+
+    def check_stored(self, version: str) -> list[dict]:
+        """Every task has exactly one prediction of ``version``, valid for the label config,
+        with a score in [0, 1]; no task has two predictions of one version. Returns them."""
+        tasks = self.ls.tasks(self.id)
+        stored = []
+        for task in tasks:
+            versions = Counter(p["model_version"] for p in task["predictions"])
+            twice = {v: n for v, n in versions.items() if n > 1}
+            assert not twice, f"task {task['id']} has duplicate predictions: {twice}"
+            assert versions[version] == 1, f"task {task['id']}: {versions}"
+            (prediction,) = [p for p in task["predictions"] if p["model_version"] == version]
+            assert prediction["result"], f"task {task['id']}: empty prediction {prediction}"
+            problems = result_problems(prediction["result"], self.parsed_config)
+            assert not problems, f"task {task['id']}: {problems} in {prediction['result']}"
+            assert 0.0 <= prediction["score"] <= 1.0, prediction
+            stored.append(prediction)
+        # What the refresh job reads (GET /api/tasks?fields=all) is what Label Studio stored.
+        for task in tasks:
+            listed = {p["id"] for p in task["predictions"]}
+            assert {p["id"] for p in self.ls.predictions(task["id"])} == listed, task
+        return stored
+
+
+def import_clips(ls: LabelStudioAPI, project: int, kind: ProjectKind) -> dict[int, Clip | None]:
+    """Synthetic and real clips, half uploaded, half linked as local files under a local-files
+    storage; returns task id -> clip."""
+    folder = ls.server.files_root / f"project-{project}"
+    synthetic = kind.make_clips(folder / "synth")
+    (folder / "real").mkdir(parents=True)
+    real = [Path(shutil.copy(DATA_DIR / name, folder / "real" / name)) for name in REAL_CLIPS]
+    by_path: dict[Path, Clip | None] = {c.path: c for c in synthetic}
+    by_path.update(dict.fromkeys(real))
+    uploads = [c.path for c in synthetic[0::2]] + real[:3]
+    linked = [c.path for c in synthetic[1::2]] + real[3:]
+    ls.upload(project, uploads)
+    ls.add_local_storage(project, folder)
+    ls.import_tasks(project, [{"video": ls.local_files_url(path)} for path in linked])
+
+    clips: dict[int, Clip | None] = {}
+    for task in ls.tasks(project):
+        url = task["data"]["video"]
+        if url.startswith("/data/upload/"):  # Label Studio prefixes a hash: <hash>-<name>
+            (path,) = [p for p in uploads if url.endswith("-" + p.name)]
+        else:
+            (path,) = [p for p in linked if url == ls.local_files_url(p)]
+        clips[task["id"]] = by_path[path]
+    assert len(clips) == len(by_path), f"{len(by_path)} clips imported as {len(clips)} tasks"
+    return clips
+
+
+@pytest.fixture
+def open_project(kind, real_ls, tmp_path, redis_url, start_server) -> Iterator[Callable]:
+    """``open_project(**worker_settings)``: a new Label Studio project of ``kind`` with its
+    clips, videoloop's backend and one worker connected to it; stopped at the end."""
+    with ExitStack() as stack:
+
+        def open_(**worker_settings: str) -> Project:
+            created = real_ls.create_project(f"{kind.name} {tmp_path.name}", kind.label_config)
+            clips = import_clips(real_ls, created["id"], kind)
+            env = worker_env(
+                tmp_path,
+                redis_url,
+                real_ls.server,  # worker_env reads the Label Studio address from .url
+                LABEL_STUDIO_API_KEY=real_ls.server.token,
+                TRAIN_EPOCHS="4",
+                PROMOTE_ON_START_TRAINING="true",  # each run's version goes live: the loop
+                **worker_settings,
+            )
+            shared = ("REDIS_URL", "LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY", "TRAIN_LEASE_S")
+            backend = stack.enter_context(
+                start_server(tmp_path, **{k: env[k] for k in (*shared, "RECOVER_EVERY_S")})
+            )
+            stack.enter_context(worker_process(tmp_path, env, "worker"))
+            proxy = TimingProxy(backend.url)
+            stack.callback(proxy.close)
+            ml = real_ls.connect_backend(created["id"], proxy.url)
+            return Project(
+                real_ls,
+                kind,
+                created["id"],
+                ml["id"],
+                created["parsed_label_config"],
+                clips,
+                backend,
+                proxy,
+                tmp_path,
+            )
+
+        yield open_
+
+
+# -- the tests ----------------------------------------------------------------------------------
+
+
+def test_annotations_train_versions_whose_predictions_label_studio_stores(open_project, figures):
+    """The loop as a team runs it: connect, train on submit, retrieve, annotate more."""
+    project = open_project()
+    ls = project.ls
+    ml = ls.ml_backend(project.ml_id)
+    assert ml["state"] == "CO", f"Label Studio does not show the model as connected: {ml}"
+    assert ml["model_version"] == NO_MODEL, ml
+    settings = ls.update_project(project.id, start_training_on_annotation_update=True)
+    assert settings["start_training_on_annotation_update"] is True, settings
+
+    # One clip of each class: the second annotation makes training possible.
+    order = project.labelling_order()
+    project.submit(order[0])
+    enabling_at = time.monotonic()
+    project.submit(order[1])
+    first_stored = project.wait(
+        lambda: [
+            v
+            for versions in project.prediction_versions().values()
+            for v in versions
+            if v != NO_MODEL
+        ],
+        "the first prediction of a trained version in Label Studio",
+    )
+    to_first_prediction_s = time.monotonic() - enabling_at
+    first = project.wait_settled(lambda run: run["status"] == "trained", "the first version")
+    assert first_stored[0] == first["version"], (first_stored, first)
+    refreshed_first = project.wait_refreshed(first["version"])
+
+    # The annotator opens the next task: its predicted class is filled in.
+    project.wait_served(first["version"])
+    opened = ls.next_task(project.id)
+    assert [p["model_version"] for p in opened["predictions"]] == [first["version"]], opened
+    assert not result_problems(opened["predictions"][0]["result"], project.parsed_config)
+
+    # "Retrieve predictions" on every task.
+    retrieved = ls.retrieve_predictions(project.id)
+    assert retrieved["processed_items"] == len(project.clips), retrieved
+    stored = project.check_stored(first["version"])
+    assert project.served_version() == first["version"]  # what /setup reports = what is stored
+
+    # Sorting by prediction score (lowest confidence first): the refresh made this version
+    # the project's selected predictions (Settings -> Annotation -> Prelabeling; connecting
+    # had selected the backend's title, under which the score column is empty).
+    assert ls.project(project.id)["model_version"] == first["version"]
+    ordered = [t["predictions_score"] for t in ls.tasks_by_prediction_score(project.id)]
+    assert ordered == sorted(p["score"] for p in stored), ordered
+
+    # A clip imported now (Label Studio no longer asks the backend while a version is
+    # selected): the TASKS_CREATED event gets it a prediction of the current version.
+    extra = next(c for c in project.clips.values() if c is not None).path
+    copy = shutil.copy(extra, extra.with_name(f"late-{extra.name}"))
+    imported_at = time.monotonic()
+    ls.import_tasks(project.id, [{"video": ls.local_files_url(Path(copy))}])
+    (late,) = [t["id"] for t in ls.tasks(project.id) if t["id"] not in project.clips]
+    project.clips[late] = None
+    project.wait(
+        lambda: first["version"] in project.prediction_versions()[late],
+        "a prediction for the task imported after the first version",
+    )
+    late_prediction_s = time.monotonic() - imported_at
+
+    # The annotator goes on: two more clips of each class, submitted back to back.
+    more = order[2:6]
+    for task in more:
+        project.submit(task)
+    submitted_at = time.monotonic()
+    latest = project.wait_settled(
+        lambda run: run["status"] == "trained" and run["version"] != first["version"],
+        "a version trained on the new annotations",
+    )
+    assert latest["per_label"] == project.per_label(order[:6]), latest
+    refreshed = project.wait_refreshed(latest["version"])
+    refresh_s = time.monotonic() - submitted_at
+    assert refreshed.isdisjoint(set(order[:6])), "labelled tasks were refreshed"
+    project.wait_served(latest["version"])
+    assert ls.project(project.id)["model_version"] == latest["version"]  # followed it
+    store = ModelStore(project.workdir / "models")
+    assert store.get_current(str(project.id)) == latest["version"]
+    ls.retrieve_predictions(project.id)
+    project.check_stored(latest["version"])
+
+    # Every Submit reached videoloop twice (Start training, then the project webhook's event),
+    # the late import once.
+    submits = len(project.submit_s)
+    assert project.events_received() == Counter(
+        START_TRAINING=submits, ANNOTATION_CREATED=submits, TASKS_CREATED=1
+    ), project.diagnostics()
+    median, worst = statistics.median(project.submit_s), max(project.submit_s)
+    webhook = project.proxy.seconds["/webhook"]
+    figures[f"{project.kind.name}"] = {
+        "tasks": len(project.clips),
+        "submits": len(project.submit_s),
+        "submit_latency_median_s": round(median, 3),
+        "submit_latency_max_s": round(worst, 3),
+        "webhook_as_label_studio_waited_median_s": round(statistics.median(webhook), 4),
+        "webhook_as_label_studio_waited_max_s": round(max(webhook), 4),
+        "enabling_annotation_to_first_stored_prediction_s": round(to_first_prediction_s, 1),
+        "tasks_refreshed_first_version": len(refreshed_first),
+        "tasks_refreshed_latest_version": len(refreshed),
+        "annotations_to_refreshed_latest_version_s": round(refresh_s, 1),
+        "imported_task_to_stored_prediction_s": round(late_prediction_s, 1),
+        "versions": [first["version"], latest["version"]],
+    }
+    print(f"{project.kind.name}: {json.dumps(figures[project.kind.name])}")
+    assert max(webhook) < WEBHOOK_BOUND_S, f"/webhook took {max(webhook):.2f} s: {webhook}"
+    assert worst < SUBMIT_BOUND_S, f"a Submit took {worst:.2f} s: {project.submit_s}"
+
+
+def test_start_training_trains_while_annotation_events_wait_for_enough_labels(
+    open_project, figures
+):
+    """Without training on submit, the project webhook's annotation events reach videoloop
+    and wait for MIN_PER_LABEL; "Start training" trains with what there is."""
+    project = open_project(MIN_PER_LABEL="3")
+    order = project.labelling_order()
+    project.submit(order[0])
+    project.submit(order[1])
+    waiting = project.wait_settled(lambda run: True, "the run the annotation events asked for")
+    assert waiting["status"] == "skipped", waiting
+    assert "3 annotated videos" in waiting["reason"], waiting
+    assert project.served_version() == NO_MODEL
+
+    assert project.events_received() == Counter(ANNOTATION_CREATED=2), project.diagnostics()
+
+    press_s = project.ls.start_training(project.ml_id)
+    run = project.wait_settled(
+        lambda run: run["job_id"] != waiting["job_id"], "the run Start training asked for"
+    )
+    assert run["status"] == "trained" and run["promoted"], run
+    assert run["per_label"] == project.per_label(order[:2]), run
+    project.wait_served(run["version"])
+    converted = sorted(project.wait_refreshed(run["version"]) - set(order[:2]))[:2]
+    assert project.events_received() == Counter(ANNOTATION_CREATED=2, START_TRAINING=1)
+
+    # "Create Annotations From Predictions": one ANNOTATIONS_CREATED event, and a run follows.
+    answer = project.ls.dm_action(project.id, "predictions_to_annotations", converted)
+    assert answer["detail"] == "Created 2 annotations", answer
+    assert project.events_received()["ANNOTATIONS_CREATED"] == 1, project.diagnostics()
+    project.wait_settled(lambda last: last["job_id"] != run["job_id"], "the run they asked for")
+    figures[f"{project.kind.name}_start_training"] = {
+        "press_s": round(press_s, 3),
+        "submit_latency_max_s": round(max(project.submit_s), 3),
+    }
+    assert press_s < SUBMIT_BOUND_S, f"Start training took {press_s:.2f} s"
+    assert max(project.proxy.seconds["/webhook"]) < WEBHOOK_BOUND_S, project.proxy.seconds

@@ -1,0 +1,90 @@
+"""The model's architecture and optimiser settings, as data: no Keras here.
+
+Stored in each version's meta.json and read by code that must not import TensorFlow (the
+settings, the command line's argument checks); training/model.py builds the graph from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+BACKBONES = ("small", "mobilenet_v3_small")
+
+
+APPEARANCE_MODES = ("pooled", "full", "none")
+"""How the small backbone sees the frames themselves (ModelConfig.appearance)."""
+
+TEMPORAL_HEADS = ("lstm", "bilstm", "attention", "average")
+"""What reads the per-frame features over time (ModelConfig.temporal)."""
+
+
+AUTO_TEMPORAL = "auto"
+"""TRAIN_TEMPORAL's default: :func:`default_temporal` picks the head from the project."""
+
+
+def default_temporal(timeline: bool) -> str:
+    """The temporal head for a project's first model: ``bilstm`` when it labels frames
+    (a frame's label depends on what follows it too: bench/quality.py measures the heads on
+    a set whose label changes inside the clip), else the origin's ``lstm``."""
+    return "bilstm" if timeline else "lstm"
+
+
+def check_temporal(name: str) -> str:
+    """``name`` if it is one of TEMPORAL_HEADS.
+
+    Raises:
+        ValueError: naming the valid heads.
+    """
+    if name not in TEMPORAL_HEADS:
+        raise ValueError(f"unknown temporal head {name!r}; one of {', '.join(TEMPORAL_HEADS)}")
+    return name
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture and optimiser settings; stored in each version's meta.json."""
+
+    backbone: str = "small"
+    """'small' (conv stack, random init) or 'mobilenet_v3_small'."""
+    backbone_weights: str | None = None
+    """For mobilenet_v3_small: None (random init), 'imagenet' (downloads), or a .weights.h5 path."""
+    conv_filters: tuple[int, ...] = (16, 32, 64, 64)
+    grid_channels: int = 8
+    """Channels of the 1x1 projection whose spatial grid is flattened (keeps position)."""
+    frame_features: int = 128
+    lstm_units: int = 128
+    dropout: float = 0.3
+    recurrent_dropout: float = 0.0
+    frame_differences: bool = True
+    appearance: str = "pooled"
+    """How the small backbone sees the frames themselves, beside their differences:
+    'pooled' (default): a second, smaller conv stream over the frames, globally pooled and
+    heavily dropped out: what is in the video, not where, so it cannot memorise backgrounds
+    position by position; 'full': frames and differences stacked into one stream (6
+    channels); 'none': differences only (static backgrounds cancel out; static content is
+    invisible)."""
+    appearance_dropout: float = 0.5
+    pooled_features: bool = True
+    """Also feed the LSTM the grid's channel averages: position-free detectors (say, of
+    local motion direction in the difference channels) that generalise from few clips."""
+    temporal: str = "lstm"
+    """The temporal model (the origin guide's options): 'lstm' (default; its last state
+    classifies the clip), 'bilstm' (both directions; the two last states), 'attention' (an
+    LSTM whose outputs are pooled by attention), or 'average' (no temporal model: the mean of
+    the per-frame features, the baseline that cannot tell temporal order)."""
+    attention_units: int = 64
+    learning_rate: float = 1e-3
+    clipnorm: float = 1.0
+    label_smoothing: float = 0.1
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["conv_filters"] = list(self.conv_filters)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelConfig:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        if "conv_filters" in known:
+            known["conv_filters"] = tuple(known["conv_filters"])
+        return cls(**known)
