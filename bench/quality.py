@@ -11,8 +11,13 @@ Trains and scores, side by side on the same clips and splits, in one run:
 4. ``origin``: the origin guide's exact architecture, TimeDistributed(Conv2D(32,3,relu)) ->
    TimeDistributed(MaxPool2D) -> TimeDistributed(Conv2D(64,3,relu)) ->
    TimeDistributed(MaxPool2D) -> TimeDistributed(Flatten) -> LSTM(128) -> Dense(softmax),
-   input scaled to [0,1] inside the model, at ``--origin-frames`` x ``--origin-size``
-   (the guide's 32x224x224 by default). Its LSTM gets the padding mask (no parameters).
+   input scaled to [0,1] inside the model, trained at ``--origin-frames`` x
+   ``--origin-size`` (16x112x112 by default: at the guide's 32x224x224 one training step
+   takes about 3.5 s a clip here, so three seeds of 15 epochs would take hours). Its LSTM
+   gets the padding mask (no parameters). The same architecture at the guide's own input
+   (``--guide-frames`` x ``--guide-size``, 32x224x224) is also built, saved and timed, not
+   trained (row ``guide``): its parameters (95.6 M, the Flatten is 54*54*64 wide), file size,
+   ms per clip and peak memory are what the origin costs as the guide runs it.
 
 videoloop's models train with the product's own ``training.train.fit`` (tf.data pipeline,
 augmentation that keeps temporal order, class weights, Adam with clipnorm, label smoothing,
@@ -22,11 +27,13 @@ callbacks (``build_model`` cannot build it). Epochs are capped by ``--epochs``.
 
 Data sets:
 
-* ``synth``: ``training.synth.generate_dataset`` with ``--classes`` (default 4:
-  left_to_right, right_to_left, grow, shrink): classes that differ only in temporal order;
+* ``synth``: ``training.synth.generate_dataset`` with ``--classes`` (default 2:
+  left_to_right and right_to_left; 4 adds grow and shrink): classes that differ only in
+  temporal order;
 * ``real``: 16-frame stretches of the real clips in tests/data, seen through a window that
   pans left or right across the frame (``pan_left`` / ``pan_right``): real footage, and
-  only the order of the frames tells the classes apart;
+  only the order of the frames tells the classes apart (but each frame difference already
+  shows the pan's direction, so frame averaging over features of differences can too);
 * ``timeline``: synthetic clips whose motion changes (or not) inside the clip
   (``render_segmented_clip``), labelled per frame as a <TimelineLabels> project would be;
   scored by frame accuracy and segmental F1@0.5 on the sampled frames (the origin has no
@@ -189,6 +196,39 @@ def _train_one(job: dict) -> dict:
     }
 
 
+def _measure_guide_input(job: dict) -> dict:
+    """In a spawned process: the origin at the guide's own input (32x224x224 by default),
+    built and timed but not trained (training it takes hours here): parameters, file size,
+    ms per clip (``predict_on_batch``, best of 3 after a warm-up) and peak memory."""
+    sys.path.insert(0, str(ROOT))
+    frames, size, batch = job["frames"], job["size"], job["batch"]
+    model = _origin(job["classes"], frames, size)
+    rng = np.random.default_rng(0)
+    inputs = {
+        "frames": rng.integers(0, 256, (batch, frames, size, size, 3), dtype=np.uint8),
+        "mask": np.ones((batch, frames), bool),
+    }
+    model.predict_on_batch(inputs)
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        model.predict_on_batch(inputs)
+        times.append(time.perf_counter() - started)
+    path = Path(job["dir"]) / "origin_guide_input.keras"
+    model.save(path)
+    return {
+        "scores": [],
+        "f1": [],
+        "params": model.count_params(),
+        "bytes": path.stat().st_size,
+        "ms": min(times) / batch * 1000,
+        "train_s": float("nan"),
+        "epochs": [],
+        "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "input": f"{frames}x{size}x{size}",
+    }
+
+
 def _real_frames(width: int, height: int) -> list[tuple[str, np.ndarray, float]]:
     """Every frame of each real clip in tests/data, resized, with its fps."""
     import av
@@ -268,9 +308,9 @@ def _timeline_clips(out_dir: Path, per_pair: int, seed: int):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--classes", default="4", help="synthetic classes: 2, 4 or names")
-    parser.add_argument("--per-class", type=int, default=20, help="synthetic clips per class")
-    parser.add_argument("--real-per-class", type=int, default=20, help="real pans per class")
+    parser.add_argument("--classes", default="2", help="synthetic classes: 2, 4 or names")
+    parser.add_argument("--per-class", type=int, default=30, help="synthetic clips per class")
+    parser.add_argument("--real-per-class", type=int, default=30, help="real pans per class")
     parser.add_argument("--timeline-per-pair", type=int, default=15, help="per motion pair")
     parser.add_argument("--seed", type=int, default=0, help="data seed (every data set)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="split seeds")
@@ -280,12 +320,21 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--size", type=int, default=112)
     parser.add_argument(
-        "--origin-frames", type=int, default=16, help="the guide's 32 (out of memory here)"
+        "--origin-frames", type=int, default=16, help="trained origin's frames (the guide's 32)"
     )
-    parser.add_argument("--origin-size", type=int, default=224, help="the guide's 224")
+    parser.add_argument(
+        "--origin-size",
+        type=int,
+        default=112,
+        help="trained origin's frame size: the guide's 224 takes 3.5 s a clip and epoch here",
+    )
     parser.add_argument(
         "--origin-batch", type=int, default=4, help="the origin's batch (8 runs out of memory)"
     )
+    parser.add_argument(
+        "--guide-frames", type=int, default=32, help="the guide's input, measured untrained"
+    )
+    parser.add_argument("--guide-size", type=int, default=224, help="0: skip that measurement")
     parser.add_argument("--datasets", nargs="+", default=["synth", "real", "timeline"])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     args = parser.parse_args()
@@ -386,37 +435,61 @@ def main() -> None:
                     f"{time.perf_counter() - started:.0f} s so far",
                     flush=True,
                 )
+        if "origin" in args.models and args.guide_size:
+            job = {
+                "frames": args.guide_frames,
+                "size": args.guide_size,
+                "batch": 2,
+                "classes": 2,
+                "dir": tmp,
+            }
+            try:
+                with ProcessPoolExecutor(1, mp_context=ctx) as pool:
+                    results[("guide", "origin")] = pool.submit(_measure_guide_input, job).result()
+            except Exception as exc:
+                print(f"  origin at the guide's input: FAILED ({type(exc).__name__}: {exc})")
     print_table(results, args)
     print(f"total {time.perf_counter() - started:.0f} s")
 
 
 def print_table(results: dict[tuple[str, str], dict], args: argparse.Namespace) -> None:
     """The side-by-side table: accuracy (timeline: frame accuracy, segmental F1), size,
-    speed, memory, and ratios to the origin and to frame averaging."""
+    speed, memory, and ratios to the origin (as trained here, and at the guide's own input,
+    built and timed untrained: row ``guide``) and to frame averaging."""
+    guide = results.get(("guide", "origin"))
     print(
         f"\nseeds {args.seeds}, epochs {args.min_epochs}-{args.epochs} (patience "
         f"{args.patience}); held-out "
         "20 % per seed; acc = clip accuracy (timeline: frame accuracy), seg F1 = segmental "
-        "F1@0.5; vs avg = acc minus frame average's, in points\n"
+        "F1@0.5; vs avg = acc minus frame average's, in points; x origin: ratio to the origin "
+        "as trained on the same data; x guide: to the origin at the guide's input (untrained)\n"
         f"{'data':8} {'model':13} {'input':>11} {'acc mean':>8} {'acc min':>7} {'seg F1':>6} "
         f"{'vs avg':>6} {'params':>10} {'MB file':>8} {'ms/clip':>7} {'peak MB':>7} "
-        f"{'train s':>7} {'params x':>8} {'ms x':>7}"
+        f"{'train s':>7} {'params x origin':>15} {'ms x origin':>11} {'params x guide':>14} "
+        f"{'ms x guide':>10}"
     )
+
+    def ratio(r: dict, ref: dict | None, key: str, width: int) -> str:
+        return f"{r[key] / ref[key]:{width}.4f}" if ref else f"{'-':>{width}}"
+
     for (dataset, name), r in results.items():
-        ref = results.get((dataset, "origin"))
+        ref = results.get((dataset, "origin")) if dataset != "guide" else None
         avg = results.get((dataset, "frame average"))
-        params_x = f"{r['params'] / ref['params']:8.4f}" if ref else f"{'-':>8}"
-        ms_x = f"{r['ms'] / ref['ms']:7.4f}" if ref else f"{'-':>7}"
+        scores = r["scores"]
+        acc = f"{np.mean(scores):8.3f} {min(scores):7.3f}" if scores else f"{'-':>8} {'-':>7}"
         vs_avg = (
-            f"{100 * (np.mean(r['scores']) - np.mean(avg['scores'])):+6.1f}" if avg else f"{'-':>6}"
+            f"{100 * (np.mean(scores) - np.mean(avg['scores'])):+6.1f}"
+            if avg and scores
+            else f"{'-':>6}"
         )
         f1 = [f for f in r["f1"] if f is not None]
         f1_text = f"{np.mean(f1):6.3f}" if f1 else f"{'-':>6}"
+        on_guide = guide if dataset != "guide" else None
         print(
-            f"{dataset:8} {name:13} {r['input']:>11} {np.mean(r['scores']):8.3f} "
-            f"{min(r['scores']):7.3f} {f1_text} {vs_avg} {r['params']:10d} "
-            f"{r['bytes'] / 1e6:8.2f} {r['ms']:7.1f} {r['peak_mb']:7.0f} {r['train_s']:7.0f} "
-            f"{params_x} {ms_x}"
+            f"{dataset:8} {name:13} {r['input']:>11} {acc} {f1_text} {vs_avg} "
+            f"{r['params']:10d} {r['bytes'] / 1e6:8.2f} {r['ms']:7.1f} {r['peak_mb']:7.0f} "
+            f"{r['train_s']:7.0f} {ratio(r, ref, 'params', 15)} {ratio(r, ref, 'ms', 11)} "
+            f"{ratio(r, on_guide, 'params', 14)} {ratio(r, on_guide, 'ms', 10)}"
         )
 
 

@@ -345,3 +345,24 @@ def test_no_held_out_clip_gives_empty_outputs_and_metrics():
     assert outputs["classes"].shape == (0, 2) and outputs["timeline"].shape == (0, t, 3)
     metrics = evaluate(outputs, empty, ["a", "b"], ["x", "y"])
     assert metrics["accuracy"] is None and metrics["timeline"]["frame_accuracy"] is None
+
+
+def test_batchnorm_statistics_are_recalibrated_on_the_training_clips(synth_arrays):
+    import keras
+
+    from training.train import recalibrate_batchnorm
+
+    model = build_model(2, SMALL_CLIPS, TINY)
+    layer = model.get_layer("bn0")
+    trainable = [w.copy() for w in model.get_layer("conv0").get_weights()]
+    assert np.allclose(layer.moving_variance.numpy(), 1.0)  # Keras's initial value
+    # one batch of every clip: the moving statistics become exactly its statistics
+    assert recalibrate_batchnorm(model, synth_arrays, batch_size=len(synth_arrays)) > 0
+    conv = keras.Model(model.inputs, model.get_layer("conv0").output)
+    out = np.asarray(conv({"frames": synth_arrays.frames, "mask": synth_arrays.mask}))
+    out = out.reshape(-1, out.shape[-1])
+    np.testing.assert_allclose(layer.moving_mean.numpy(), out.mean(axis=0), rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(layer.moving_variance.numpy(), out.var(axis=0), rtol=1e-2, atol=1e-6)
+    assert layer.momentum == 0.9  # restored
+    for got, want in zip(model.get_layer("conv0").get_weights(), trainable, strict=True):
+        np.testing.assert_array_equal(got, want)

@@ -299,8 +299,45 @@ def fit(
         train_ds, validation_data=val_ds, epochs=epochs, verbose=0, callbacks=callbacks
     )
     history = {k: [float(v) for v in vs] for k, vs in result.history.items()}
+    recalibrate_batchnorm(model, train, train_config.batch_size)
     clean = as_float32(model, len(labels), sampling, model_config, n_timeline)
     return clean, history, init
+
+
+def recalibrate_batchnorm(model, data: ClipArrays, batch_size: int = 8) -> int:
+    """Set every BatchNormalization layer's moving mean and variance to their averages over
+    ``data`` (the training clips, unaugmented), leaving every other weight as it is.
+
+    Why: the moving statistics follow the batches with momentum 0.9, so they need a few
+    dozen training steps to settle; a first model trained on 2 clips per label sees one
+    batch an epoch, and its inference-mode statistics were still far from the data's (its
+    test accuracy on 4 classes: 0.25 at 8 x 64 x 64, 0.33 after this; at 50 clips and more it
+    changed nothing). Returns how many layers were recalibrated.
+    """
+    import keras
+
+    layers: list = []
+
+    def walk(layer) -> None:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layers.append(layer)
+        for inner in getattr(layer, "layers", None) or ():
+            walk(inner)
+
+    walk(model)
+    if not layers or not len(data):
+        return 0
+    momenta = [layer.momentum for layer in layers]
+    try:
+        for k, start in enumerate(range(0, len(data), batch_size), start=1):
+            for layer in layers:
+                layer.momentum = (k - 1) / k  # a running average over the batches
+            batch = slice(start, start + batch_size)
+            model({"frames": data.frames[batch], "mask": data.mask[batch]}, training=True)
+    finally:
+        for layer, momentum in zip(layers, momenta, strict=True):
+            layer.momentum = momentum
+    return len(layers)
 
 
 def training_callbacks(train_config: TrainConfig, *, has_val: bool) -> list:

@@ -1,0 +1,582 @@
+"""Does labelling the clips the model is least sure of save annotators' time? A simulation.
+
+A simulated annotator labels clips from a pool of synthetic videos (``training.synth``: four
+classes that differ only in temporal order, ``left_to_right``, ``right_to_left``, ``grow``,
+``shrink``), with the label the generator drew. A held-out test set, never labelled, scores
+every round. The loop, for each strategy and seed:
+
+1. label ``--seed-per-class`` clips of each class at random (2: the product starts training
+   on annotation events once every label has ``MIN_PER_LABEL`` = 2);
+2. train as the product's training job does (``training.jobs.run_training`` ->
+   ``train_and_publish`` -> ``training.train.fit``): the default ``ModelConfig()``,
+   ``TrainConfig(epochs=30, seed=seed)`` (TRAIN_EPOCHS' default; patience 10, batch 8,
+   augmentation, class weights, its tf.data pipeline), on the labelled clips split as
+   ``train_and_publish`` splits them (``--holdout product``): ``stable_split`` on task keys,
+   20 % test / 15 % validation, so a label with fewer than 3 clips trains whole and from 3 on
+   at least one clip goes to the product's own test part (its quality gate's; nothing here
+   trains on it) and one to validation (early stopping on validation loss). Without a
+   validation clip ``fit(train, None)`` monitors the training loss, as the product does.
+   From the second round on the model fine-tunes the last round's
+   (``fit(..., parent=...)``: ``warm_start``, same labels so every layer, learning rate
+   x0.3), as the job fine-tunes the current version (``--init scratch``: from scratch);
+3. score on the test set, then label ``--k`` more pool clips: ``uncertainty:<measure>``
+   takes those the new model is least sure of (``training.uncertainty.most_uncertain``, the
+   order Label Studio's Data Manager shows when sorted by prediction score; plain
+   ``uncertainty`` uses ``--measure``), ``random`` the next k of a random order;
+4. again, up to ``--budget`` labels.
+
+A seed sets the seed set, the model's initialisation and shuffling, and the random order;
+the clips and the pool/test split stay the same (``--seed``). Every strategy of one seed
+starts from the same labelled clips and initialisation, so the first point is shared. Runs
+are deterministic per seed (``keras.utils.set_random_seed`` inside ``fit`` and
+``tf.config.experimental.enable_op_determinism()``; without it the same first round, same
+clips and seed, scored 0.35 in one process and 0.29 in the next): with it the same command
+gave the same accuracies twice. ``--nondeterministic`` leaves it off. Each (strategy, seed) runs in a spawned process of its own, started
+again if it dies (on this shared machine another job's process was killed by the OOM
+killer, and one of these vanished mid-run). Peak MB is that process's ru_maxrss; RSS is
+resident memory after each round's ``keras.backend.clear_session()`` and ``gc.collect()``:
+it grows by 50-60 MB a trained model, which plain ``model.fit`` on numpy arrays shows too
+(Keras 3.15 / TF 2.21, not videoloop's code; ``malloc_trim`` does not give it back), hence
+a process per run.
+
+Labels to reach the target: the first label count whose test accuracy is at or above
+``--target``; a run that never gets there shows ``>budget`` and counts as the budget in the
+mean (then a lower bound, marked ``>``). ``x random``: mean labels needed over random's.
+``mean acc``: the mean over all label counts (the area under the curve over its width).
+
+Not simulated: the quality gate (every round's model ranks the pool and is scored here),
+annotators labelling while a model trains, label noise, real footage. Sampling is 8 frames
+at 64x64 (not the product's 16 at 112) to keep the default run near half an hour on 2
+cores; the classes need motion, so 8 frames are enough. Run from the repository root (not
+imported by the packages):
+
+    .venv/bin/python bench/active_learning.py [--json FIGURES.json]
+
+Measured here (2 cores shared with another benchmark for most of the run, so times are
+noisy; 100 test clips, so a clip is a point of accuracy; the PNG is
+``bench/active_learning.png``):
+
+    $ .venv/bin/python bench/active_learning.py
+    machine: x86_64, 2 cores, 24 GB RAM, python 3.11.7, tensorflow 2.21.0, keras 3.15.1, numpy 2.2.6
+    data: ['left_to_right', 'right_to_left', 'grow', 'shrink'], 100 clips each (data seed 0): pool 300, test 100; T=8 at 64x64; 63 s to generate and decode
+    loop: seed set 2/class, +8 a round up to 128 labels; seeds [0, 1, 2]; epochs <= 30 (patience 10); holdout product; init parent; target 0.9
+
+      uncertainty:least_confidence seed 0: acc 0.46 0.48 0.55 0.57 0.61 0.61 0.66 0.77 0.86 0.95 0.97 0.98 0.98 0.98 0.98 0.98; 804 s, 881 s so far
+      random seed 0: acc 0.46 0.39 0.49 0.48 0.50 0.56 0.56 0.60 0.66 0.82 0.78 0.87 0.91 0.90 0.93 0.96; 810 s, 1706 s so far
+      uncertainty:least_confidence seed 1: acc 0.36 0.37 0.37 0.41 0.47 0.50 0.55 0.58 0.63 0.64 0.69 0.86 0.81 0.90 0.90 0.94; 877 s, 2602 s so far
+      random seed 1: acc 0.36 0.39 0.39 0.48 0.46 0.55 0.62 0.72 0.73 0.76 0.79 0.79 0.88 0.87 0.91 0.93; 1027 s, 3651 s so far
+      uncertainty:least_confidence seed 2: acc 0.30 0.32 0.35 0.47 0.49 0.46 0.52 0.53 0.58 0.67 0.77 0.84 0.90 0.93 0.90 0.96; 747 s, 4411 s so far
+      random seed 2: acc 0.30 0.31 0.36 0.49 0.56 0.56 0.60 0.68 0.71 0.72 0.80 0.83 0.84 0.87 0.93 0.97; 716 s, 5145 s so far
+
+    test accuracy by labelled clips, mean over seeds [0, 1, 2] (min)
+    labels uncertainty:least_confidence                       random
+         8                0.373 (0.300)                0.373 (0.300)
+        16                0.390 (0.320)                0.363 (0.310)
+        24                0.423 (0.350)                0.413 (0.360)
+        32                0.483 (0.410)                0.483 (0.480)
+        40                0.523 (0.470)                0.507 (0.460)
+        48                0.523 (0.460)                0.557 (0.550)
+        56                0.577 (0.520)                0.593 (0.560)
+        64                0.627 (0.530)                0.667 (0.600)
+        72                0.690 (0.580)                0.700 (0.660)
+        80                0.753 (0.640)                0.767 (0.720)
+        88                0.810 (0.690)                0.790 (0.780)
+        96                0.893 (0.840)                0.830 (0.790)
+       104                0.897 (0.810)                0.877 (0.840)
+       112                0.937 (0.900)                0.880 (0.870)
+       120                0.927 (0.900)                0.923 (0.910)
+       128                0.960 (0.940)                0.953 (0.930)
+       all                        0.674                        0.667
+
+    labels to reach test accuracy 0.9 (the first round at or above it; >128: not reached within the budget, counted as 128 in the mean)
+    strategy                       seed 0   seed 1   seed 2    mean mean acc x random        per seed x random
+    uncertainty:least_confidence       80      112      104    98.7    0.674     0.86           0.77 0.93 0.87
+    random                            104      120      120   114.7    0.667
+    uncertainty:least_confidence reached 0.9 with fewer labels than random on 3 of 3 seeds, with more on 0
+
+    strategy                      fit s round s epochs  trained RSS MB first RSS MB last peak MB labels per class
+    uncertainty:least_confidence   46.2    50.6   26.7     8-83          996        1936    1961      33/29/36/31
+    random                         48.2    53.2   26.2     8-83          988        1934    1953      35/28/31/33
+    plot: bench/active_learning.png
+    total 5146 s
+
+
+Reading: on every seed uncertainty sampling (least confidence) reached 0.9 with fewer labels
+than random (80/112/104 against 104/120/120): 98.7 against 114.7 on average, 0.86 times as
+many, 16 labels saved. The curves are level until ~90 labels and part only near the target
+(mean accuracy over the whole curve 0.674 against 0.667): uncertainty sampling helps once the
+model is good enough for its doubts to mean something, not before. The first model, from 2
+clips a label, scores 0.30-0.46 (0.29 on every seed before ``training.train`` re-estimated
+BatchNorm's statistics after training: with one batch an epoch the moving variance was still
+far from the data's and the model predicted one or two classes for everything). The
+product's split costs labels at every size: of 128 labelled clips 83 train, the rest are the
+gate's test part and validation.
+
+The measures, from a run before that BatchNorm change (the same seeds; the first model then
+scored 0.29, so these are not comparable with the table above, only with each other):
+
+    strategy                       seed 0   seed 1   seed 2    mean mean acc x random        per seed x random
+    uncertainty:least_confidence       80       96      104    93.3    0.701     0.83           0.77 0.92 0.81
+    uncertainty:margin                 88       96      112    98.7    0.689     0.88           0.85 0.92 0.88
+    uncertainty:entropy                88      104      112   101.3    0.700     0.90           0.85 1.00 0.88
+    random                            104      104      128   112.0    0.662
+
+All three needed fewer labels than random (entropy tied it on seed 1); none clearly beats the
+others: 8 labels is one round, and with three seeds the differences between measures are
+within the seed-to-seed spread. One synthetic data set: the size of the gain says little
+about real footage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import multiprocessing as mp
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+HOLDOUTS = ("product", "val", "none")
+
+
+def _parse_strategy(spec: str, default_measure: str) -> tuple[str, str | None]:
+    """``random`` | ``uncertainty`` | ``uncertainty:<measure>`` -> (kind, measure)."""
+    from training.uncertainty import parse_measure
+
+    kind, _, measure = spec.partition(":")
+    if kind == "random" and not measure:
+        return "random", None
+    if kind == "uncertainty":
+        try:
+            return "uncertainty", parse_measure(measure or default_measure).value
+        except ValueError as exc:
+            raise SystemExit(str(exc)) from None
+    raise SystemExit(f"unknown strategy {spec!r}: random, uncertainty or uncertainty:<measure>")
+
+
+def _name(kind: str, measure: str | None) -> str:
+    return kind if measure is None else f"{kind}:{measure}"
+
+
+def _split_labelled(keys, y, holdout: str, train_config):
+    """What the product trains and early-stops on, out of the labelled clips (indices into
+    them): ``product`` splits like ``train_and_publish`` (``stable_split`` with the
+    TrainConfig's test and validation fractions; its test part is for the product's quality
+    gate, so nothing here trains on it), ``val`` holds out only the validation part, ``none``
+    trains on every label and monitors the training loss."""
+    from training.dataset import stable_split
+
+    if holdout == "none":
+        return np.arange(len(y)), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    test_fraction = train_config.test_fraction if holdout == "product" else 0.0
+    train, gate, val = stable_split(keys, y, (test_fraction, train_config.val_fraction))
+    return train, val, gate
+
+
+def _run_one(job: dict) -> dict:
+    """In a spawned process: one strategy, one seed, every round; returns the curve."""
+    sys.path.insert(0, str(ROOT))
+    import keras
+    import tensorflow as tf
+
+    from training.dataset import ClipArrays
+    from training.model import ModelConfig
+    from training.sampling import SamplingConfig
+    from training.store import VersionInfo
+    from training.train import TrainConfig, fit, predict_arrays
+    from training.uncertainty import most_uncertain
+
+    if job["deterministic"]:
+        tf.config.experimental.enable_op_determinism()
+    arrays = np.load(job["data"])
+    labels = job["labels"]
+    data = ClipArrays(
+        arrays["frames"],
+        arrays["mask"],
+        arrays["y"],
+        [f"clip{i}" for i in range(len(arrays["y"]))],
+        [f"task:{i}" for i in range(len(arrays["y"]))],  # as the job keys Label Studio tasks
+    )
+    test = data.subset(arrays["test"])
+    pool = arrays["pool"]  # indices into data
+    sampling = SamplingConfig(*data.frames.shape[1:4])
+    model_config = ModelConfig()
+    train_config = TrainConfig(epochs=job["epochs"], patience=job["patience"], seed=job["seed"])
+    seed, k, budget = job["seed"], job["k"], job["budget"]
+
+    rng = np.random.default_rng([seed, 0])
+    labelled = [
+        int(i)
+        for c in range(len(labels))
+        for i in rng.permutation(pool[data.y[pool] == c])[: job["seed_per_class"]]
+    ]
+    random_order = (
+        np.random.default_rng([seed, 1]).permutation(np.setdiff1d(pool, labelled)).tolist()
+    )
+
+    rounds, parent = [], None
+    with tempfile.TemporaryDirectory() as tmp:
+        while True:
+            started = time.perf_counter()
+            chosen = data.subset(np.asarray(labelled))
+            tr, va, gate = _split_labelled(chosen.keys, chosen.y, job["holdout"], train_config)
+            model, history, init = fit(
+                chosen.subset(tr),
+                chosen.subset(va) if len(va) else None,
+                labels,
+                sampling,
+                model_config,
+                train_config,
+                parent=parent,
+            )
+            fit_s = time.perf_counter() - started
+            accuracy = float((predict_arrays(model, test).argmax(1) == test.y).mean())
+            unlabelled = np.setdiff1d(pool, labelled)
+            more = min(k, budget - len(labelled), len(unlabelled))
+            picked: list[int] = []
+            if more > 0:
+                if job["kind"] == "random":
+                    picked, random_order = random_order[:more], random_order[more:]
+                else:
+                    probs = predict_arrays(model, data.subset(unlabelled))
+                    picked = [
+                        int(unlabelled[i]) for i in most_uncertain(probs, more, job["measure"])
+                    ]
+            if job["init"] == "parent" and more > 0:
+                folder = Path(tmp) / f"r{len(rounds)}"
+                folder.mkdir()
+                model.save(folder / "model.keras")
+                parent = VersionInfo("bench", folder.name, folder, {"labels": list(labels)})
+            del model
+            keras.backend.clear_session()  # fresh layer names for warm_start, as a new job has
+            gc.collect()
+            rounds.append(
+                {
+                    "labels": len(labelled),
+                    "accuracy": accuracy,
+                    "train": len(tr),
+                    "val": len(va),
+                    "gate": len(gate),
+                    "epochs": len(history.get("loss", [])),
+                    "init": init,
+                    "fit_s": fit_s,
+                    "round_s": time.perf_counter() - started,
+                    "rss_mb": _rss_mb(),
+                    "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                    "per_class": np.bincount(chosen.y, minlength=len(labels)).tolist(),
+                }
+            )
+            if more <= 0:
+                break
+            labelled.extend(picked)
+    return {"rounds": rounds}
+
+
+RETRIES = 2
+"""Times a run is started again when its process dies (the OOM killer on a shared machine)."""
+
+
+def _in_fresh_process(job: dict, ctx) -> dict:
+    """``_run_one(job)`` in a spawned process of its own; started again if it is killed."""
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    for attempt in range(RETRIES + 1):
+        try:
+            with ProcessPoolExecutor(1, mp_context=ctx) as executor:
+                return executor.submit(_run_one, job).result()
+        except BrokenProcessPool:
+            if attempt == RETRIES:
+                raise
+            print(f"  (the process of {job['kind']} seed {job['seed']} died; again)", flush=True)
+    raise AssertionError("unreachable")
+
+
+def _rss_mb() -> float:
+    """This process's resident memory now, in MB (Linux)."""
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _labels_to_reach(rounds: list[dict], target: float) -> int | None:
+    """The first label count whose test accuracy is at least ``target`` (None: never)."""
+    return next((r["labels"] for r in rounds if r["accuracy"] >= target), None)
+
+
+def _plot(path: Path, curves: dict, target: float, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    for n, (name, runs) in enumerate(curves.items()):
+        colour = f"C{n}"
+        x = np.array([r["labels"] for r in runs[0]])
+        acc = np.array([[r["accuracy"] for r in run] for run in runs])
+        for run in acc:
+            ax.plot(x, run, color=colour, alpha=0.25, linewidth=1)
+        ax.plot(
+            x,
+            acc.mean(0),
+            color=colour,
+            linewidth=2.2,
+            marker="o",
+            markersize=3.5,
+            label=f"{name} (mean of {len(runs)} seeds)",
+        )
+    ax.axhline(target, color="k", linestyle="--", linewidth=1, label=f"target {target:g}")
+    ax.set_xlabel("labelled clips")
+    ax.set_ylabel("held-out test accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--classes", default="4", help="synthetic classes: a number or names")
+    parser.add_argument("--pool-per-class", type=int, default=75, help="unlabelled pool clips")
+    parser.add_argument("--test-per-class", type=int, default=25, help="held-out test clips")
+    parser.add_argument("--seed", type=int, default=0, help="data set seed (clips, pool/test)")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0, 1, 2],
+        help="seed set, model init and random order, one run each",
+    )
+    parser.add_argument(
+        "--strategies",
+        nargs="+",
+        default=["uncertainty", "random"],
+        help="random | uncertainty | uncertainty:<measure>",
+    )
+    parser.add_argument(
+        "--measure",
+        default="least_confidence",
+        help="the measure of a plain 'uncertainty' strategy",
+    )
+    parser.add_argument(
+        "--seed-per-class",
+        type=int,
+        default=2,
+        help="labelled clips per class to start with (MIN_PER_LABEL is 2)",
+    )
+    parser.add_argument("--k", type=int, default=8, help="clips labelled per round")
+    parser.add_argument("--budget", type=int, default=128, help="most labelled clips")
+    parser.add_argument("--target", type=float, default=0.9, help="test accuracy to reach")
+    parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=30, help="TRAIN_EPOCHS' default")
+    parser.add_argument("--patience", type=int, default=10, help="TrainConfig's default")
+    parser.add_argument(
+        "--holdout",
+        default="product",
+        choices=HOLDOUTS,
+        help="which labelled clips train (see _split_labelled)",
+    )
+    parser.add_argument(
+        "--init",
+        default="parent",
+        choices=("parent", "scratch"),
+        help="fine-tune the last round's model (as the job does) or not",
+    )
+    parser.add_argument(
+        "--nondeterministic",
+        action="store_true",
+        help="skip tf.config.experimental.enable_op_determinism()",
+    )
+    parser.add_argument("--plot", type=Path, default=ROOT / "bench" / "active_learning.png")
+    parser.add_argument("--json", type=Path, help="also write every round's figures here")
+    args = parser.parse_args()
+    started = time.perf_counter()
+
+    sys.path.insert(0, str(ROOT))
+    import keras
+    import tensorflow as tf
+
+    from training.dataset import decode_labelled, stratified_split
+    from training.labelled_files import read_manifest
+    from training.sampling import SamplingConfig
+    from training.synth import generate_dataset, select_classes
+
+    strategies = [_parse_strategy(s, args.measure) for s in args.strategies]
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, "
+        f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GB RAM, "
+        f"python {platform.python_version()}, tensorflow {tf.__version__}, "
+        f"keras {keras.__version__}, numpy {np.__version__}"
+    )
+    labels = select_classes(args.classes)
+    per_class = args.pool_per_class + args.test_per_class
+    sampling = SamplingConfig(frames=args.frames, height=args.size, width=args.size)
+    ctx = mp.get_context("spawn")
+    curves: dict[str, list[list[dict]]] = {_name(*s): [] for s in strategies}
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest = generate_dataset(Path(tmp), classes=labels, per_class=per_class, seed=args.seed)
+        data, skipped = decode_labelled(read_manifest(manifest), labels, sampling)
+        if skipped:
+            raise SystemExit(f"unreadable synthetic clips: {skipped}")
+        pool, test = stratified_split(data.y, (args.test_per_class / per_class,), seed=args.seed)
+        path = Path(tmp) / "clips.npz"
+        np.savez(path, frames=data.frames, mask=data.mask, y=data.y, pool=pool, test=test)
+        print(
+            f"data: {labels}, {per_class} clips each (data seed {args.seed}): pool {len(pool)}, "
+            f"test {len(test)}; T={args.frames} at {args.size}x{args.size}; "
+            f"{time.perf_counter() - started:.0f} s to generate and decode"
+        )
+        print(
+            f"loop: seed set {args.seed_per_class}/class, +{args.k} a round up to "
+            f"{args.budget} labels; seeds {args.seeds}; epochs <= {args.epochs} (patience "
+            f"{args.patience}); holdout {args.holdout}; init {args.init}; target {args.target:g}\n",
+            flush=True,
+        )
+        for seed in args.seeds:
+            for kind, measure in strategies:
+                job = {
+                    "data": str(path),
+                    "labels": labels,
+                    "kind": kind,
+                    "measure": measure,
+                    "seed": seed,
+                    "seed_per_class": args.seed_per_class,
+                    "k": args.k,
+                    "budget": args.budget,
+                    "epochs": args.epochs,
+                    "patience": args.patience,
+                    "holdout": args.holdout,
+                    "init": args.init,
+                    "deterministic": not args.nondeterministic,
+                }
+                rounds = _in_fresh_process(job, ctx)["rounds"]
+                curves[_name(kind, measure)].append(rounds)
+                accuracies = " ".join(f"{r['accuracy']:.2f}" for r in rounds)
+                print(
+                    f"  {_name(kind, measure)} seed {seed}: acc {accuracies}; "
+                    f"{sum(r['round_s'] for r in rounds):.0f} s, "
+                    f"{time.perf_counter() - started:.0f} s so far",
+                    flush=True,
+                )
+    _report(curves, args)
+    if args.json:
+        args.json.write_text(json.dumps({"args": vars(args), "curves": curves}, default=str))
+        print(f"figures: {args.json}")
+    title = (
+        f"{len(labels)} synthetic classes, pool {len(pool)}, test {len(test)}, "
+        f"T={args.frames} at {args.size}px; +{args.k}/round; holdout {args.holdout}, "
+        f"init {args.init}; seeds {args.seeds}"
+    )
+    _plot(args.plot, curves, args.target, title)
+    print(f"plot: {args.plot}")
+    print(f"total {time.perf_counter() - started:.0f} s")
+
+
+def _bound(values: list[int | None], budget: int) -> tuple[float, str]:
+    """Mean labels needed, not-reached counted as the budget; ">" when that makes it a
+    lower bound."""
+    mean = float(np.mean([v if v is not None else budget for v in values]))
+    return mean, ">" if any(v is None for v in values) else ""
+
+
+def _before(a: int | None, b: int | None) -> bool:
+    """Whether ``a`` labels is strictly fewer than ``b`` (None: not reached)."""
+    return a is not None and (b is None or a < b)
+
+
+def _ratio(mine: list[int | None], theirs: list[int | None], budget: int) -> str:
+    """Mean labels needed over the reference's; ">"/"<": a bound, "?": both not reached."""
+    (a, a_open), (b, b_open) = _bound(mine, budget), _bound(theirs, budget)
+    mark = {("", ""): "", (">", ""): ">", ("", ">"): "<"}.get((a_open, b_open), "?")
+    return f"{mark}{a / b:.2f}"
+
+
+def _report(curves: dict[str, list[list[dict]]], args) -> None:
+    names = list(curves)
+    width = max(14, *(len(n) for n in names))
+    counts = [r["labels"] for r in curves[names[0]][0]]
+    budget = counts[-1]
+    print(f"\ntest accuracy by labelled clips, mean over seeds {args.seeds} (min)")
+    print(f"{'labels':>6} " + " ".join(f"{n:>{width}}" for n in names))
+    for i, n in enumerate(counts):
+        cells = []
+        for name in names:
+            acc = [run[i]["accuracy"] for run in curves[name]]
+            cells.append(f"{f'{np.mean(acc):.3f} ({min(acc):.3f})':>{width}}")
+        print(f"{n:6d} " + " ".join(cells))
+    mean_acc = {
+        name: np.mean([[r["accuracy"] for r in run] for run in curves[name]]) for name in names
+    }
+    print(f"{'all':>6} " + " ".join(f"{f'{mean_acc[n]:.3f}':>{width}}" for n in names))
+
+    needed = {n: [_labels_to_reach(run, args.target) for run in curves[n]] for n in names}
+    reference = "random" if "random" in names else None
+    print(
+        f"\nlabels to reach test accuracy {args.target:g} (the first round at or above it; "
+        f">{budget}: not reached within the budget, counted as {budget} in the mean)"
+    )
+    print(
+        f"{'strategy':{width}} "
+        + " ".join(f"{'seed ' + str(s):>8}" for s in args.seeds)
+        + f" {'mean':>7} {'mean acc':>8}"
+        + (f" {'x random':>8} {'per seed x random':>24}" if reference else "")
+    )
+    for name in names:
+        reach = needed[name]
+        cells = [f"{r:8d}" if r is not None else f"{'>' + str(budget):>8}" for r in reach]
+        mean, open_ = _bound(reach, budget)
+        line = f"{name:{width}} " + " ".join(cells) + f" {open_ + f'{mean:.1f}':>7}"
+        line += f" {mean_acc[name]:8.3f}"
+        if reference and name != reference:
+            per_seed = " ".join(
+                _ratio([a], [b], budget) for a, b in zip(reach, needed[reference], strict=True)
+            )
+            line += f" {_ratio(reach, needed[reference], budget):>8} {per_seed:>24}"
+        print(line)
+    for name in names:
+        if reference and name != reference:
+            pairs = list(zip(needed[name], needed[reference], strict=True))
+            fewer = sum(_before(a, b) for a, b in pairs)
+            more = sum(_before(b, a) for a, b in pairs)
+            print(
+                f"{name} reached {args.target:g} with fewer labels than random on {fewer} of "
+                f"{len(pairs)} seeds, with more on {more}"
+            )
+
+    print(
+        f"\n{'strategy':{width}} {'fit s':>6} {'round s':>7} {'epochs':>6} {'trained':>8} "
+        f"{'RSS MB first':>12} {'RSS MB last':>11} {'peak MB':>7} {'labels per class':>16}"
+    )
+    for name in names:
+        runs = curves[name]
+        rounds = [r for run in runs for r in run]
+        per_class = np.mean([run[-1]["per_class"] for run in runs], axis=0)
+        trained = f"{runs[0][0]['train']}-{max(r['train'] for r in rounds)}"
+        print(
+            f"{name:{width}} {np.mean([r['fit_s'] for r in rounds]):6.1f} "
+            f"{np.mean([r['round_s'] for r in rounds]):7.1f} "
+            f"{np.mean([r['epochs'] for r in rounds]):6.1f} {trained:>8} "
+            f"{np.mean([run[0]['rss_mb'] for run in runs]):12.0f} "
+            f"{np.mean([run[-1]['rss_mb'] for run in runs]):11.0f} "
+            f"{max(r['peak_mb'] for r in rounds):7.0f} "
+            f"{'/'.join(f'{c:.0f}' for c in per_class):>16}"
+        )
+
+
+if __name__ == "__main__":
+    main()
