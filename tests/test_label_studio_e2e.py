@@ -454,7 +454,7 @@ def test_annotations_train_versions_whose_predictions_label_studio_stores(open_p
     # Sorting by prediction score (lowest confidence first): the refresh made this version
     # the project's selected predictions (Settings -> Annotation -> Prelabeling; connecting
     # had selected the backend's title, under which the score column is empty).
-    assert ls.project(project.id)["model_version"] == first["version"]
+    wait_selected(ls, project.id, first["version"])
     ordered = [t["predictions_score"] for t in ls.tasks_by_prediction_score(project.id)]
     assert ordered == sorted(p["score"] for p in stored), ordered
 
@@ -486,7 +486,7 @@ def test_annotations_train_versions_whose_predictions_label_studio_stores(open_p
     refresh_s = time.monotonic() - submitted_at
     assert refreshed.isdisjoint(set(order[:6])), "labelled tasks were refreshed"
     project.wait_served(latest["version"])
-    assert ls.project(project.id)["model_version"] == latest["version"]  # followed it
+    wait_selected(ls, project.id, latest["version"])  # followed it
     store = ModelStore(project.workdir / "models")
     assert store.get_current(str(project.id)) == latest["version"]
     ls.retrieve_predictions(project.id)
@@ -517,6 +517,15 @@ def test_annotations_train_versions_whose_predictions_label_studio_stores(open_p
     print(f"{project.kind.name}: {json.dumps(figures[project.kind.name])}")
     assert max(webhook) < WEBHOOK_BOUND_S, f"/webhook took {max(webhook):.2f} s: {webhook}"
     assert worst < SUBMIT_BOUND_S, f"a Submit took {worst:.2f} s: {project.submit_s}"
+
+
+def wait_selected(ls, project_id: int, version: str, timeout_s: float = 30.0) -> None:
+    """Wait until ``version`` is the project's selected predictions: the refresh job selects
+    it after writing the predictions, so it can lag the last one seen by a moment."""
+    deadline = time.monotonic() + timeout_s
+    while (selected := ls.project(project_id)["model_version"]) != version:
+        assert time.monotonic() < deadline, (selected, version)
+        time.sleep(0.2)
 
 
 def test_start_training_trains_while_annotation_events_wait_for_enough_labels(
