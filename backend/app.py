@@ -19,7 +19,7 @@ from backend import protocol
 from backend.serving import ModelServer
 from backend.training_queue import open_training
 from backend.training_requests import TrainingRequests, TrainingUnavailable
-from training.labelconfig import LabelConfigError, parse_label_config
+from training.labelstudio.labelconfig import LabelConfigError, parse_label_config
 from training.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ def create_app(
     app.extensions[EXTENSION_KEY] = server
     app.extensions[TRAINING_KEY] = training = training or open_training(settings)
     if own_server:  # swap on pub/sub notices, over the training queue's Redis (or fakeredis)
-        server.listen(training.coordinator.connection)
+        server.listen(training.jobs.coordinator.connection)
     app.register_blueprint(bp)
     return app
 
@@ -236,7 +236,7 @@ def training_status(project: str):
         raise RequestError(str(exc)) from None
     training = get_training()
     try:
-        state = training.coordinator.get_state(project)
+        state = training.jobs.coordinator.get_state(project)
     except redis.RedisError as exc:
         return _error(f"Redis is unreachable ({type(exc).__name__})", 503)
     state["kept_while_redis_down"] = training.get_kept().get(project, 0)

@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from training.model_config import TEMPORAL_HEADS
+from training.model.config import TEMPORAL_HEADS
 from training.settings import Settings
 
 
@@ -40,7 +40,7 @@ def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_synth(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
-    from training.synth import generate_dataset, select_classes
+    from training.video.synth import generate_dataset, select_classes
 
     classes = select_classes(args.classes)
     total = len(classes) * args.per_class
@@ -97,12 +97,12 @@ class _TrainingBar:
 
 def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     _quiet_tensorflow()
-    from training.jobs import promote
-    from training.labelled_files import load_labelled_videos
-    from training.model import ModelConfig
-    from training.sampling import SamplingConfig
-    from training.store import ModelStore
-    from training.train import TrainConfig, train_and_publish
+    from training.jobs.training import promote
+    from training.learn.labelled_files import load_labelled_videos
+    from training.learn.train import TrainConfig, train_and_publish
+    from training.model.build import ModelConfig
+    from training.versions.store import ModelStore
+    from training.video.clip import SamplingConfig
 
     videos = load_labelled_videos(args.data)
     sampling = SamplingConfig(frames=args.frames, height=args.size, width=args.size)
@@ -162,11 +162,10 @@ def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
 
 def _cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
     _quiet_tensorflow()
-    from training.decode import decode_many
-    from training.predict import load_version
-    from training.sampler import VideoDecodeError
-    from training.sampling import stack_clips
-    from training.store import ModelStore
+    from training.model.loaded import load_version
+    from training.versions.store import ModelStore
+    from training.video.clip import stack_clips
+    from training.video.decoder import VideoDecodeError, decode_many
 
     info = ModelStore(settings.model_dir).get_current_info(args.project)
     if info is None:
@@ -194,8 +193,8 @@ def _cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
 def _prediction_row(video: str, clip, outputs: dict, model, settings: Settings) -> dict:
     """One line of ``videoloop predict``: the class with its probabilities and/or the
     segments (frame numbers 1-based, inclusive, at the video's own frame rate)."""
-    from training.timeline import predict_segments
-    from training.uncertainty import confidence
+    from training.labelstudio.timeline import predict_segments
+    from training.model.uncertainty import confidence
 
     row: dict = {"video": video, "model_version": model.version}
     scores = []
@@ -229,7 +228,7 @@ def _prediction_row(video: str, clip, outputs: dict, model, settings: Settings) 
 
 def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     _quiet_tensorflow()
-    from training.worker import run_worker
+    from training.jobs.worker import run_worker
 
     run_worker(settings, burst=args.burst, name=args.name)
     return 0
@@ -243,7 +242,7 @@ def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     if settings.redis_url and not args.url:
         import redis
 
-        from training.jobs import make_coordinator
+        from training.jobs.training import make_coordinator
 
         connection = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2)
         state = make_coordinator(connection, settings).get_state(project)
@@ -312,7 +311,7 @@ def _version_row(info) -> dict[str, str]:
 def _cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     """List, show, promote and roll back a project's versions (no TensorFlow needed)."""
     from backend.protocol import normalize_project
-    from training.store import ModelStore
+    from training.versions.store import ModelStore
 
     project = normalize_project(args.project)
     store = ModelStore(settings.model_dir)
@@ -355,8 +354,8 @@ def _change_current(store, project: str, version: str, action: str, settings: Se
     process swaps within seconds), queue the refresh of predictions, print what changed."""
     import redis
 
-    from training.current import VersionPointer
-    from training.jobs import enqueue_refresh
+    from training.jobs.training import enqueue_refresh
+    from training.versions.current import VersionPointer
 
     store.get_version(project, version)  # raises StoreError (exit 2) if absent
     before = store.get_current(project)

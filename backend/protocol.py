@@ -3,15 +3,15 @@
 See DESIGN.md "Label Studio protocol": a prediction is ``{"result": [...], "score": float,
 "model_version": str}``, one per task, and ``score`` is a confidence in [0, 1] that Label
 Studio sorts ascending to pick the next tasks to label. The result and prediction builders
-live in ``training/results.py`` (the refresh job writes the same predictions, and training
-never imports backend); they are re-exported here for the serving side.
+live in ``training/labelstudio/results.py`` (the refresh job writes the same predictions,
+and training never imports backend); they are re-exported here for the serving side.
 """
 
 from __future__ import annotations
 
 import re
 
-from training.results import (
+from training.labelstudio.results import (
     allowed_label_indices,
     choices_result,
     empty_prediction,
@@ -19,7 +19,7 @@ from training.results import (
     pick_label,
     video_prediction,
 )
-from training.store import validate_project
+from training.versions.store import validate_project
 
 __all__ = [
     "allowed_label_indices",

@@ -1,6 +1,6 @@
 """The model owner of a serving process: one loaded version per project, swapped in whole.
 
-The store's ``current`` pointer is the truth shared by every process (training/current.py).
+The store's ``current`` pointer is the truth shared by every process (training/versions/current.py).
 Each process compares it with what it has loaded and, when they differ, loads the new version
 on a background thread (load + warm-up), then swaps the project's reference under a lock that
 guards only the swap. Requests read the reference once and use that bundle to the end, so a
@@ -36,19 +36,19 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from backend import protocol
-from training.current import CurrentVersion, PointerListener, VersionPointer
-from training.labelconfig import VideoControls
-from training.media import MediaError, MediaResolver, get_video_url
-from training.results import fillable_controls
-from training.sampler import VideoDecodeError, sample_clip
-from training.sampling import Clip, stack_clips
+from training.labelstudio.labelconfig import VideoControls
+from training.labelstudio.results import fillable_controls
 from training.settings import Settings
-from training.store import NO_MODEL_VERSION, ModelStore, VersionInfo
+from training.versions.current import CurrentVersion, PointerListener, VersionPointer
+from training.versions.store import NO_MODEL_VERSION, ModelStore, VersionInfo
+from training.video.clip import Clip, stack_clips
+from training.video.decoder import VideoDecodeError, sample_clip
+from training.video.media import MediaError, MediaResolver, get_video_url
 
 if TYPE_CHECKING:
     import redis
 
-    from training.predict import LoadedModel
+    from training.model.loaded import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ Loader = Callable[[VersionInfo, int], "LoadedModel"]
 
 def load_with_tensorflow(info: VersionInfo, batch_size: int) -> LoadedModel:
     """The default loader; imports TensorFlow on the loading thread, never at import time."""
-    from training.predict import load_version
+    from training.model.loaded import load_version
 
     return load_version(info, batch_size=batch_size)
 
@@ -112,7 +112,7 @@ class ModelServer:
             the media settings.
         store: the model store (default: ModelStore(settings.model_dir)).
         media: resolves video references (default: MediaResolver.from_settings).
-        loader: loads a version (default: TensorFlow via training.predict.load_version).
+        loader: loads a version (default: TensorFlow via training.model.loaded.load_version).
         swap_delay_s: see SWAP_DELAY_S; tests pass 0 to swap as soon as a load ends.
     """
 

@@ -12,7 +12,7 @@ import logging
 import redis
 
 from backend.training_requests import TrainingRequests
-from training.jobs import make_coordinator
+from training.jobs.training import make_coordinator
 from training.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ def open_training(settings: Settings) -> TrainingRequests:
     else:
         import fakeredis
 
-        from training.worker import start_thread_worker
+        from training.jobs.worker import start_thread_worker
 
         server = fakeredis.FakeServer()
         coordinator = make_coordinator(fakeredis.FakeRedis(server=server), settings)

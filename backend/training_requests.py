@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import redis
 
 from backend import protocol
-from training.coordinator import TrainingCoordinator
-from training.jobs import request_refresh, resume_refreshes
+from training.jobs.coordinator import TrainingCoordinator
+from training.jobs.training import request_refresh, resume_refreshes
 from training.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -1,14 +1,14 @@
 """Does labelling the clips the model is least sure of save annotators' time? A simulation.
 
-A simulated annotator labels clips from a pool of synthetic videos (``training.synth``: four
+A simulated annotator labels clips from a pool of synthetic videos (``training.video.synth``: four
 classes that differ only in temporal order, ``left_to_right``, ``right_to_left``, ``grow``,
 ``shrink``), with the label the generator drew. A held-out test set, never labelled, scores
 every round. The loop, for each strategy and seed:
 
 1. label ``--seed-per-class`` clips of each class at random (2: the product starts training
    on annotation events once every label has ``MIN_PER_LABEL`` = 2);
-2. train as the product's training job does (``training.jobs.run_training`` ->
-   ``train_and_publish`` -> ``training.train.fit``): the default ``ModelConfig()``,
+2. train as the product's training job does (``training.jobs.training.run_training`` ->
+   ``train_and_publish`` -> ``training.learn.train.fit``): the default ``ModelConfig()``,
    ``TrainConfig(epochs=30, seed=seed)`` (TRAIN_EPOCHS' default; patience 10, batch 8,
    augmentation, class weights, its tf.data pipeline), on the labelled clips split as
    ``train_and_publish`` splits them (``--holdout product``): ``stable_split`` on task keys,
@@ -20,7 +20,7 @@ every round. The loop, for each strategy and seed:
    (``fit(..., parent=...)``: ``warm_start``, same labels so every layer, learning rate
    x0.3), as the job fine-tunes the current version (``--init scratch``: from scratch);
 3. score on the test set, then label ``--k`` more pool clips: ``uncertainty:<measure>``
-   takes those the new model is least sure of (``training.uncertainty.most_uncertain``, the
+   takes those the new model is least sure of (``training.model.uncertainty.most_uncertain``, the
    order Label Studio's Data Manager shows when sorted by prediction score; plain
    ``uncertainty`` uses ``--measure``), ``random`` the next k of a random order;
 4. again, up to ``--budget`` labels.
@@ -106,7 +106,7 @@ than random (80/112/104 against 104/120/120): 98.7 against 114.7 on average, 0.8
 many, 16 labels saved. The curves are level until ~90 labels and part only near the target
 (mean accuracy over the whole curve 0.674 against 0.667): uncertainty sampling helps once the
 model is good enough for its doubts to mean something, not before. The first model, from 2
-clips a label, scores 0.30-0.46 (0.29 on every seed before ``training.train`` re-estimated
+clips a label, scores 0.30-0.46 (0.29 on every seed before ``training.learn.train`` re-estimated
 BatchNorm's statistics after training: with one batch an epoch the moving variance was still
 far from the data's and the model predicted one or two classes for everything). The
 product's split costs labels at every size: of 128 labelled clips 83 train, the rest are the
@@ -151,7 +151,7 @@ HOLDOUTS = ("product", "val", "none")
 
 def _parse_strategy(spec: str, default_measure: str) -> tuple[str, str | None]:
     """``random`` | ``uncertainty`` | ``uncertainty:<measure>`` -> (kind, measure)."""
-    from training.uncertainty import parse_measure
+    from training.model.uncertainty import parse_measure
 
     kind, _, measure = spec.partition(":")
     if kind == "random" and not measure:
@@ -174,7 +174,7 @@ def _split_labelled(keys, y, holdout: str, train_config):
     TrainConfig's test and validation fractions; its test part is for the product's quality
     gate, so nothing here trains on it), ``val`` holds out only the validation part, ``none``
     trains on every label and monitors the training loss."""
-    from training.dataset import stable_split
+    from training.learn.dataset import stable_split
 
     if holdout == "none":
         return np.arange(len(y)), np.zeros(0, np.int64), np.zeros(0, np.int64)
@@ -189,12 +189,12 @@ def _run_one(job: dict) -> dict:
     import keras
     import tensorflow as tf
 
-    from training.dataset import ClipArrays
-    from training.model import ModelConfig
-    from training.sampling import SamplingConfig
-    from training.store import VersionInfo
-    from training.train import TrainConfig, fit, predict_arrays
-    from training.uncertainty import most_uncertain
+    from training.learn.dataset import ClipArrays
+    from training.learn.train import TrainConfig, fit, predict_arrays
+    from training.model.build import ModelConfig
+    from training.model.uncertainty import most_uncertain
+    from training.versions.store import VersionInfo
+    from training.video.clip import SamplingConfig
 
     if job["deterministic"]:
         tf.config.experimental.enable_op_determinism()
@@ -411,10 +411,10 @@ def main() -> None:
     import keras
     import tensorflow as tf
 
-    from training.dataset import decode_labelled, stratified_split
-    from training.labelled_files import read_manifest
-    from training.sampling import SamplingConfig
-    from training.synth import generate_dataset, select_classes
+    from training.learn.dataset import decode_labelled, stratified_split
+    from training.learn.labelled_files import read_manifest
+    from training.video.clip import SamplingConfig
+    from training.video.synth import generate_dataset, select_classes
 
     strategies = [_parse_strategy(s, args.measure) for s in args.strategies]
     print(

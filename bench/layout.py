@@ -55,11 +55,11 @@ def main() -> None:
     import keras
     import tensorflow as tf
 
-    from training.dataset import decode_labelled, stratified_split
-    from training.model import ModelConfig
-    from training.sampling import SamplingConfig
-    from training.synth import generate_dataset, select_classes
-    from training.train import TrainConfig, fit, predict_arrays
+    from training.learn.dataset import decode_labelled, stratified_split
+    from training.learn.train import TrainConfig, fit, predict_arrays
+    from training.model.build import ModelConfig
+    from training.video.clip import SamplingConfig
+    from training.video.synth import generate_dataset, select_classes
 
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, "
@@ -72,7 +72,7 @@ def main() -> None:
         manifest = generate_dataset(
             Path(tmp), classes=classes, per_class=args.per_class, seed=args.data_seed
         )
-        from training.labelled_files import read_manifest
+        from training.learn.labelled_files import read_manifest
 
         data, _ = decode_labelled(read_manifest(manifest), classes, sampling)
     print(

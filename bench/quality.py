@@ -2,7 +2,7 @@
 
 Trains and scores, side by side on the same clips and splits, in one run:
 
-1. ``lstm``: videoloop's default model (``training.model.build_model``, ``ModelConfig()``);
+1. ``lstm``: videoloop's default model (``training.model.build.build_model``, ``ModelConfig()``);
 2. ``bilstm`` and ``attention``: the same CNN with the other temporal heads of the origin
    guide's extensions (``ModelConfig(temporal=...)``): a bidirectional LSTM, and attention
    pooling over the LSTM's outputs;
@@ -19,7 +19,7 @@ Trains and scores, side by side on the same clips and splits, in one run:
    trained (row ``guide``): its parameters (95.6 M, the Flatten is 54*54*64 wide), file size,
    ms per clip and peak memory are what the origin costs as the guide runs it.
 
-videoloop's models train with the product's own ``training.train.fit`` (tf.data pipeline,
+videoloop's models train with the product's own ``training.learn.train.fit`` (tf.data pipeline,
 augmentation that keeps temporal order, class weights, Adam with clipnorm, label smoothing,
 early stopping on validation loss with best weights kept, learning rate halved on plateaus).
 The origin compiles with the same ``compile_model`` and trains with the same pipeline and
@@ -27,7 +27,7 @@ callbacks (``build_model`` cannot build it). Epochs are capped by ``--epochs``.
 
 Data sets:
 
-* ``synth``: ``training.synth.generate_dataset`` with ``--classes`` (default 2:
+* ``synth``: ``training.video.synth.generate_dataset`` with ``--classes`` (default 2:
   left_to_right and right_to_left; 4 adds grow and shrink): classes that differ only in
   temporal order;
 * ``real``: 16-frame stretches of the real clips in tests/data, seen through a window that
@@ -80,7 +80,7 @@ def _origin(num_classes: int, frames: int, size: int):
     import keras
     from keras import layers
 
-    from training.model import BoolMask, ModelConfig, compile_model
+    from training.model.build import BoolMask, ModelConfig, compile_model
 
     inp = keras.Input((frames, size, size, 3), dtype="uint8", name="frames")
     mask = keras.Input((frames,), dtype="bool", name="mask")
@@ -98,12 +98,12 @@ def _origin(num_classes: int, frames: int, size: int):
 
 
 def _fit_origin(train, val, k: int, frames: int, size: int, config, batch_size: int):
-    """The origin trained with videoloop's pipeline and callbacks (see training.train.fit):
+    """The origin trained with videoloop's pipeline and callbacks (see training.learn.train.fit):
     ``config`` is the TrainConfig videoloop's models get."""
     import keras
 
-    from training.dataset import class_weights
-    from training.train import make_dataset, training_callbacks
+    from training.learn.dataset import class_weights
+    from training.learn.train import make_dataset, training_callbacks
 
     keras.utils.set_random_seed(config.seed)
     model = _origin(k, frames, size)
@@ -127,11 +127,11 @@ def _train_one(job: dict) -> dict:
     sys.path.insert(0, str(ROOT))
     import keras
 
-    from training.dataset import NO_CLASS, ClipArrays, stratified_split
-    from training.model import ModelConfig
-    from training.sampling import SamplingConfig
-    from training.timeline import timeline_metrics
-    from training.train import TrainConfig, fit, predict_outputs
+    from training.labelstudio.timeline import timeline_metrics
+    from training.learn.dataset import NO_CLASS, ClipArrays, stratified_split
+    from training.learn.train import TrainConfig, fit, predict_outputs
+    from training.model.build import ModelConfig
+    from training.video.clip import SamplingConfig
 
     arrays = np.load(job["data"])
     frame_y = arrays.get("frame_y", None)
@@ -256,7 +256,7 @@ def _real_pans(out_dir: Path, per_class: int, seed: int) -> list[tuple[Path, str
     or the other; the scene keeps its own motion. Stretches are spread over each clip in
     proportion to its length; the two classes draw from the same stretches.
     """
-    from training.synth import write_video
+    from training.video.synth import write_video
 
     rng = np.random.default_rng(seed)
     width, height = 256, 192
@@ -289,9 +289,9 @@ def _real_pans(out_dir: Path, per_class: int, seed: int) -> list[tuple[Path, str
 def _timeline_clips(out_dir: Path, per_pair: int, seed: int):
     """Clips whose motion may change inside: LabelledVideo items with their segments, and the
     index of each clip's (first, second) motion pair (for a stratified split)."""
-    from training.dataset import LabelledVideo
-    from training.synth import clip_rng, render_segmented_clip, write_video
-    from training.timeline import segments_from_labels
+    from training.labelstudio.timeline import segments_from_labels
+    from training.learn.dataset import LabelledVideo
+    from training.video.synth import clip_rng, render_segmented_clip, write_video
 
     fps = 25
     items, strata = [], []
@@ -346,10 +346,10 @@ def main() -> None:
     import keras
     import tensorflow as tf
 
-    from training.dataset import decode_labelled
-    from training.labelled_files import read_manifest
-    from training.sampling import SamplingConfig
-    from training.synth import generate_dataset, select_classes
+    from training.learn.dataset import decode_labelled
+    from training.learn.labelled_files import read_manifest
+    from training.video.clip import SamplingConfig
+    from training.video.synth import generate_dataset, select_classes
 
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, "

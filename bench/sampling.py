@@ -1,4 +1,4 @@
-"""Sequential decoding vs seeking per target, to choose training.sampler.SEEK_ABOVE_S.
+"""Sequential decoding vs seeking per target, to choose training.video.decoder.SEEK_ABOVE_S.
 
 Run from the repository root (about 3.5 minutes; it writes its synthetic videos to a temp dir):
 
@@ -33,7 +33,7 @@ jobs sharing the machine (hence best-of-N and the CPU-time ratio, the steadier o
     synth_120s_gop10s.mp4        640x360  120.0    12    1384     874     1.58         1.51
 
 Decoding in order wins or ties up to 10 s; seeking ties or wins from 20 s, by 3-6x at 60-120 s
-with 2 s keyframe intervals (1.1-1.6x with 10 s ones). training.sampler.SEEK_ABOVE_S = 15 s.
+with 2 s keyframe intervals (1.1-1.6x with 10 s ones). training.video.decoder.SEEK_ABOVE_S = 15 s.
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ from pathlib import Path
 import av
 import numpy as np
 
-from training.sampler import sample_clip
-from training.sampling import SamplingConfig
+from training.video.clip import SamplingConfig
+from training.video.decoder import sample_clip
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
 CONFIG = SamplingConfig(frames=16, height=112, width=112)

@@ -62,8 +62,8 @@ import requests
 
 from backend.app import PID_HEADER
 from backend.serving import SWAP_DELAY_S
-from training.current import CURRENT_KEY, VersionPointer
-from training.store import MODEL_FILE, ModelStore, VersionInfo
+from training.versions.current import CURRENT_KEY, VersionPointer
+from training.versions.store import MODEL_FILE, ModelStore, VersionInfo
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -107,10 +107,10 @@ def find_redis(url: str) -> tuple[str | None, bool]:
 
 def train_small_model(root: Path, frames: int, size: int) -> tuple[ModelStore, VersionInfo]:
     """Synthetic clips, default ModelConfig, one epoch: a model of realistic size, fast."""
-    from training.labelled_files import read_manifest
-    from training.sampling import SamplingConfig
-    from training.synth import generate_dataset
-    from training.train import TrainConfig, train_and_publish
+    from training.learn.labelled_files import read_manifest
+    from training.learn.train import TrainConfig, train_and_publish
+    from training.video.clip import SamplingConfig
+    from training.video.synth import generate_dataset
 
     manifest = generate_dataset(
         root / "synth", classes=["left_to_right", "right_to_left"], per_class=4, seed=0

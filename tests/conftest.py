@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fake_label_studio import FakeLabelStudio, MediaHost, Seen
 
-from training.store import MODEL_FILE, ModelStore, VersionInfo
+from training.versions.store import MODEL_FILE, ModelStore, VersionInfo
 
 __all__ = ["FakeLabelStudio", "MediaHost", "Seen"]
 
@@ -255,11 +255,11 @@ def publish_copy(store: ModelStore, project: str, info: VersionInfo) -> VersionI
 @pytest.fixture(scope="session")
 def trained_model(tmp_path_factory) -> TrainedModel:
     """Train once per session: 2 classes x 4 clips, 8 frames of 64x64, one epoch (~10 s)."""
-    from training.labelled_files import read_manifest
-    from training.model import ModelConfig
-    from training.sampling import SamplingConfig
-    from training.synth import generate_dataset
-    from training.train import TrainConfig, train_and_publish
+    from training.learn.labelled_files import read_manifest
+    from training.learn.train import TrainConfig, train_and_publish
+    from training.model.build import ModelConfig
+    from training.video.clip import SamplingConfig
+    from training.video.synth import generate_dataset
 
     base = tmp_path_factory.mktemp("trained")
     manifest = generate_dataset(

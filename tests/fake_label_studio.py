@@ -40,7 +40,7 @@ from urllib.parse import parse_qs, urlparse
 
 import jwt
 
-from training.labelconfig import parse_label_config
+from training.labelstudio.labelconfig import parse_label_config
 
 JWT_SECRET = "fake-label-studio-jwt-signing-key-0123456789"
 """Signs the personal access tokens and access tokens this server mints (HS256)."""

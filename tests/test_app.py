@@ -13,7 +13,7 @@ import pytest
 
 from backend.app import create_app
 from training.settings import Settings
-from training.store import NO_MODEL_VERSION
+from training.versions.store import NO_MODEL_VERSION
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = """<View>

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from conftest import REPO, run_videoloop
 
-from training.store import ModelStore
+from training.versions.store import ModelStore
 
 videoloop = run_videoloop
 
@@ -89,12 +89,12 @@ def test_bad_settings_are_reported_not_raised(tmp_path):
 
 
 def test_predict_prints_the_segments_of_a_timeline_model(tmp_path):
-    from training.dataset import LabelledVideo
-    from training.model import ModelConfig
-    from training.sampling import SamplingConfig
-    from training.synth import clip_rng, render_segmented_clip, write_video
-    from training.timeline import Segment
-    from training.train import TrainConfig, train_and_publish
+    from training.labelstudio.timeline import Segment
+    from training.learn.dataset import LabelledVideo
+    from training.learn.train import TrainConfig, train_and_publish
+    from training.model.build import ModelConfig
+    from training.video.clip import SamplingConfig
+    from training.video.synth import clip_rng, render_segmented_clip, write_video
 
     videos = []
     for i in range(6):

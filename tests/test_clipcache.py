@@ -1,4 +1,4 @@
-"""training/clipcache.py on the real clips in tests/data, and decode_many / decode_labelled
+"""training/video/clipcache.py on the real clips in tests/data, and decode_many / decode_labelled
 with a cache."""
 
 from __future__ import annotations
@@ -10,13 +10,12 @@ import threading
 import numpy as np
 import pytest
 
-from training import clipcache
-from training.clipcache import ClipCache
-from training.dataset import decode_labelled
-from training.decode import decode_many
-from training.sampler import VideoDecodeError, sample_clip
-from training.sampling import Clip, SamplingConfig
+from training.learn.dataset import decode_labelled
 from training.settings import Settings
+from training.video import clipcache
+from training.video.clip import Clip, SamplingConfig
+from training.video.clipcache import ClipCache
+from training.video.decoder import VideoDecodeError, decode_many, sample_clip
 
 SAMPLING = SamplingConfig(frames=6, height=32, width=40)
 MB = 1024 * 1024
@@ -95,7 +94,7 @@ def test_a_corrupt_entry_is_a_miss_and_gets_replaced(tmp_path, videos, caplog):
     good = entry.read_bytes()
     entry.write_bytes(good[: len(good) // 2])  # truncated, as by a full disk
 
-    with caplog.at_level(logging.WARNING, logger="training.clipcache"):
+    with caplog.at_level(logging.WARNING, logger="training.video.clipcache"):
         assert cache.get(video, SAMPLING) is None
     assert "unreadable" in caplog.text
     assert not entry.exists()

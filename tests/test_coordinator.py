@@ -7,7 +7,7 @@ import time
 import pytest
 from rq import Queue
 
-from training.coordinator import QUEUE_NAME, RequestOutcome, StartedRun, TrainingCoordinator
+from training.jobs.coordinator import QUEUE_NAME, RequestOutcome, StartedRun, TrainingCoordinator
 
 
 @pytest.fixture
@@ -123,7 +123,7 @@ def test_a_queued_id_whose_job_vanished_is_requeued(coordinator, monkeypatch):
     Queue(QUEUE_NAME, connection=coordinator.connection).remove(job_id)
     coordinator.connection.delete(f"rq:job:{job_id}")
     assert coordinator.recover() == []  # within the grace period an enqueue may be under way
-    monkeypatch.setattr("training.coordinator.STALE_QUEUED_S", 0.0)
+    monkeypatch.setattr("training.jobs.coordinator.STALE_QUEUED_S", 0.0)
     [requeued] = coordinator.recover()
     assert requeued != job_id
     assert queued_jobs(coordinator) == [requeued]

@@ -1,4 +1,4 @@
-"""training/current.py: the current-version pointer (file + Redis mirror + notice) and the
+"""training/versions/current.py: the current-version pointer (file + Redis mirror + notice) and the
 pub/sub listener, against the real Redis (an empty database, flushed)."""
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ import pytest
 import redis
 from conftest import free_port
 
-from training.current import (
+from training.versions.current import (
     CURRENT_CHANNEL,
     CURRENT_KEY,
     PointerListener,
     VersionPointer,
 )
-from training.store import MODEL_FILE, ModelStore, StoreError, VersionInfo
+from training.versions.store import MODEL_FILE, ModelStore, StoreError, VersionInfo
 
 
 @pytest.fixture
@@ -85,7 +85,7 @@ def test_an_unknown_version_changes_nothing(store, redis_conn):
 def test_redis_down_does_not_fail_the_change(store, caplog):
     v1 = publish(store)
     down = redis.Redis(port=free_port(), socket_connect_timeout=0.5)
-    with caplog.at_level(logging.WARNING, logger="training.current"):
+    with caplog.at_level(logging.WARNING, logger="training.versions.current"):
         VersionPointer(store, down).set("1", v1.version)
     assert store.get_current("1") == v1.version  # the file, the truth, moved
     assert any("polling the store" in r.getMessage() for r in caplog.records)

@@ -1,11 +1,11 @@
-"""training/diskcache.py: least-recently-used eviction of file and folder entries."""
+"""training/video/diskcache.py: least-recently-used eviction of file and folder entries."""
 
 from __future__ import annotations
 
 import os
 import time
 
-from training.diskcache import STALE_TMP_S, TMP_PREFIX, evict_lru, touch
+from training.video.diskcache import STALE_TMP_S, TMP_PREFIX, evict_lru, touch
 
 
 def make_entry(root, name: str, size: int, used: float, *, folder: bool = False):

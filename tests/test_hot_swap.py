@@ -28,8 +28,8 @@ import requests
 from conftest import run_videoloop
 
 from backend.app import PID_HEADER
-from training.current import VersionPointer
-from training.store import MODEL_FILE, ModelStore, VersionInfo
+from training.versions.current import VersionPointer
+from training.versions.store import MODEL_FILE, ModelStore, VersionInfo
 
 CONFIG = """<View>
   <Video name="video" value="$video"/>

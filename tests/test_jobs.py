@@ -1,5 +1,5 @@
-"""training/jobs.py ``promote``: the quality gate's verdict decides whether a just-published
-version becomes current (store file and Redis mirror) or is recorded as rejected."""
+"""training/jobs/training.py ``promote``: the quality gate's verdict decides whether a
+just-published version becomes current (store file and Redis mirror) or is recorded as rejected."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from training.current import CURRENT_KEY
-from training.jobs import promote
-from training.store import MODEL_FILE, ModelStore, VersionStatus
+from training.jobs.training import promote
+from training.versions.current import CURRENT_KEY
+from training.versions.store import MODEL_FILE, ModelStore, VersionStatus
 
 
 def publish(store: ModelStore, gate: dict | None, *, make_current: bool = False):
@@ -75,7 +75,7 @@ def test_a_version_without_a_gate_becomes_current(store):
 
 
 def test_training_labels_wait_for_every_label_of_an_annotated_control():
-    from training.jobs import training_labels
+    from training.jobs.training import training_labels
 
     # nobody marked segments yet: the classes train on their own
     wanted = training_labels({"a": 3, "b": 2}, {"Run": 0, "Walk": 0}, min_per_label=2)

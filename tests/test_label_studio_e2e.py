@@ -43,10 +43,10 @@ from real_label_studio import (
 )
 from test_training_loop import worker_env
 
-from training.labelled_files import read_manifest
-from training.store import ModelStore
-from training.synth import clip_rng, generate_dataset, render_segmented_clip, write_video
-from training.timeline import Segment, segments_from_labels
+from training.labelstudio.timeline import Segment, segments_from_labels
+from training.learn.labelled_files import read_manifest
+from training.versions.store import ModelStore
+from training.video.synth import clip_rng, generate_dataset, render_segmented_clip, write_video
 
 T = TypeVar("T")
 FIGURES_PATH = REPO / ".videoloop" / "e2e-figures.json"

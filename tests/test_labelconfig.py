@@ -1,10 +1,10 @@
-"""training/labelconfig.py on real label configs, parsed by the sdk's LabelInterface."""
+"""training/labelstudio/labelconfig.py on real label configs, parsed by the sdk's LabelInterface."""
 
 from __future__ import annotations
 
 import pytest
 
-from training.labelconfig import LabelConfigError, TimelineLabels, parse_label_config
+from training.labelstudio.labelconfig import LabelConfigError, TimelineLabels, parse_label_config
 
 CLASSIFY = """<View>
   <Header value="What happens?"/>

@@ -1,4 +1,4 @@
-"""training/labelstudio.py through the real label-studio-sdk against the fake Label Studio
+"""training/labelstudio/client.py through the real label-studio-sdk against the fake Label Studio
 (tests/fake_label_studio.py) over real HTTP."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import jwt
 import pytest
 from fake_label_studio import JWT_SECRET, FakeLabelStudio
 
-from training.labelstudio import (
+from training.labelstudio.client import (
     LabelledTask,
     LabelStudioError,
     count_per_label,
@@ -113,7 +113,7 @@ def test_the_latest_submitted_annotation_wins(label_studio, ls_token):
 
 
 def test_equal_timestamps_fall_back_to_the_highest_id():
-    from training.labelconfig import parse_label_config
+    from training.labelstudio.labelconfig import parse_label_config
 
     choices = parse_label_config(CONFIG)
     stamp = "2025-03-01T10:00:00.000000Z"
@@ -340,8 +340,8 @@ def timeline_region(start, end, label, name="tl"):
 
 
 def test_timeline_regions_are_read_with_the_class_or_alone(label_studio, ls_token):
-    from training.labelstudio import count_per_timeline_label
-    from training.timeline import Segment
+    from training.labelstudio.client import count_per_timeline_label
+    from training.labelstudio.timeline import Segment
 
     project = label_studio.add_project(MIXED)
     add = label_studio.add_task

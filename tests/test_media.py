@@ -1,4 +1,4 @@
-"""training/media.py against real local HTTP servers: a Label Studio stand-in that checks
+"""training/video/media.py against real local HTTP servers: a Label Studio stand-in that checks
 the token, and a plain file host standing in for a bucket."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from training.media import MediaError, MediaResolver, get_video_url, resolve_media
 from training.settings import Settings
+from training.video.media import MediaError, MediaResolver, get_video_url, resolve_media
 
 MB = 1024 * 1024
 DATA_DIR = Path(__file__).resolve().parent / "data"

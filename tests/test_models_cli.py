@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import publish_copy, run_videoloop
 
-from training.current import CURRENT_CHANNEL, CURRENT_KEY
-from training.store import MODEL_FILE, ModelStore, VersionStatus
+from training.versions.current import CURRENT_CHANNEL, CURRENT_KEY
+from training.versions.store import MODEL_FILE, ModelStore, VersionStatus
 
 PROJECT = "7"
 

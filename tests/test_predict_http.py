@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import requests
 
-from training.sampling import stack_clips
-from training.store import NO_MODEL_VERSION, ModelStore
+from training.versions.store import NO_MODEL_VERSION, ModelStore
+from training.video.clip import stack_clips
 
 CONFIG = """<View>
   <Video name="video" value="$video" frameRate="25"/>
@@ -102,8 +102,8 @@ def eight_tasks(served: Served, trained_model) -> tuple[list[dict], list[Path | 
 
 def expected_predictions(trained_model, paths: list[Path | None]) -> list[tuple[str, float]]:
     """What the published model says about each readable video, computed in this process."""
-    from training.predict import load_version
-    from training.sampler import sample_clip
+    from training.model.loaded import load_version
+    from training.video.decoder import sample_clip
 
     model = load_version(trained_model.info)
     readable = [p for p in paths if p is not None]

@@ -16,9 +16,9 @@ from backend.protocol import (
     pick_label,
     video_prediction,
 )
-from training.labelconfig import TimelineLabels, VideoControls
-from training.sampler import frame_indices
-from training.sampling import Clip
+from training.labelstudio.labelconfig import TimelineLabels, VideoControls
+from training.video.clip import Clip
+from training.video.decoder import frame_indices
 
 CHOICES = VideoControls(
     video_name="video",

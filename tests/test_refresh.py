@@ -1,4 +1,4 @@
-"""Refreshing predictions in Label Studio after a version becomes current (training/refresh.py
+"""Refreshing predictions in Label Studio after a version becomes current (training/jobs/refresh.py
 and the ``refresh_predictions`` job): the fake Label Studio, real Redis, RQ's SimpleWorker
 in this process (burst), a real model from the session fixture."""
 
@@ -14,11 +14,11 @@ from fake_label_studio import FakeLabelStudio
 from rq import SimpleWorker
 from rq.job import Job
 
-from training.jobs import enqueue_refresh, make_coordinator
-from training.labelstudio import TaskPredictions
-from training.refresh import order_tasks
+from training.jobs.refresh import order_tasks
+from training.jobs.training import enqueue_refresh, make_coordinator
+from training.labelstudio.client import TaskPredictions
 from training.settings import Settings
-from training.store import ModelStore
+from training.versions.store import ModelStore
 
 CONFIG = """
 <View>
@@ -189,7 +189,7 @@ def test_the_new_version_is_selected_in_label_studio_unless_another_model_is(
 
 
 def test_tasks_imported_later_get_predictions_of_the_current_version(setup, redis_conn):
-    from training.jobs import REFRESH_AGAIN_KEY, request_refresh, resume_refreshes
+    from training.jobs.training import REFRESH_AGAIN_KEY, request_refresh, resume_refreshes
 
     settings = Settings.from_env()
     project = str(setup.project)
@@ -217,6 +217,6 @@ def test_tasks_imported_later_get_predictions_of_the_current_version(setup, redi
 
 
 def test_no_model_no_refresh(setup, redis_conn):
-    from training.jobs import request_refresh
+    from training.jobs.training import request_refresh
 
     assert request_refresh(redis_conn, "999", Settings.from_env()) == "no_model"

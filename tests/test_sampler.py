@@ -13,9 +13,9 @@ import av
 import numpy as np
 import pytest
 
-from training import sampler
-from training.sampler import VideoDecodeError, frame_indices, sample_clip
-from training.sampling import SamplingConfig
+from training.video import decoder as sampler
+from training.video.clip import SamplingConfig
+from training.video.decoder import VideoDecodeError, frame_indices, sample_clip
 
 DATA = Path(__file__).parent / "data"
 CONFIG = SamplingConfig(frames=16, height=112, width=112)
@@ -208,7 +208,7 @@ def test_carphone_distorted_is_the_same_scene_as_pristine() -> None:
 
 
 def test_sample_clip_does_not_import_tensorflow() -> None:
-    code = "import sys, training.sampler; sys.exit('tensorflow' in sys.modules)"
+    code = "import sys, training.video.decoder; sys.exit('tensorflow' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 

@@ -21,12 +21,12 @@ import pytest
 from backend import serving
 from backend.protocol import choices_result
 from backend.serving import ModelServer
-from training.current import VersionPointer
-from training.labelconfig import VideoControls
-from training.sampler import sample_clip
-from training.sampling import SamplingConfig
+from training.labelstudio.labelconfig import VideoControls
 from training.settings import Settings
-from training.store import MODEL_FILE, NO_MODEL_VERSION, ModelStore, VersionInfo
+from training.versions.current import VersionPointer
+from training.versions.store import MODEL_FILE, NO_MODEL_VERSION, ModelStore, VersionInfo
+from training.video.clip import SamplingConfig
+from training.video.decoder import sample_clip
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 SAMPLING = SamplingConfig(frames=4, height=32, width=32)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from training.store import (
+from training.versions.store import (
     HISTORY_FILE,
     META_FILE,
     MODEL_FILE,

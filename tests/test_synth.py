@@ -1,4 +1,4 @@
-"""Tests for training/synth.py and training/labelled_files.py: real MP4 files, decoded back."""
+"""training/video/synth.py and training/learn/labelled_files.py: real MP4 files, decoded back."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import av
 import numpy as np
 import pytest
 
-from training import synth
-from training.labelled_files import load_labelled_videos, read_manifest, scan_class_folders
+from training.learn.labelled_files import load_labelled_videos, read_manifest, scan_class_folders
+from training.video import synth
 
 FPS = 25
 WIDTH, HEIGHT = 96, 64

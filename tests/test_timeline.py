@@ -1,12 +1,11 @@
-"""training/timeline.py: TimelineLabels regions <-> per-frame targets and predicted segments."""
+"""training/labelstudio/timeline.py: TimelineLabels regions <-> per-frame targets, segments."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from training.sampler import frame_indices
-from training.timeline import (
+from training.labelstudio.timeline import (
     IGNORE,
     NO_LABEL,
     Segment,
@@ -19,6 +18,7 @@ from training.timeline import (
     timeline_metrics,
     timeline_result,
 )
+from training.video.decoder import frame_indices
 
 LABELS = ("Run", "Walk")
 

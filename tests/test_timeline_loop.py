@@ -5,7 +5,7 @@ backend under gunicorn, real HTTP, real H.264 clips. Label Studio's API is the l
 (tests/fake_label_studio.py); the suite against a real Label Studio is
 test_label_studio_e2e.py.
 
-The clips (training/synth.py ``render_segmented_clip``) show a shape moving one way and then,
+The clips (training/video/synth.py ``render_segmented_clip``) show a shape moving one way and then,
 from a frame between 35 % and 65 % of the clip, the same or the other way: the timeline label
 changes inside the clip, and the clip's class (``changes`` / ``steady``) says whether it did.
 Both need temporal order: one frame, or the average of all, cannot tell them.
@@ -26,10 +26,10 @@ from conftest import LS_TOKEN, worker_process
 from fake_label_studio import FakeLabelStudio
 from test_training_loop import worker_env
 
-from training.labelconfig import parse_label_config
-from training.store import ModelStore
-from training.synth import clip_rng, render_segmented_clip, write_video
-from training.timeline import Segment, segment_f1, segments_from_labels
+from training.labelstudio.labelconfig import parse_label_config
+from training.labelstudio.timeline import Segment, segment_f1, segments_from_labels
+from training.versions.store import ModelStore
+from training.video.synth import clip_rng, render_segmented_clip, write_video
 
 MOTIONS = ("left_to_right", "right_to_left")
 FPS = 25

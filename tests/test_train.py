@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from training.dataset import (
+from training.learn.dataset import (
     ClipArrays,
     class_weights,
     content_keys,
@@ -16,10 +16,7 @@ from training.dataset import (
     stable_split,
     stratified_split,
 )
-from training.model import ModelConfig, build_model
-from training.sampling import SamplingConfig
-from training.store import SPLIT_FILE, ModelStore
-from training.train import (
+from training.learn.train import (
     TrainConfig,
     TrainingError,
     as_float32,
@@ -29,6 +26,9 @@ from training.train import (
     train_and_publish,
     warm_start,
 )
+from training.model.build import ModelConfig, build_model
+from training.versions.store import SPLIT_FILE, ModelStore
+from training.video.clip import SamplingConfig
 
 TINY = ModelConfig(conv_filters=(8, 16, 16, 16), frame_features=16, lstm_units=16)
 SMALL_CLIPS = SamplingConfig(frames=8, height=64, width=64)
@@ -226,7 +226,7 @@ def synth_arrays(trained_model) -> ClipArrays:
 def test_the_gate_scores_both_versions_on_the_same_clips(trained_model, synth_arrays, tmp_path):
     import keras
 
-    import training.model  # noqa: F401
+    import training.model.build  # noqa: F401
 
     model = keras.saving.load_model(trained_model.info.model_path, compile=False)
     probs = predict_arrays(model, synth_arrays)
@@ -304,7 +304,7 @@ def test_adding_a_timeline_keeps_the_parent_and_starts_the_timeline_head(trained
 
 
 def test_the_gate_judges_a_timeline_only_model_by_its_frames(trained_model, synth_arrays):
-    from training.timeline import IGNORE
+    from training.labelstudio.timeline import IGNORE
 
     n = len(synth_arrays)
     frame_y = np.where(synth_arrays.mask, 1 + synth_arrays.y[:, None], IGNORE).astype(np.int32)
@@ -330,7 +330,7 @@ def test_the_gate_judges_a_timeline_only_model_by_its_frames(trained_model, synt
 
 def test_no_held_out_clip_gives_empty_outputs_and_metrics():
     # With two annotated videos everything trains: the evaluation sees no clip at all.
-    from training.train import evaluate, predict_outputs
+    from training.learn.train import evaluate, predict_outputs
 
     t = SMALL_CLIPS.frames
     empty = ClipArrays(
@@ -350,7 +350,7 @@ def test_no_held_out_clip_gives_empty_outputs_and_metrics():
 def test_batchnorm_statistics_are_recalibrated_on_the_training_clips(synth_arrays):
     import keras
 
-    from training.train import recalibrate_batchnorm
+    from training.learn.train import recalibrate_batchnorm
 
     model = build_model(2, SMALL_CLIPS, TINY)
     layer = model.get_layer("bn0")

@@ -3,7 +3,7 @@
 Real Redis, real ``videoloop worker`` processes (RQ forks a work horse per job), the backend
 under gunicorn in its own process, real HTTP. Label Studio's task API and media URLs are the
 local stand-in in ``tests/fake_label_studio.py`` (the real Label Studio suite is a separate
-issue); the clips are synthetic H.264 videos made by ``training/synth.py``.
+issue); the clips are synthetic H.264 videos made by ``training/video/synth.py``.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ import requests
 from conftest import LS_TOKEN, free_port, run_videoloop, worker_process
 from fake_label_studio import FakeLabelStudio
 
-from training.labelled_files import read_manifest
-from training.store import ModelStore
-from training.synth import generate_dataset
+from training.learn.labelled_files import read_manifest
+from training.versions.store import ModelStore
+from training.video.synth import generate_dataset
 
 CONFIG = """
 <View>
@@ -189,9 +189,9 @@ def loop(tmp_path, redis_url, ls, pool, start_server) -> Iterator[Loop]:
 
 
 def accuracy(version_path: Path, heldout: list[tuple[Path, str]]) -> float:
-    from training.decode import decode_many
-    from training.predict import load_version
-    from training.sampling import stack_clips
+    from training.model.loaded import load_version
+    from training.video.clip import stack_clips
+    from training.video.decoder import decode_many
 
     store = ModelStore(version_path.parents[2])
     info = store.get_version(version_path.parents[1].name, version_path.name)

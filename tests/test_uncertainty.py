@@ -1,11 +1,17 @@
-"""training/uncertainty.py: the confidence scores Label Studio sorts tasks by."""
+"""training/model/uncertainty.py: the confidence scores Label Studio sorts tasks by."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from training.uncertainty import Measure, confidence, most_uncertain, parse_measure, uncertainty
+from training.model.uncertainty import (
+    Measure,
+    confidence,
+    most_uncertain,
+    parse_measure,
+    uncertainty,
+)
 
 ROWS = np.array(
     [

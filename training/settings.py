@@ -9,8 +9,8 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from training.model_config import AUTO_TEMPORAL, check_temporal
-from training.uncertainty import parse_measure
+from training.model.config import AUTO_TEMPORAL, check_temporal
+from training.model.uncertainty import parse_measure
 
 
 def _env_int(name: str, default: int) -> int:
@@ -91,10 +91,10 @@ class Settings:
     """After a refresh, make the new version the project's selected predictions version in
     Label Studio (unless another model's is selected there): the score sort follows it."""
     uncertainty_measure: str = "least_confidence"
-    """How a prediction's score is measured (training/uncertainty.py): least_confidence,
+    """How a prediction's score is measured (training/model/uncertainty.py): least_confidence,
     margin or entropy."""
     train_temporal: str = "auto"
-    """The temporal head of a project's first model (training/model_config.py TEMPORAL_HEADS),
+    """The temporal head of a project's first model (training/model/config.py TEMPORAL_HEADS),
     or ``auto``: bilstm for projects with a <TimelineLabels>, lstm for the others."""
 
     def __post_init__(self) -> None:

@@ -7,7 +7,7 @@ Goes through label-studio-sdk 2.x (``LabelStudio``), which makes these requests:
   N = 1, 2, ... until a page comes back empty or 404 ("Invalid page.", Label Studio's answer
   past the last page). ``fields=all`` is what brings the annotations along.
   ``resolve_uri=false`` keeps cloud URIs as imported (``s3://...``): by default Label Studio
-  rewrites them to ``/tasks/<id>/presign/?fileuri=...``, which training.media cannot fetch.
+  rewrites them to ``/tasks/<id>/presign/?fileuri=...``, which training.video.media cannot fetch.
   The same answer carries each task's ``predictions`` (Label Studio's task serializer adds
   them, like annotations and drafts, only with ``fields=all``);
 * ``GET /api/predictions/?task=<id>`` and ``POST /api/predictions/`` with ``{task, result,
@@ -41,8 +41,8 @@ from label_studio_sdk import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
 from label_studio_sdk.core.parse_error import ParsingError
 
-from training.labelconfig import LabelConfigError, VideoControls, parse_label_config
-from training.timeline import DEFAULT_FRAME_RATE, Segment, segments_from_result
+from training.labelstudio.labelconfig import LabelConfigError, VideoControls, parse_label_config
+from training.labelstudio.timeline import DEFAULT_FRAME_RATE, Segment, segments_from_result
 
 log = logging.getLogger(__name__)
 

@@ -45,7 +45,7 @@ PROJECTS_KEY = f"{PREFIX}:projects"
 """Set of every project that ever asked for training (what recover() scans)."""
 
 QUEUE_NAME = "videoloop-training"
-JOB_FUNCTION = "training.jobs.train_project"
+JOB_FUNCTION = "training.jobs.training.train_project"
 STALE_QUEUED_S = 10.0
 """A queued id whose RQ job does not exist this long after queueing is lost, in seconds."""
 

@@ -42,8 +42,8 @@ from urllib.parse import unquote, urlparse
 import requests
 from label_studio_sdk._extensions.label_studio_tools.core.utils import io as ls_io
 
-from training.diskcache import TMP_PREFIX, evict_lru
 from training.settings import Settings
+from training.video.diskcache import TMP_PREFIX, evict_lru
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,5 @@
-"""RQ job functions: what a worker runs. Importable by name (``training.jobs.train_project``).
+"""RQ job functions: what a worker runs, importable by name
+(``training.jobs.training.train_project``).
 
 A job receives only ids; it reads settings from the environment and every piece of data from
 Label Studio and the model store, so any worker on any machine can run it (RQ's advice:
@@ -17,19 +18,19 @@ from typing import TYPE_CHECKING
 import redis
 from rq import get_current_job
 
-from training.coordinator import TrainingCoordinator
-from training.current import VersionPointer
+from training.jobs.coordinator import TrainingCoordinator
 from training.settings import Settings
+from training.versions.current import VersionPointer
 
 if TYPE_CHECKING:
-    from training.store import ModelStore, VersionInfo
+    from training.versions.store import ModelStore, VersionInfo
 
 log = logging.getLogger(__name__)
 
 META_SAVE_EVERY_S = 1.0
 """Progress is written to the job's meta at most this often (stage changes always), in seconds."""
 
-REFRESH_FUNCTION = "training.jobs.refresh_predictions"
+REFRESH_FUNCTION = "training.jobs.training.refresh_predictions"
 """The job that writes a new current version's predictions to Label Studio."""
 
 
@@ -101,7 +102,7 @@ def train_project(project: str) -> dict:
     the run as failed; failures worth retrying (Label Studio or the store unreachable) give
     the events back so the next run takes them.
     """
-    from training.labelstudio import LabelStudioError
+    from training.labelstudio.client import LabelStudioError
 
     job = get_current_job()
     settings = Settings.from_env()
@@ -156,8 +157,8 @@ def promote(
     Returns:
         True if the version is now current.
     """
-    from training.store import HistoryAction
-    from training.train import gate_allows
+    from training.learn.train import gate_allows
+    from training.versions.store import HistoryAction
 
     gate = info.meta.get("gate")
     reason = (gate or {}).get("reason") or "published"
@@ -225,9 +226,9 @@ predicts every task anyway)."""
 
 def refresh_predictions(project: str, version: str) -> dict:
     """RQ job: predict the project's tasks with ``version`` and write the predictions to
-    Label Studio (see training/refresh.py). Progress ``{"stage": "refresh", "done",
+    Label Studio (see training/jobs/refresh.py). Progress ``{"stage": "refresh", "done",
     "total"}`` is in the job's meta. Tasks imported during a pass get another pass."""
-    from training.refresh import refresh_predictions as refresh
+    from training.jobs.refresh import refresh_predictions as refresh
 
     job = get_current_job()
     progress = JobProgress(job, project)
@@ -253,7 +254,7 @@ def request_refresh(connection: redis.Redis, project: str, settings: Settings) -
     Returns ``"queued"`` (a refresh job was queued), ``"pending"`` (one is queued or running:
     it makes another pass), or ``"no_model"`` (the project has no version yet).
     """
-    from training.store import ModelStore
+    from training.versions.store import ModelStore
 
     version = ModelStore(settings.model_dir).get_current(project)
     if version is None:
@@ -267,7 +268,7 @@ def resume_refreshes(connection: redis.Redis, settings: Settings) -> list[str]:
     """Queue the refreshes that new tasks asked for and no job took up (the request came as
     a refresh was finishing); drop requests for versions no longer current. Returns the ids
     of the jobs queued. Run by the backend's recovery loop."""
-    from training.store import ModelStore
+    from training.versions.store import ModelStore
 
     store = ModelStore(settings.model_dir)
     queued = []
@@ -292,19 +293,19 @@ def run_training(project: str, settings: Settings, *, force: bool, progress) -> 
     Returns a summary: ``{"status": "trained"|"rejected", "version": ..., "gate": ...}`` or
     ``{"status": "skipped", "reason": ...}`` when labels are still too few.
     """
-    from training.accelerator import configure_accelerator
-    from training.clipcache import ClipCache
-    from training.dataset import LabelledVideo
-    from training.labelstudio import (
+    from training.labelstudio.client import (
         count_per_label,
         count_per_timeline_label,
         fetch_project_data,
     )
-    from training.media import MediaError, MediaResolver
-    from training.model_config import AUTO_TEMPORAL, ModelConfig, default_temporal
-    from training.sampling import SamplingConfig
-    from training.store import ModelStore
-    from training.train import TrainConfig, TrainingError, train_and_publish
+    from training.learn.accelerator import configure_accelerator
+    from training.learn.dataset import LabelledVideo
+    from training.learn.train import TrainConfig, TrainingError, train_and_publish
+    from training.model.config import AUTO_TEMPORAL, ModelConfig, default_temporal
+    from training.versions.store import ModelStore
+    from training.video.clip import SamplingConfig
+    from training.video.clipcache import ClipCache
+    from training.video.media import MediaError, MediaResolver
 
     progress({"stage": "fetch_tasks"})
     data = fetch_project_data(

@@ -26,17 +26,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from training.labelconfig import LabelConfigError, parse_label_config
-from training.labelstudio import LabelStudioError, LabelStudioSession, TaskPredictions
+from training.labelstudio.client import LabelStudioError, LabelStudioSession, TaskPredictions
+from training.labelstudio.labelconfig import LabelConfigError, parse_label_config
 from training.settings import Settings
-from training.store import ModelStore
+from training.versions.store import ModelStore
 
 if TYPE_CHECKING:
-    from training.clipcache import ClipCache
-    from training.labelconfig import VideoControls
-    from training.media import MediaResolver
-    from training.predict import LoadedModel
-    from training.sampling import Clip
+    from training.labelstudio.labelconfig import VideoControls
+    from training.model.loaded import LoadedModel
+    from training.video.clip import Clip
+    from training.video.clipcache import ClipCache
+    from training.video.media import MediaResolver
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +83,10 @@ def refresh_predictions(
         LabelStudioError: Label Studio unreachable or refusing (the job fails; run it again).
         StoreError: no such version.
     """
-    from training.clipcache import ClipCache
-    from training.media import MediaResolver
-    from training.predict import load_version
-    from training.results import fillable_controls
+    from training.labelstudio.results import fillable_controls
+    from training.model.loaded import load_version
+    from training.video.clipcache import ClipCache
+    from training.video.media import MediaResolver
 
     started = time.perf_counter()
     store = ModelStore(settings.model_dir)
@@ -226,9 +226,8 @@ class _Batch:
     measure: str
 
     def run(self, tasks: list[TaskPredictions], pool: ThreadPoolExecutor) -> None:
-        from training.decode import decode_many
-        from training.sampler import VideoDecodeError
-        from training.sampling import stack_clips
+        from training.video.clip import stack_clips
+        from training.video.decoder import VideoDecodeError, decode_many
 
         fetched = []
         for task, path, error in pool.map(self._fetch, tasks):
@@ -255,7 +254,7 @@ class _Batch:
             self._write(task, clip, {head: value[row] for head, value in outputs.items()})
 
     def _fetch(self, task: TaskPredictions) -> tuple[TaskPredictions, Path | None, str | None]:
-        from training.media import MediaError
+        from training.video.media import MediaError
 
         if task.video_url is None:
             return task, None, f"no video URL under data[{self.choices.video_value_key!r}]"
@@ -266,7 +265,7 @@ class _Batch:
 
     def _write(self, task: TaskPredictions, clip: Clip, outputs: dict) -> None:
         """One prediction, unless the task got one of this version since it was listed."""
-        from training.results import video_prediction
+        from training.labelstudio.results import video_prediction
 
         version = self.model.version
         if version in self.ls.get_prediction_versions(task.task_id):

@@ -18,7 +18,7 @@ from label_studio_sdk.label_interface import LabelInterface
 from label_studio_sdk.label_interface.control_tags import ChoicesTag, TimelineLabelsTag
 from label_studio_sdk.label_interface.object_tags import VideoTag
 
-from training.timeline import resolve_frame_rate
+from training.labelstudio.timeline import resolve_frame_rate
 
 CONFIG_CACHE_SIZE = 64
 """How many distinct label configs to keep parsed (one per project is typical)."""

@@ -3,7 +3,7 @@
 Label Studio stores a timeline region as ``{"type": "timelinelabels", "value": {"ranges":
 [{"start": 3, "end": 9}], "timelinelabels": ["Running"]}}``: frame numbers 1-based and
 inclusive, counted at the ``<Video frameRate>`` of the config (Label Studio's default is 24).
-The model sees T sampled frames (training/sampler.py: the centre frame of T equal parts of the
+The model sees T sampled frames (training/video/decoder.py: the centre frame of T equal parts of the
 video, by 0-based decode index), so
 
 * **training** asks, for each sampled frame, which region covers it: its Label Studio frame
@@ -92,7 +92,7 @@ def segments_from_result(
 def segments_from_labels(per_frame: Sequence[str | None]) -> list[Segment]:
     """Segments of a label per video frame (frame 1 first), one per run of equal labels;
     None marks frames without a label. For data made with known per-frame labels
-    (training/synth.py ``render_segmented_clip``)."""
+    (training/video/synth.py ``render_segmented_clip``)."""
     out: list[Segment] = []
     for number, label in enumerate(per_frame, start=1):
         if label is None:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from training.dataset import (
+from training.learn.dataset import (
     ClipArrays,
     LabelledVideo,
     as_labelled_video,
@@ -33,21 +33,21 @@ from training.dataset import (
     decode_labelled,
     stable_split,
 )
-from training.metrics import classification_metrics
-from training.model import ModelConfig, build_model, compile_model
-from training.predict import as_outputs
-from training.reports import (
+from training.learn.metrics import classification_metrics
+from training.learn.reports import (
     CONFUSION_MATRIX_FILE,
     LEARNING_CURVE_FILE,
     TIMELINE_CONFUSION_MATRIX_FILE,
     plot_confusion_matrix,
     plot_learning_curve,
 )
-from training.sampling import SamplingConfig
-from training.store import MODEL_FILE, SPLIT_FILE, ModelStore, VersionInfo
+from training.model.build import ModelConfig, build_model, compile_model
+from training.model.loaded import as_outputs
+from training.versions.store import MODEL_FILE, SPLIT_FILE, ModelStore, VersionInfo
+from training.video.clip import SamplingConfig
 
 if TYPE_CHECKING:
-    from training.clipcache import ClipCache
+    from training.video.clipcache import ClipCache
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +213,7 @@ def warm_start(
     """
     import keras
 
-    import training.model  # noqa: F401  (custom layers for deserialisation)
+    import training.model.build  # noqa: F401  (custom layers for deserialisation)
 
     old = keras.saving.load_model(parent.model_path, compile=False)
     same = {
@@ -565,9 +565,9 @@ def _current_scores(
     other frames than ``sampling``, so the per-frame targets do not apply to it."""
     import keras
 
-    import training.model  # noqa: F401  (custom layers for deserialisation)
-    from training.decode import decode_many
-    from training.sampling import stack_clips
+    import training.model.build  # noqa: F401  (custom layers for deserialisation)
+    from training.video.clip import stack_clips
+    from training.video.decoder import decode_many
 
     current_names = (
         list(current.meta["labels"])
@@ -620,7 +620,7 @@ def train_and_publish(
 ) -> VersionInfo:
     """Decode, split, train, evaluate on the held-out split, gate and publish a new version.
 
-    The split is stable (:func:`training.dataset.stable_split` on ``keys``): a video keeps its
+    The split is stable (:func:`training.learn.dataset.stable_split` on ``keys``): a video keeps its
     part across runs, so the quality gate's clips are ones the current version never trained
     on. The gate's figures go into ``meta["gate"]``, the split's keys into ``split.json``.
 
@@ -804,8 +804,8 @@ def evaluate(
     """A version's metrics on some clips: classification metrics of the clips with a class
     (``accuracy`` None for a timeline-only model) and, with a timeline head, ``"timeline"``:
     frame accuracy, segmental F1 and the per-frame confusion matrix."""
-    from training.metrics import confusion_matrix
-    from training.timeline import timeline_metrics
+    from training.labelstudio.timeline import timeline_metrics
+    from training.learn.metrics import confusion_matrix
 
     if labels:
         keep = data.has_class

@@ -13,11 +13,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from training.clipcache import ClipCache
-from training.decode import decode_many
-from training.sampler import VideoDecodeError
-from training.sampling import SamplingConfig, stack_clips
-from training.timeline import DEFAULT_FRAME_RATE, IGNORE, Segment, frame_targets
+from training.labelstudio.timeline import DEFAULT_FRAME_RATE, IGNORE, Segment, frame_targets
+from training.video.clip import SamplingConfig, stack_clips
+from training.video.clipcache import ClipCache
+from training.video.decoder import VideoDecodeError, decode_many
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +50,7 @@ class ClipArrays:
     its stable identity for splitting (a task id, a content hash; default the source).
 
     ``y`` is NO_CLASS for a clip without a class; ``frame_y`` (for timeline models) holds
-    per-frame targets, IGNORE where a frame does not count (training/timeline.py).
+    per-frame targets, IGNORE where a frame does not count (training/labelstudio/timeline.py).
     """
 
     frames: np.ndarray  # (N, T, H, W, 3) uint8

@@ -5,9 +5,9 @@ writes predictions to Label Studio itself, so both produce the same JSON. No I/O
 
 See DESIGN.md "Label Studio protocol": a prediction is ``{"result": [...], "score": float,
 "model_version": str}`` and ``score`` is a confidence in [0, 1] that Label Studio sorts
-ascending to pick the next tasks to label (how it is measured: training/uncertainty.py).
+ascending to pick the next tasks to label (how it is measured: training/model/uncertainty.py).
 <Choices> get one ``choices`` result, <TimelineLabels> one region per predicted segment
-(training/timeline.py).
+(training/labelstudio/timeline.py).
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from training.labelconfig import VideoControls
-from training.sampling import Clip
-from training.timeline import predict_segments, timeline_result
-from training.uncertainty import DEFAULT_MEASURE, Measure, confidence
+from training.labelstudio.labelconfig import VideoControls
+from training.labelstudio.timeline import predict_segments, timeline_result
+from training.model.uncertainty import DEFAULT_MEASURE, Measure, confidence
+from training.video.clip import Clip
 
 
 def choices_result(from_name: str, to_name: str, label: str) -> dict:
@@ -102,7 +102,7 @@ def video_prediction(
         model_version: carried on the prediction.
         clip: the sampled clip (frame indices, fps, frame count), needed for the timeline.
         frame_rate: the frame rate Label Studio numbers this task's frames at.
-        measure: how ``score`` is computed (training/uncertainty.py).
+        measure: how ``score`` is computed (training/model/uncertainty.py).
 
     Returns:
         ``{"result", "score", "model_version"}``; the score is the lowest confidence of the

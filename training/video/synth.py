@@ -29,7 +29,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from training.labelled_files import MANIFEST_NAME
+from training.learn.labelled_files import MANIFEST_NAME
 
 CLASSES: tuple[str, ...] = (
     "left_to_right",

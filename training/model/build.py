@@ -29,14 +29,14 @@ import functools
 import keras
 from keras import layers, ops
 
-from training.model_config import (
+from training.model.config import (
     APPEARANCE_MODES,
     BACKBONES,
     TEMPORAL_HEADS,
     ModelConfig,
     check_temporal,
 )
-from training.sampling import SamplingConfig
+from training.video.clip import SamplingConfig
 
 __all__ = [
     "APPEARANCE_MODES",
@@ -291,7 +291,7 @@ def compile_model(model: keras.Model, config: ModelConfig, learning_rate=None) -
 
     A model with a timeline head gets one loss per output; their accuracies are weighted by
     the sample weights, which are 0 for padded frames and for clips an output has no label
-    for (training/train.py).
+    for (training/learn/train.py).
     """
     optimizer = keras.optimizers.Adam(
         learning_rate=learning_rate or config.learning_rate, clipnorm=config.clipnorm

@@ -1,11 +1,12 @@
 """The one way to read and change a project's current model version.
 
-The truth is the store's ``current`` file (``training/store.py`` replaces it atomically): the
-embedded mode, a restarted process and any process that lost Redis read it. Redis mirrors it
-for everyone else: :meth:`VersionPointer.set` writes ``videoloop:current:<project>`` and
-publishes a notice on ``videoloop:current``, so serving processes swap within moments instead
-of at their next poll. Redis failing never fails a change: the file is already written and
-serving processes also poll it (DESIGN.md: no per-process cache that goes stale).
+The truth is the store's ``current`` file (``training/versions/store.py`` replaces it
+atomically): the embedded mode, a restarted process and any process that lost Redis read it.
+Redis mirrors it for everyone else: :meth:`VersionPointer.set` writes
+``videoloop:current:<project>`` and publishes a notice on ``videoloop:current``, so serving
+processes swap within moments instead of at their next poll. Redis failing never fails a
+change: the file is already written and serving processes also poll it (docs/design.md: no
+per-process cache that goes stale).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 
 import redis
 
-from training.store import ModelStore, validate_project
+from training.versions.store import ModelStore, validate_project
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ CURRENT_CHANNEL = "videoloop:current"
 """Pub/sub channel announcing changes, as JSON ``{"project": ..., "version": ...}``."""
 
 CURRENT_FILE = "current"
-"""The pointer file inside ``MODEL_DIR/<project>/`` (the layout of training/store.py)."""
+"""The pointer file inside ``MODEL_DIR/<project>/`` (the layout of training/versions/store.py)."""
 
 LISTEN_POLL_S = 1.0
 """Seconds a listener waits for a message before it looks at its stop flag again."""

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from training.sampling import SamplingConfig
-from training.store import VersionInfo
+from training.versions.store import VersionInfo
+from training.video.clip import SamplingConfig
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def load_version(info: VersionInfo, batch_size: int = 8) -> LoadedModel:
     import keras
     import tensorflow as tf
 
-    import training.model  # noqa: F401  (registers the custom layers for deserialisation)
+    import training.model.build  # noqa: F401  (registers the custom layers for deserialisation)
 
     started = time.perf_counter()
     model = keras.saving.load_model(info.model_path, compile=False)

@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import bisect
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import av
 import av.error
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
-from training.sampling import Clip, SamplingConfig
+from training.video.clip import Clip, SamplingConfig
+
+if TYPE_CHECKING:
+    from training.video.clipcache import ClipCache
 
 SEEK_ABOVE_S: float = 15.0
 """Videos longer than this, in seconds, are sampled by seeking; shorter ones are decoded in
@@ -275,3 +280,42 @@ def _to_clip(
         frame_count=frame_count,
         duration_s=duration_s if duration_s else frame_count / float(rate),
     )
+
+
+def decode_many(
+    paths: Sequence[str | os.PathLike],
+    sampling: SamplingConfig,
+    *,
+    threads: int = 2,
+    progress: Callable[[int, int], None] | None = None,
+    cache: ClipCache | None = None,
+) -> list[Clip | VideoDecodeError]:
+    """Sample every video; returns a Clip or the VideoDecodeError for each path, in order.
+
+    ``progress(done, total)`` is called after each video, from the calling thread. With a
+    ``cache``, clips decoded before (same file content and sampling) are read from it and
+    new ones are added; its ``hits``/``misses`` say how many were decoded.
+    """
+
+    def one(path: str | os.PathLike) -> Clip | VideoDecodeError:
+        try:
+            if cache is not None:
+                return cache.sample(path, sampling)
+            return sample_clip(path, sampling)
+        except VideoDecodeError as exc:
+            return exc
+
+    results: list[Clip | VideoDecodeError] = []
+    total = len(paths)
+    if threads <= 1 or total <= 1:
+        for path in paths:
+            results.append(one(path))
+            if progress:
+                progress(len(results), total)
+        return results
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode") as pool:
+        for result in pool.map(one, paths):
+            results.append(result)
+            if progress:
+                progress(len(results), total)
+    return results

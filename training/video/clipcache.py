@@ -6,9 +6,9 @@ An entry is keyed by the video's content (sha256 of the file, so the same video 
 another URL or path is a hit and a changed file is a miss), the sampling settings and
 :data:`FORMAT_VERSION`, and holds the Clip as an uncompressed ``.npz``. Entries appear by
 atomic rename, so workers on several machines may share one folder; the folder is bounded
-like the media cache (least recently used entries go first, training.diskcache).
+like the media cache (least recently used entries go first, training.video.diskcache).
 
-The trap: the key does not cover the sampler's code. When a change to training.sampler
+The trap: the key does not cover the sampler's code. When a change to training.video.decoder
 makes it return other frames for the same file and settings, bump FORMAT_VERSION, or
 training goes on with clips sampled the old way.
 """
@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from training.diskcache import TMP_PREFIX, evict_lru, touch
-from training.sampler import sample_clip
-from training.sampling import Clip, SamplingConfig
 from training.settings import Settings
+from training.video.clip import Clip, SamplingConfig
+from training.video.decoder import sample_clip
+from training.video.diskcache import TMP_PREFIX, evict_lru, touch
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The model's architecture and optimiser settings, as data: no Keras here.
 
 Stored in each version's meta.json and read by code that must not import TensorFlow (the
-settings, the command line's argument checks); training/model.py builds the graph from it.
+settings, the command line's argument checks); training/model/build.py builds the graph from it.
 """
 
 from __future__ import annotations

@@ -15,8 +15,8 @@ import redis
 from rq import SimpleWorker, Worker
 from rq.timeouts import TimerDeathPenalty
 
-from training.coordinator import TrainingCoordinator
-from training.jobs import make_coordinator
+from training.jobs.coordinator import TrainingCoordinator
+from training.jobs.training import make_coordinator
 from training.settings import Settings
 
 log = logging.getLogger(__name__)

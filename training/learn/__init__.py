@@ -1,0 +1,1 @@
+"""Learning from labelled clips: datasets, fitting, the quality gate, publishing a version."""

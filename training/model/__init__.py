@@ -1,0 +1,1 @@
+"""The CNN-LSTM: its configuration, the Keras graph, loading a version, uncertainty."""

@@ -1,0 +1,1 @@
+"""Published versions: the model store on disk and the current pointer every process reads."""
