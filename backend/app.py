@@ -16,9 +16,11 @@ from flask import Blueprint, Flask, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from backend import protocol
+from backend.predictor import TaskPredictor
 from backend.serving import ModelServer
 from backend.training_queue import open_training
 from backend.training_requests import TrainingRequests, TrainingUnavailable
+from backend.version_watch import VersionWatch
 from training.labelstudio.labelconfig import LabelConfigError, parse_label_config
 from training.settings import Settings
 
@@ -30,6 +32,12 @@ MODEL_CLASS = "VideoClassifier"
 EXTENSION_KEY = "videoloop"
 """``app.extensions`` key of the process's ModelServer."""
 
+PREDICTOR_KEY = "videoloop.predictor"
+"""``app.extensions`` key of the process's TaskPredictor."""
+
+WATCH_KEY = "videoloop.version_watch"
+"""``app.extensions`` key of the process's VersionWatch (only when create_app built the server)."""
+
 TRAINING_KEY = "videoloop.training"
 """``app.extensions`` key of the process's TrainingRequests."""
 
@@ -39,13 +47,16 @@ SETTINGS_KEY = "VIDEOLOOP_SETTINGS"
 PID_HEADER = "X-Videoloop-Pid"
 """Response header naming the process that answered."""
 
+WEBHOOK_SECRET_HEADER = "X-Webhook-Secret"
+"""The header carrying WEBHOOK_SECRET, set on the project's webhook in Label Studio."""
+
 UNAUTHENTICATED_PATHS = frozenset({"/health", "/webhook"})
 """Paths open without basic auth.
 
 /health: liveness probes (Docker, load balancers) carry no credentials. /webhook: Label
 Studio's auto-created project webhook sends no credentials even when basic auth is set on the
-ML backend (DESIGN.md), so demanding them there would lose every annotation event; add an
-``Authorization`` header to the webhook in Label Studio, or a webhook secret, to protect it.
+ML backend (docs/design.md), so demanding them there would lose every annotation event: set
+WEBHOOK_SECRET and put the header on that webhook instead.
 """
 
 bp = Blueprint("videoloop", __name__)
@@ -72,21 +83,28 @@ def create_app(
     settings = settings or Settings.from_env()
     app = Flask(__name__)
     app.config[SETTINGS_KEY] = settings
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_mb * 1024 * 1024  # else 413
     app.json.sort_keys = False  # type: ignore[attr-defined]
     own_server = server is None
     if server is None:
         server = ModelServer(settings)
         server.start()
     app.extensions[EXTENSION_KEY] = server
+    app.extensions[PREDICTOR_KEY] = TaskPredictor(server, settings)
     app.extensions[TRAINING_KEY] = training = training or open_training(settings)
     if own_server:  # swap on pub/sub notices, over the training queue's Redis (or fakeredis)
-        server.listen(training.jobs.coordinator.connection)
+        watch = VersionWatch(server).start(training.coordinator.connection)
+        app.extensions[WATCH_KEY] = watch
     app.register_blueprint(bp)
     return app
 
 
 def get_server() -> ModelServer:
     return current_app.extensions[EXTENSION_KEY]
+
+
+def get_predictor() -> TaskPredictor:
+    return current_app.extensions[PREDICTOR_KEY]
 
 
 def _settings() -> Settings:
@@ -153,7 +171,10 @@ def _basic_auth():
 
 
 def _json_body() -> dict:
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:  # a body nested thousands deep: Python's parser gives up
+        raise RequestError("request body is nested too deeply") from None
     if not isinstance(body, dict):
         raise RequestError("request body must be a JSON object")
     return body
@@ -185,7 +206,7 @@ def setup():
     server = get_server()
     hostname, token = body.get("hostname"), body.get("access_token")
     if isinstance(hostname, str) and isinstance(token, str):
-        server.media.set_fallback_credentials(hostname, token)
+        get_predictor().media.set_fallback_credentials(hostname, token)
     return jsonify({"model_version": server.get_version(project)})
 
 
@@ -198,8 +219,8 @@ def predict():
     if not isinstance(tasks, list):
         raise RequestError("'tasks' must be a list of tasks")
     project = _project(body)
-    choices = parse_label_config(body.get("label_config") or "")
-    results = get_server().predict(project, tasks, choices)
+    controls = parse_label_config(body.get("label_config") or "")
+    results = get_predictor().predict(project, tasks, controls)
     if len(results) != len(tasks):  # a bug, but never send Label Studio a mismatched list
         raise RuntimeError(f"{len(results)} results for {len(tasks)} tasks")
     log.info(
@@ -216,8 +237,13 @@ def webhook():
     Answers 200 with what happened (queued, joined, follow_up, recorded for training;
     refresh_queued, refresh_pending, refresh_no_model for TASKS_CREATED; ignored), 400 for an
     event without a project, 503 when Redis is down (a training request is kept and queued
-    later).
+    later), 401 without the webhook secret when WEBHOOK_SECRET is set.
     """
+    secret = _settings().webhook_secret
+    if secret:
+        given = request.headers.get(WEBHOOK_SECRET_HEADER, "")
+        if not hmac.compare_digest(given.encode(), secret.encode()):
+            return _error(f"missing or wrong {WEBHOOK_SECRET_HEADER} header", 401)
     body = _json_body()
     try:
         return jsonify(get_training().handle(body))
@@ -236,7 +262,7 @@ def training_status(project: str):
         raise RequestError(str(exc)) from None
     training = get_training()
     try:
-        state = training.jobs.coordinator.get_state(project)
+        state = training.coordinator.get_state(project)
     except redis.RedisError as exc:
         return _error(f"Redis is unreachable ({type(exc).__name__})", 503)
     state["kept_while_redis_down"] = training.get_kept().get(project, 0)

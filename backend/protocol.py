@@ -1,35 +1,14 @@
-"""Label Studio's JSON shapes: project ids, results, predictions. No Flask, no I/O.
+"""Project ids as Label Studio sends them to the backend's routes. No Flask, no I/O.
 
-See DESIGN.md "Label Studio protocol": a prediction is ``{"result": [...], "score": float,
-"model_version": str}``, one per task, and ``score`` is a confidence in [0, 1] that Label
-Studio sorts ascending to pick the next tasks to label. The result and prediction builders
-live in ``training/labelstudio/results.py`` (the refresh job writes the same predictions,
-and training never imports backend); they are re-exported here for the serving side.
+The prediction JSON lives in training/labelstudio/results.py: the refresh job writes the same
+predictions, and training never imports backend.
 """
 
 from __future__ import annotations
 
 import re
 
-from training.labelstudio.results import (
-    allowed_label_indices,
-    choices_result,
-    empty_prediction,
-    make_prediction,
-    pick_label,
-    video_prediction,
-)
 from training.versions.store import validate_project
-
-__all__ = [
-    "allowed_label_indices",
-    "choices_result",
-    "empty_prediction",
-    "make_prediction",
-    "normalize_project",
-    "pick_label",
-    "video_prediction",
-]
 
 _LS_PROJECT_RE = re.compile(r"^(\d+)\.\d+$")
 

@@ -2,7 +2,7 @@
 
 gthread workers (``WORKERS`` processes x ``THREADS`` threads). The app, and with it the
 ModelServer and its threads, is created in ``load()``, which gunicorn calls in each worker
-after the fork; never preload it in the master (DESIGN.md: forking after TensorFlow has
+after the fork; never preload it in the master (docs/design.md: forking after TensorFlow has
 initialised breaks the workers). The master only imports ``backend.app`` (Flask and the
 label-studio-sdk, no TensorFlow), so a forked worker answers /health almost at once.
 """
@@ -75,7 +75,7 @@ def run_server(settings: Settings | None = None) -> None:
     """Serve until stopped (SIGTERM / SIGINT); blocks."""
     settings = settings or Settings.from_env()
     configure_logging(settings.log_level)
-    # keras writes to ~/.keras unless told otherwise (DESIGN.md).
+    # keras writes to ~/.keras unless told otherwise (docs/design.md).
     os.environ.setdefault("KERAS_HOME", str(settings.cache_dir.resolve() / "keras"))
     logging.getLogger(__name__).info(
         "serving %s on %s:%d with %d worker(s) x %d thread(s)",

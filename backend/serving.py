@@ -1,12 +1,12 @@
 """The model owner of a serving process: one loaded version per project, swapped in whole.
 
-The store's ``current`` pointer is the truth shared by every process (training/versions/current.py).
-Each process compares it with what it has loaded and, when they differ, loads the new version
-on a background thread (load + warm-up), then swaps the project's reference under a lock that
-guards only the swap. Requests read the reference once and use that bundle to the end, so a
-request never mixes two versions and never waits on a swap. Nothing loads on a request thread:
-/predict for a project without a loaded model (first load, or evicted) waits for its load
-(bounded); /setup only reads the pointer.
+The store's ``current`` pointer is the truth shared by every process
+(training/versions/current.py). Each process compares it with what it has loaded and, when
+they differ, loads the new version on a background thread (load + warm-up), then swaps the
+project's reference under a lock that guards only the swap. Requests read the reference once
+and use that bundle to the end, so a request never mixes two versions and never waits on a
+swap. Nothing loads on a request thread: /predict for a project without a loaded model (first
+load, or evicted) waits for its load (bounded); /setup only reads the pointer.
 
 Every process swaps a new version in at the same instant, ``SWAP_DELAY_S`` after it was made
 current (the pointer file's time, which all processes read alike), not each as soon as its own
@@ -14,10 +14,9 @@ load ends: Label Studio's requests land on any gunicorn worker, and processes sw
 hundred milliseconds apart would show a client the new version and then the old one again. A
 process whose load takes longer swaps when it is ready.
 
-Version changes are noticed three ways: a Redis pub/sub notice (:meth:`ModelServer.listen`,
-within milliseconds), a background poll of every loaded project's pointer (every
-``POLL_INTERVAL_S``, so an idle process swaps too and nothing depends on Redis), and a
-rate-limited pointer read on /setup and /predict (:meth:`ModelServer.check`).
+Version changes reach it through backend/version_watch.py (a Redis pub/sub notice and a
+background poll) and through a rate-limited pointer read on /setup and /predict
+(:meth:`ModelServer.check`). Predicting is backend/predictor.py's.
 
 Memory: one model per project (the old one is dropped at the swap and freed once the last
 request holding it ends) and at most ``MAX_MODELS_IN_MEMORY`` projects; loading one more
@@ -29,34 +28,23 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from backend import protocol
-from training.labelstudio.labelconfig import VideoControls
-from training.labelstudio.results import fillable_controls
 from training.settings import Settings
-from training.versions.current import CurrentVersion, PointerListener, VersionPointer
+from training.versions.current import CurrentVersion, VersionPointer
 from training.versions.store import NO_MODEL_VERSION, ModelStore, VersionInfo
-from training.video.clip import Clip, stack_clips
-from training.video.decoder import VideoDecodeError, sample_clip
-from training.video.media import MediaError, MediaResolver, get_video_url
+from training.warn_once import WarnOnce
 
 if TYPE_CHECKING:
-    import redis
-
     from training.model.loaded import LoadedModel
 
 log = logging.getLogger(__name__)
 
 CHECK_INTERVAL_S = 1.0
 """Seconds between two reads of a project's current pointer by check() (request path)."""
-
-POLL_INTERVAL_S = 1.0
-"""Seconds between two background reads of every loaded project's pointer."""
 
 SWAP_DELAY_S = 3.0
 """Seconds after a version is made current at which every process swaps it in, together.
@@ -111,7 +99,6 @@ class ModelServer:
         settings: decode_threads, predict_batch_size, max_models_in_memory, model_dir and
             the media settings.
         store: the model store (default: ModelStore(settings.model_dir)).
-        media: resolves video references (default: MediaResolver.from_settings).
         loader: loads a version (default: TensorFlow via training.model.loaded.load_version).
         swap_delay_s: see SWAP_DELAY_S; tests pass 0 to swap as soon as a load ends.
     """
@@ -121,32 +108,25 @@ class ModelServer:
         settings: Settings,
         *,
         store: ModelStore | None = None,
-        media: MediaResolver | None = None,
         loader: Loader | None = None,
         swap_delay_s: float = SWAP_DELAY_S,
     ) -> None:
         self.settings = settings
         self.store = store or ModelStore(settings.model_dir)
         self.pointer = VersionPointer(self.store)
-        self.media = media or MediaResolver.from_settings(settings)
         self.max_models = max(1, settings.max_models_in_memory)
         self.swap_delay_s = swap_delay_s
         self._loader = loader or load_with_tensorflow
         self._lock = threading.Lock()
         self._states: dict[str, _ProjectState] = {}
-        self._logged: set[tuple] = set()
+        self._warn_once = WarnOnce(log)
         self._load_pool = ThreadPoolExecutor(LOAD_THREADS, thread_name_prefix="model-load")
-        self._decode_pool = ThreadPoolExecutor(
-            max(1, settings.decode_threads), thread_name_prefix="decode"
-        )
         self._stop = threading.Event()
-        self._poller: threading.Thread | None = None
-        self._listener: PointerListener | None = None
 
     # -- versions ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Load projects from the store in the background and start polling; returns at once.
+        """Load projects from the store in the background; returns at once.
 
         At most ``max_models`` projects are loaded up front; the others on their first request.
         """
@@ -160,20 +140,6 @@ class ModelServer:
             )
         for project in projects[: self.max_models]:
             self.notify(project)
-        if self._poller is None:
-            self._poller = threading.Thread(target=self._poll, name="pointer-poll", daemon=True)
-            self._poller.start()
-
-    def listen(self, connection: redis.Redis) -> PointerListener:
-        """Swap on Redis pub/sub notices of new current versions (VersionPointer.set).
-
-        Polling goes on beside it: a notice lost while Redis was away is caught by the poll.
-        """
-        if self._listener is None:
-            self._listener = PointerListener(
-                connection, self._on_notice, on_connect=self.poll_once
-            ).start()
-        return self._listener
 
     def get_version(self, project: str) -> str:
         """The version this process answers /predict with: cheap, for /setup.
@@ -241,14 +207,7 @@ class ModelServer:
         for project in projects:
             self.notify(project)
 
-    def _poll(self) -> None:
-        while not self._stop.wait(POLL_INTERVAL_S):
-            try:
-                self.poll_once()
-            except Exception:
-                log.exception("polling the current versions failed")
-
-    def _on_notice(self, project: str) -> None:
+    def on_notice(self, project: str) -> None:
         """A pub/sub notice: swap a project held here; load a new one only if there is room."""
         with self._lock:
             state = self._states.get(project)
@@ -261,7 +220,7 @@ class ModelServer:
         try:
             return self.pointer.get_current(project)
         except (OSError, ValueError) as exc:
-            self._log_once(("pointer", project, str(exc)), "project %s: %s", project, exc)
+            self._warn_once(("pointer", project, str(exc)), "project %s: %s", project, exc)
             return None
 
     def _schedule(self, project: str, current: CurrentVersion | None) -> threading.Event | None:
@@ -379,111 +338,10 @@ class ModelServer:
             log.warning("project %s: model still loading after %.0f s", project, wait_s)
         model = self.get_loaded(project)
         if model is None:
-            self._log_once(("no model", project), "project %s: no model to predict with", project)
+            self._warn_once(("no model", project), "project %s: no model to predict with", project)
         return model
 
-    # -- prediction -------------------------------------------------------------------------
-
-    def predict(self, project: str, tasks: Sequence[dict], controls: VideoControls) -> list[dict]:
-        """One prediction per task, in order.
-
-        Videos are fetched and decoded on the decode pool, a bounded window ahead of the
-        model; decoded clips go through the model in batches. A task whose video cannot be
-        fetched or decoded gets an empty prediction and a warning; the others are predicted.
-        """
-        model = self.get_model(project)
-        if model is None:
-            return [protocol.empty_prediction(NO_MODEL_VERSION) for _ in tasks]
-        if not fillable_controls(model, controls):
-            self._log_once(
-                ("no overlap", project, model.version, controls),
-                "project %s: version %s (labels %s, timeline labels %s) fills no control of the "
-                "config (choices %s, timeline %s)",
-                project,
-                model.version,
-                model.labels,
-                model.timeline_labels,
-                list(controls.choice_values),
-                list(controls.timeline.labels) if controls.timeline else None,
-            )
-            return [protocol.empty_prediction(model.version) for _ in tasks]
-
-        results: list[dict | None] = [None] * len(tasks)
-        batch: list[tuple[int, Clip]] = []
-        batch_size = max(1, self.settings.predict_batch_size)
-        window = max(2 * batch_size, 2 * self.settings.decode_threads)
-        pending: deque[tuple[int, Future[Clip]]] = deque()
-        next_task = 0
-        measure = self.settings.uncertainty_measure
-
-        def flush() -> None:
-            if not batch:
-                return
-            frames, mask = stack_clips([clip for _, clip in batch])
-            outputs = model.predict(frames, mask)
-            for row, (i, clip) in enumerate(batch):
-                results[i] = protocol.video_prediction(
-                    {head: value[row] for head, value in outputs.items()},
-                    model.labels,
-                    controls,
-                    model.version,
-                    timeline_labels=model.timeline_labels,
-                    clip=clip,
-                    frame_rate=controls.task_frame_rate(_task_data(tasks[i])),
-                    measure=measure,
-                )
-            batch.clear()
-
-        while next_task < len(tasks) or pending:
-            while next_task < len(tasks) and len(pending) < window:
-                future = self._decode_pool.submit(self._prepare, tasks[next_task], controls, model)
-                pending.append((next_task, future))
-                next_task += 1
-            i, future = pending.popleft()
-            try:
-                batch.append((i, future.result()))
-            except (MediaError, VideoDecodeError) as exc:
-                log.warning(
-                    "project %s task %s: no prediction: %s", project, _task_id(tasks[i]), exc
-                )
-                results[i] = protocol.empty_prediction(model.version)
-            except Exception:
-                log.exception("project %s task %s: no prediction", project, _task_id(tasks[i]))
-                results[i] = protocol.empty_prediction(model.version)
-            if len(batch) >= batch_size:
-                flush()
-        flush()
-        return [r if r is not None else protocol.empty_prediction(model.version) for r in results]
-
-    def _prepare(self, task: dict, controls: VideoControls, model: LoadedModel) -> Clip:
-        """Fetch and sample one task's video (runs on the decode pool)."""
-        data = _task_data(task)
-        if data is None:
-            raise MediaError("task has no data")
-        url = get_video_url(data, controls.video_value_key)
-        path = self.media.resolve(url, task_id=task.get("id"))
-        return sample_clip(path, model.sampling)
-
     def close(self) -> None:
-        """Stop polling, listening and the thread pools (running loads finish meanwhile)."""
+        """Stop loading (running loads finish meanwhile; nothing new is scheduled)."""
         self._stop.set()
-        if self._listener is not None:
-            self._listener.stop()
-        self._decode_pool.shutdown(wait=False, cancel_futures=True)
         self._load_pool.shutdown(wait=False, cancel_futures=True)
-
-    def _log_once(self, key: tuple, msg: str, *args: object) -> None:
-        with self._lock:
-            if key in self._logged:
-                return
-            self._logged.add(key)
-        log.warning(msg, *args)
-
-
-def _task_id(task: object) -> object:
-    return task.get("id") if isinstance(task, dict) else None
-
-
-def _task_data(task: object) -> dict | None:
-    data = task.get("data") if isinstance(task, dict) else None
-    return data if isinstance(data, dict) else None

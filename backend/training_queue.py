@@ -9,28 +9,18 @@ from __future__ import annotations
 
 import logging
 
-import redis
-
 from backend.training_requests import TrainingRequests
-from training.jobs.training import make_coordinator
+from training.jobs.coordinator import make_coordinator
+from training.jobs.redis_connection import SERVING_TIMEOUTS, connect_redis
 from training.settings import Settings
 
 log = logging.getLogger(__name__)
-
-REDIS_CONNECT_TIMEOUT_S = 0.5
-"""Connecting to Redis gives up after this long: /webhook must answer within Label Studio's 1 s."""
-REDIS_SOCKET_TIMEOUT_S = 2.0
 
 
 def open_training(settings: Settings) -> TrainingRequests:
     """Build the process's TrainingRequests (and, embedded, its worker thread) and start it."""
     if settings.redis_url:
-        connection = redis.Redis.from_url(
-            settings.redis_url,
-            socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
-            socket_timeout=REDIS_SOCKET_TIMEOUT_S,
-        )
-        coordinator = make_coordinator(connection, settings)
+        coordinator = make_coordinator(connect_redis(settings, SERVING_TIMEOUTS), settings)
     else:
         import fakeredis
 

@@ -9,6 +9,7 @@ failure is visible in Label Studio's logs, but the request is not lost.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from dataclasses import dataclass
 
@@ -16,7 +17,8 @@ import redis
 
 from backend import protocol
 from training.jobs.coordinator import TrainingCoordinator
-from training.jobs.training import request_refresh, resume_refreshes
+from training.jobs.periodic import PeriodicTask
+from training.jobs.refresh_queue import request_refresh, resume_refreshes
 from training.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,25 @@ REPLAY_EVERY_S = 1.0
 """How often requests kept while Redis was down are retried, in seconds."""
 
 
+FORCED_KEY = "videoloop:train:forced:{0}"
+"""Set for FORCE_TRAINING_EVERY_S after a forced run of the project was requested."""
+
+_LS_PROJECT_ID = re.compile(r"[1-9][0-9]{0,17}")
+
+
+def label_studio_project(project: object) -> str:
+    """The project id of a webhook event: Label Studio's are positive integers, and nothing
+    else may add state in Redis.
+
+    Raises:
+        ValueError: missing, or not a positive integer.
+    """
+    text = protocol.normalize_project(project)
+    if not _LS_PROJECT_ID.fullmatch(text):
+        raise ValueError(f"project id must be a positive integer, got {text!r}")
+    return text
+
+
 class TrainingUnavailable(RuntimeError):
     """Redis is unreachable; the request was kept and will be queued later (HTTP 503)."""
 
@@ -54,23 +75,32 @@ class _Kept:
 
 
 class TrainingRequests:
-    """Accepts webhook events for one process; owns the replay and recovery thread."""
+    """Accepts webhook events for one process; owns the replay and recovery threads."""
 
     def __init__(self, coordinator: TrainingCoordinator, settings: Settings) -> None:
         self.coordinator = coordinator
         self.settings = settings
         self._kept: dict[str, _Kept] = {}
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        expected = (redis.RedisError,)
+        self._loops = (
+            PeriodicTask(self.replay_kept, REPLAY_EVERY_S, name="replay-kept", expected=expected),
+            PeriodicTask(
+                self._recover,
+                max(REPLAY_EVERY_S, settings.recover_every_s),
+                name="recover",
+                expected=expected,
+            ),
+        )
 
     def start(self) -> TrainingRequests:
-        self._thread = threading.Thread(target=self._run, name="training-requests", daemon=True)
-        self._thread.start()
+        for loop in self._loops:
+            loop.start()
         return self
 
     def close(self) -> None:
-        self._stop.set()
+        for loop in self._loops:
+            loop.stop()
 
     def handle(self, event: dict) -> dict:
         """Record one webhook event; returns the JSON answer.
@@ -80,13 +110,15 @@ class TrainingRequests:
             TrainingUnavailable: Redis is down (the request is kept and replayed).
         """
         action = event.get("action")
+        if not isinstance(action, str):
+            raise ValueError("'action' must be a string")
         if action in REFRESH_ACTIONS:
-            return self._refresh(action, protocol.normalize_project(event.get("project")))
+            return self._refresh(action, label_studio_project(event.get("project")))
         if action not in TRAINING_ACTIONS:
             return {"status": "ignored", "action": action}
-        project = protocol.normalize_project(event.get("project"))
-        force = action == "START_TRAINING"
+        project = label_studio_project(event.get("project"))
         try:
+            force = action == "START_TRAINING" and self._may_force(project)
             outcome = self.coordinator.request(
                 project, force=force, train_every=self.settings.train_every
             )
@@ -98,6 +130,16 @@ class TrainingRequests:
             ) from None
         log.info("webhook %s project %s: %s", action, project, outcome.value)
         return {"status": outcome.value, "action": action, "project": project}
+
+    def _may_force(self, project: str) -> bool:
+        """At most one forced run per project every FORCE_TRAINING_EVERY_S: "Start training"
+        from anyone who can reach /webhook must not keep the workers busy."""
+        key = FORCED_KEY.format(project)
+        every_s = max(1, self.settings.force_training_every_s)
+        if self.coordinator.connection.set(key, 1, nx=True, ex=every_s):
+            return True
+        log.info("project %s: forced run within %d s of the last one; not forced", project, every_s)
+        return False
 
     def _refresh(self, action: str, project: str) -> dict:
         """Queue predictions of the new tasks; not kept while Redis is down (the next
@@ -126,8 +168,8 @@ class TrainingRequests:
 
     def replay_kept(self) -> int:
         """Queue what was kept while Redis was down; returns how many projects were sent."""
-        with self._lock:
-            kept = dict(self._kept)
+        with self._lock:  # copies: events kept while a replay runs must stay kept
+            kept = {p: _Kept(k.events, k.force) for p, k in self._kept.items()}
         sent = 0
         for project, item in kept.items():
             try:
@@ -154,18 +196,7 @@ class TrainingRequests:
             sent += 1
         return sent
 
-    def _run(self) -> None:
-        ticks_per_recover = max(1, round(self.settings.recover_every_s / REPLAY_EVERY_S))
-        tick = 0
-        while not self._stop.wait(REPLAY_EVERY_S):
-            tick += 1
-            try:
-                if self._kept:
-                    self.replay_kept()
-                if tick % ticks_per_recover == 0:
-                    self.coordinator.recover()
-                    resume_refreshes(self.coordinator.connection, self.settings)
-            except redis.RedisError as exc:
-                log.debug("training requests: Redis unavailable: %s", exc)
-            except Exception:
-                log.exception("training requests: background step failed")
+    def _recover(self) -> None:
+        """Re-queue lost training work and resume refreshes that were interrupted."""
+        self.coordinator.recover()
+        resume_refreshes(self.coordinator.connection, self.settings)

@@ -1,130 +1,19 @@
 """Does labelling the clips the model is least sure of save annotators' time? A simulation.
 
-A simulated annotator labels clips from a pool of synthetic videos (``training.video.synth``: four
-classes that differ only in temporal order, ``left_to_right``, ``right_to_left``, ``grow``,
-``shrink``), with the label the generator drew. A held-out test set, never labelled, scores
-every round. The loop, for each strategy and seed:
-
-1. label ``--seed-per-class`` clips of each class at random (2: the product starts training
-   on annotation events once every label has ``MIN_PER_LABEL`` = 2);
-2. train as the product's training job does (``training.jobs.training.run_training`` ->
-   ``train_and_publish`` -> ``training.learn.train.fit``): the default ``ModelConfig()``,
-   ``TrainConfig(epochs=30, seed=seed)`` (TRAIN_EPOCHS' default; patience 10, batch 8,
-   augmentation, class weights, its tf.data pipeline), on the labelled clips split as
-   ``train_and_publish`` splits them (``--holdout product``): ``stable_split`` on task keys,
-   20 % test / 15 % validation, so a label with fewer than 3 clips trains whole and from 3 on
-   at least one clip goes to the product's own test part (its quality gate's; nothing here
-   trains on it) and one to validation (early stopping on validation loss). Without a
-   validation clip ``fit(train, None)`` monitors the training loss, as the product does.
-   From the second round on the model fine-tunes the last round's
-   (``fit(..., parent=...)``: ``warm_start``, same labels so every layer, learning rate
-   x0.3), as the job fine-tunes the current version (``--init scratch``: from scratch);
-3. score on the test set, then label ``--k`` more pool clips: ``uncertainty:<measure>``
-   takes those the new model is least sure of (``training.model.uncertainty.most_uncertain``, the
-   order Label Studio's Data Manager shows when sorted by prediction score; plain
-   ``uncertainty`` uses ``--measure``), ``random`` the next k of a random order;
-4. again, up to ``--budget`` labels.
-
-A seed sets the seed set, the model's initialisation and shuffling, and the random order;
-the clips and the pool/test split stay the same (``--seed``). Every strategy of one seed
-starts from the same labelled clips and initialisation, so the first point is shared. Runs
-are deterministic per seed (``keras.utils.set_random_seed`` inside ``fit`` and
-``tf.config.experimental.enable_op_determinism()``; without it the same first round, same
-clips and seed, scored 0.35 in one process and 0.29 in the next): with it the same command
-gave the same accuracies twice. ``--nondeterministic`` leaves it off. Each (strategy, seed) runs in a spawned process of its own, started
-again if it dies (on this shared machine another job's process was killed by the OOM
-killer, and one of these vanished mid-run). Peak MB is that process's ru_maxrss; RSS is
-resident memory after each round's ``keras.backend.clear_session()`` and ``gc.collect()``:
-it grows by 50-60 MB a trained model, which plain ``model.fit`` on numpy arrays shows too
-(Keras 3.15 / TF 2.21, not videoloop's code; ``malloc_trim`` does not give it back), hence
-a process per run.
-
-Labels to reach the target: the first label count whose test accuracy is at or above
-``--target``; a run that never gets there shows ``>budget`` and counts as the budget in the
-mean (then a lower bound, marked ``>``). ``x random``: mean labels needed over random's.
-``mean acc``: the mean over all label counts (the area under the curve over its width).
-
-Not simulated: the quality gate (every round's model ranks the pool and is scored here),
-annotators labelling while a model trains, label noise, real footage. Sampling is 8 frames
-at 64x64 (not the product's 16 at 112) to keep the default run near half an hour on 2
-cores; the classes need motion, so 8 frames are enough. Run from the repository root (not
-imported by the packages):
+Why: videoloop orders tasks least certain first; this measures whether that order reaches a
+given accuracy with fewer labels than random. A simulated annotator labels synthetic clips
+(``training.video.synth``, classes that differ only in temporal order) from a pool, round by
+round; each strategy starts from the same ``--seed-per-class`` clips, trains as the product's
+training job does (its split, fine-tuning the last round's model), and labels ``--k`` more:
+the ones the model is least sure of (``uncertainty:<measure>``) or ``random`` ones. It prints
+test accuracy by labelled clips, the labels each strategy needed to reach ``--target`` with
+ratios to random, and plots the curves (``bench/active_learning.png``). Each (strategy, seed)
+runs in a spawned process of its own. Run from the repository root (not imported by the
+packages):
 
     .venv/bin/python bench/active_learning.py [--json FIGURES.json]
 
-Measured here (2 cores shared with another benchmark for most of the run, so times are
-noisy; 100 test clips, so a clip is a point of accuracy; the PNG is
-``bench/active_learning.png``):
-
-    $ .venv/bin/python bench/active_learning.py
-    machine: x86_64, 2 cores, 24 GB RAM, python 3.11.7, tensorflow 2.21.0, keras 3.15.1, numpy 2.2.6
-    data: ['left_to_right', 'right_to_left', 'grow', 'shrink'], 100 clips each (data seed 0): pool 300, test 100; T=8 at 64x64; 63 s to generate and decode
-    loop: seed set 2/class, +8 a round up to 128 labels; seeds [0, 1, 2]; epochs <= 30 (patience 10); holdout product; init parent; target 0.9
-
-      uncertainty:least_confidence seed 0: acc 0.46 0.48 0.55 0.57 0.61 0.61 0.66 0.77 0.86 0.95 0.97 0.98 0.98 0.98 0.98 0.98; 804 s, 881 s so far
-      random seed 0: acc 0.46 0.39 0.49 0.48 0.50 0.56 0.56 0.60 0.66 0.82 0.78 0.87 0.91 0.90 0.93 0.96; 810 s, 1706 s so far
-      uncertainty:least_confidence seed 1: acc 0.36 0.37 0.37 0.41 0.47 0.50 0.55 0.58 0.63 0.64 0.69 0.86 0.81 0.90 0.90 0.94; 877 s, 2602 s so far
-      random seed 1: acc 0.36 0.39 0.39 0.48 0.46 0.55 0.62 0.72 0.73 0.76 0.79 0.79 0.88 0.87 0.91 0.93; 1027 s, 3651 s so far
-      uncertainty:least_confidence seed 2: acc 0.30 0.32 0.35 0.47 0.49 0.46 0.52 0.53 0.58 0.67 0.77 0.84 0.90 0.93 0.90 0.96; 747 s, 4411 s so far
-      random seed 2: acc 0.30 0.31 0.36 0.49 0.56 0.56 0.60 0.68 0.71 0.72 0.80 0.83 0.84 0.87 0.93 0.97; 716 s, 5145 s so far
-
-    test accuracy by labelled clips, mean over seeds [0, 1, 2] (min)
-    labels uncertainty:least_confidence                       random
-         8                0.373 (0.300)                0.373 (0.300)
-        16                0.390 (0.320)                0.363 (0.310)
-        24                0.423 (0.350)                0.413 (0.360)
-        32                0.483 (0.410)                0.483 (0.480)
-        40                0.523 (0.470)                0.507 (0.460)
-        48                0.523 (0.460)                0.557 (0.550)
-        56                0.577 (0.520)                0.593 (0.560)
-        64                0.627 (0.530)                0.667 (0.600)
-        72                0.690 (0.580)                0.700 (0.660)
-        80                0.753 (0.640)                0.767 (0.720)
-        88                0.810 (0.690)                0.790 (0.780)
-        96                0.893 (0.840)                0.830 (0.790)
-       104                0.897 (0.810)                0.877 (0.840)
-       112                0.937 (0.900)                0.880 (0.870)
-       120                0.927 (0.900)                0.923 (0.910)
-       128                0.960 (0.940)                0.953 (0.930)
-       all                        0.674                        0.667
-
-    labels to reach test accuracy 0.9 (the first round at or above it; >128: not reached within the budget, counted as 128 in the mean)
-    strategy                       seed 0   seed 1   seed 2    mean mean acc x random        per seed x random
-    uncertainty:least_confidence       80      112      104    98.7    0.674     0.86           0.77 0.93 0.87
-    random                            104      120      120   114.7    0.667
-    uncertainty:least_confidence reached 0.9 with fewer labels than random on 3 of 3 seeds, with more on 0
-
-    strategy                      fit s round s epochs  trained RSS MB first RSS MB last peak MB labels per class
-    uncertainty:least_confidence   46.2    50.6   26.7     8-83          996        1936    1961      33/29/36/31
-    random                         48.2    53.2   26.2     8-83          988        1934    1953      35/28/31/33
-    plot: bench/active_learning.png
-    total 5146 s
-
-
-Reading: on every seed uncertainty sampling (least confidence) reached 0.9 with fewer labels
-than random (80/112/104 against 104/120/120): 98.7 against 114.7 on average, 0.86 times as
-many, 16 labels saved. The curves are level until ~90 labels and part only near the target
-(mean accuracy over the whole curve 0.674 against 0.667): uncertainty sampling helps once the
-model is good enough for its doubts to mean something, not before. The first model, from 2
-clips a label, scores 0.30-0.46 (0.29 on every seed before ``training.learn.train`` re-estimated
-BatchNorm's statistics after training: with one batch an epoch the moving variance was still
-far from the data's and the model predicted one or two classes for everything). The
-product's split costs labels at every size: of 128 labelled clips 83 train, the rest are the
-gate's test part and validation.
-
-The measures, from a run before that BatchNorm change (the same seeds; the first model then
-scored 0.29, so these are not comparable with the table above, only with each other):
-
-    strategy                       seed 0   seed 1   seed 2    mean mean acc x random        per seed x random
-    uncertainty:least_confidence       80       96      104    93.3    0.701     0.83           0.77 0.92 0.81
-    uncertainty:margin                 88       96      112    98.7    0.689     0.88           0.85 0.92 0.88
-    uncertainty:entropy                88      104      112   101.3    0.700     0.90           0.85 1.00 0.88
-    random                            104      104      128   112.0    0.662
-
-All three needed fewer labels than random (entropy tied it on seed 1); none clearly beats the
-others: 8 labels is one round, and with three seeds the differences between measures are
-within the seed-to-seed spread. One synthetic data set: the size of the gain says little
-about real footage.
+Results: bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -189,9 +78,11 @@ def _run_one(job: dict) -> dict:
     import keras
     import tensorflow as tf
 
+    from training.learn.config import TrainConfig
     from training.learn.dataset import ClipArrays
-    from training.learn.train import TrainConfig, fit, predict_arrays
-    from training.model.build import ModelConfig
+    from training.learn.evaluate import predict_arrays
+    from training.learn.fit import fit
+    from training.model.config import ModelConfig
     from training.model.uncertainty import most_uncertain
     from training.versions.store import VersionInfo
     from training.video.clip import SamplingConfig

@@ -1,23 +1,15 @@
 """Which per-frame features tell temporal classes apart from few clips: measured side by side.
 
-Trains each variant of the CNN-LSTM on the same synthetic set (``videoloop synth``, classes
-that differ only in temporal order), over several split/initialisation seeds, and prints
-held-out accuracy (mean, min), parameters and inference time per clip, with ratios to the
-default. Run from the repository root:
+Why: the model's per-frame features (frame differences, a position-keeping grid, pooled
+motion, an appearance stream) each cost parameters or time; this shows what each buys. Trains
+every variant on the same synthetic set (``videoloop synth``, classes that differ only in
+temporal order) over several split/initialisation seeds and prints held-out accuracy (mean,
+min), parameters and time per clip, with ratios to the default. Run from the repository root
+(not imported by the packages; the header prints the machine):
 
     .venv/bin/python bench/layout.py --classes 2 --per-class 40 --seeds 0 1 2
 
-Not imported by the packages. Results depend on the machine: the header prints it.
-Measured here (2 cores, other work running, so ms/clip is noisy):
-
-    machine: x86_64, 2 cores, python 3.11.7, tensorflow 2.21.0, keras 3.15.1
-    data: ['left_to_right', 'right_to_left'], 40 clips each (seed 0), T=16 at 112x112; seeds [0, 1, 2]
-    variant                                              acc mean acc min   params ms/clip train s params x
-    default (motion grid + pooled, appearance pooled)       0.979   0.938   308402     4.5      44     1.00
-    appearance stacked into one stream                      0.917   0.875   276906     5.0      54     0.90
-    differences only (no appearance)                        1.000   1.000   276474     3.6      55     0.90
-    grid only (no pooled features, stacked)                 0.958   0.875   244138    11.9      58     0.79
-    no frame differences (RGB only)                         0.708   0.375   276474     3.4      40     0.90
+Results: bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -55,9 +47,11 @@ def main() -> None:
     import keras
     import tensorflow as tf
 
+    from training.learn.config import TrainConfig
     from training.learn.dataset import decode_labelled, stratified_split
-    from training.learn.train import TrainConfig, fit, predict_arrays
-    from training.model.build import ModelConfig
+    from training.learn.evaluate import predict_arrays
+    from training.learn.fit import fit
+    from training.model.config import ModelConfig
     from training.video.clip import SamplingConfig
     from training.video.synth import generate_dataset, select_classes
 

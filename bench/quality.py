@@ -1,54 +1,19 @@
 """Quality against the origin: videoloop's CNN-LSTM heads, frame averaging and the origin's model.
 
-Trains and scores, side by side on the same clips and splits, in one run:
+Why: the model must beat both the baseline that cannot see temporal order and the Keras guide
+it comes from. Trains side by side, on the same clips and splits and with the product's own
+``training.learn`` fitting: ``lstm`` (the default model), ``bilstm`` and ``attention`` (the
+other temporal heads), ``frame average`` (no temporal model) and ``origin`` (the guide's
+TimeDistributed Conv2D/MaxPool + Flatten + LSTM(128), trained at ``--origin-frames`` x
+``--origin-size``; at the guide's own input, row ``guide``, it is only built, saved and
+timed). Data sets: ``synth`` (direction of motion), ``real`` (panned stretches of the clips
+in tests/data) and ``timeline`` (labelled per frame: frame accuracy, segmental F1). Prints
+accuracy, size, time per clip and peak memory, with ratios; each (model, data set) trains in
+a spawned process of its own. Run from the repository root (not imported by the packages):
 
-1. ``lstm``: videoloop's default model (``training.model.build.build_model``, ``ModelConfig()``);
-2. ``bilstm`` and ``attention``: the same CNN with the other temporal heads of the origin
-   guide's extensions (``ModelConfig(temporal=...)``): a bidirectional LSTM, and attention
-   pooling over the LSTM's outputs;
-3. ``frame average``: the same CNN with no temporal model (``temporal="average"``: the mean
-   of the per-frame features, then the softmax), the baseline that cannot see order;
-4. ``origin``: the origin guide's exact architecture, TimeDistributed(Conv2D(32,3,relu)) ->
-   TimeDistributed(MaxPool2D) -> TimeDistributed(Conv2D(64,3,relu)) ->
-   TimeDistributed(MaxPool2D) -> TimeDistributed(Flatten) -> LSTM(128) -> Dense(softmax),
-   input scaled to [0,1] inside the model, trained at ``--origin-frames`` x
-   ``--origin-size`` (16x112x112 by default: at the guide's 32x224x224 one training step
-   takes about 3.5 s a clip here, so three seeds of 15 epochs would take hours). Its LSTM
-   gets the padding mask (no parameters). The same architecture at the guide's own input
-   (``--guide-frames`` x ``--guide-size``, 32x224x224) is also built, saved and timed, not
-   trained (row ``guide``): its parameters (95.6 M, the Flatten is 54*54*64 wide), file size,
-   ms per clip and peak memory are what the origin costs as the guide runs it.
+    .venv/bin/python bench/quality.py [--datasets ...] [--models ...]
 
-videoloop's models train with the product's own ``training.learn.train.fit`` (tf.data pipeline,
-augmentation that keeps temporal order, class weights, Adam with clipnorm, label smoothing,
-early stopping on validation loss with best weights kept, learning rate halved on plateaus).
-The origin compiles with the same ``compile_model`` and trains with the same pipeline and
-callbacks (``build_model`` cannot build it). Epochs are capped by ``--epochs``.
-
-Data sets:
-
-* ``synth``: ``training.video.synth.generate_dataset`` with ``--classes`` (default 2:
-  left_to_right and right_to_left; 4 adds grow and shrink): classes that differ only in
-  temporal order;
-* ``real``: 16-frame stretches of the real clips in tests/data, seen through a window that
-  pans left or right across the frame (``pan_left`` / ``pan_right``): real footage, and
-  only the order of the frames tells the classes apart (but each frame difference already
-  shows the pan's direction, so frame averaging over features of differences can too);
-* ``timeline``: synthetic clips whose motion changes (or not) inside the clip
-  (``render_segmented_clip``), labelled per frame as a <TimelineLabels> project would be;
-  scored by frame accuracy and segmental F1@0.5 on the sampled frames (the origin has no
-  per-frame head and is not run here).
-
-Each (model, data set) trains in its own spawned process, so peak memory (ru_maxrss of that
-process: TensorFlow, the data and training) is per model, and a model that runs out of memory
-is reported as failed while the others go on. Split per seed with
-``stratified_split(y, (0.2, 0.15), seed)``; accuracy is on the held-out 20 %. ms/clip:
-``predict_on_batch`` on batches of 8 after a warm-up, best of 5. Run from the repository
-root (not imported by the packages):
-
-    .venv/bin/python bench/quality.py
-
-Measured here: see the README ("How good the model is") for the table of the last run.
+Results: bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -80,7 +45,8 @@ def _origin(num_classes: int, frames: int, size: int):
     import keras
     from keras import layers
 
-    from training.model.build import BoolMask, ModelConfig, compile_model
+    from training.model.build import BoolMask, compile_model
+    from training.model.config import ModelConfig
 
     inp = keras.Input((frames, size, size, 3), dtype="uint8", name="frames")
     mask = keras.Input((frames,), dtype="bool", name="mask")
@@ -92,18 +58,19 @@ def _origin(num_classes: int, frames: int, size: int):
     x = layers.TimeDistributed(layers.Flatten())(x)
     x = layers.LSTM(128)(x, mask=BoolMask()(mask))
     out = layers.Dense(num_classes, activation="softmax")(x)
-    model = keras.Model({"frames": inp, "mask": mask}, out, name="origin")
+    model = keras.Model({"frames": inp, "mask": mask}, {"classes": out}, name="origin")
     compile_model(model, ModelConfig())
     return model
 
 
 def _fit_origin(train, val, k: int, frames: int, size: int, config, batch_size: int):
-    """The origin trained with videoloop's pipeline and callbacks (see training.learn.train.fit):
+    """The origin trained with videoloop's pipeline and callbacks (see training.learn.fit.fit):
     ``config`` is the TrainConfig videoloop's models get."""
     import keras
 
     from training.learn.dataset import class_weights
-    from training.learn.train import make_dataset, training_callbacks
+    from training.learn.fit import training_callbacks
+    from training.learn.pipeline import make_dataset
 
     keras.utils.set_random_seed(config.seed)
     model = _origin(k, frames, size)
@@ -128,9 +95,11 @@ def _train_one(job: dict) -> dict:
     import keras
 
     from training.labelstudio.timeline import timeline_metrics
+    from training.learn.config import TrainConfig
     from training.learn.dataset import NO_CLASS, ClipArrays, stratified_split
-    from training.learn.train import TrainConfig, fit, predict_outputs
-    from training.model.build import ModelConfig
+    from training.learn.evaluate import predict_outputs
+    from training.learn.fit import fit
+    from training.model.config import ModelConfig
     from training.video.clip import SamplingConfig
 
     arrays = np.load(job["data"])

@@ -1,39 +1,14 @@
 """Sequential decoding vs seeking per target, to choose training.video.decoder.SEEK_ABOVE_S.
 
-Run from the repository root (about 3.5 minutes; it writes its synthetic videos to a temp dir):
+Why: decoding every frame is cheapest for short videos, seeking for long ones; this finds the
+crossover. Samples 16 frames at 112x112 both ways from the real clips in tests/data and from
+synthetic videos of 10-120 s with short and long keyframe intervals (written to a temp dir),
+and prints the best wall-clock and CPU time per clip with their ratios ("seq/seek" above 1:
+seeking is faster). Run from the repository root (about 3.5 minutes):
 
     .venv/bin/python bench/sampling.py 2>/dev/null
 
-Seeking consults the container's keyframe index and seeks only when a keyframe lies between
-the last decoded frame and the next target, so it is never much slower than decoding in order
-(a plain seek per target was up to 10x slower on the real clips, which have 1-6 keyframes).
-"seq/seek" above 1 means seeking is faster. Printed by the command above, with other
-jobs sharing the machine (hence best-of-N and the CPU-time ratio, the steadier of the two):
-
-    machine: nproc=2 python=3.11.7 av=18.1.0
-    load average at start: 5.5, 4.6, 2.4 (best of 7, interleaved, to damp it)
-    sampling 16 frames at 112x112
-    ms: best wall-clock time per clip; cpu: the same for CPU time (all threads)
-    video                           size  len s  keys  seq ms seek ms seq/seek cpu seq/seek
-    b.mp4                        480x270    5.0     2      22      22     0.97         0.97
-    bigbuckbunny.mp4            1280x720    5.3     1     186     201     0.93         1.00
-    bikes.mp4                    640x272   10.0     6     132     115     1.15         1.06
-    carphone_distorted.mp4       176x144    4.0     1       5       5     0.92         0.92
-    carphone_pristine.mp4        176x144    4.0     1      55      56     0.99         0.96
-    muted_b.mp4                  480x270    5.0     1      23      23     1.03         0.97
-    synth_10s_gop2s.mp4          640x360   10.0     5     188     203     0.93         0.92
-    synth_20s_gop2s.mp4          640x360   20.0    10     298     209     1.42         1.26
-    synth_30s_gop2s.mp4          640x360   30.0    15     356     232     1.53         1.52
-    synth_60s_gop2s.mp4          640x360   60.0    30     763     233     3.27         2.98
-    synth_120s_gop2s.mp4         640x360  120.0    60    1385     236     5.86         6.12
-    synth_10s_gop10s.mp4         640x360   10.0     1     124     204     0.61         0.98
-    synth_20s_gop10s.mp4         640x360   20.0     2     348     346     1.01         1.01
-    synth_30s_gop10s.mp4         640x360   30.0     3     336     354     0.95         1.03
-    synth_60s_gop10s.mp4         640x360   60.0     6     783     710     1.10         1.15
-    synth_120s_gop10s.mp4        640x360  120.0    12    1384     874     1.58         1.51
-
-Decoding in order wins or ties up to 10 s; seeking ties or wins from 20 s, by 3-6x at 60-120 s
-with 2 s keyframe intervals (1.1-1.6x with 10 s ones). training.video.decoder.SEEK_ABOVE_S = 15 s.
+Results: bench/RESULTS.md.
 """
 
 from __future__ import annotations

@@ -1,42 +1,17 @@
 """/predict latency in steady state and while new versions are swapped in: one run, as ratios.
 
-Starts the backend under gunicorn (``python -m backend.server``, 2 worker processes x 4
-threads, Redis pub/sub when a Redis answers) on a model store holding one project: a small
-model it trains itself in a few seconds (default ModelConfig, 16 x 112 x 112 clips, one epoch
-on synthetic clips), or the current version of ``--project`` in ``--model-dir``. Client
-threads call /predict continuously with one task each (a synthetic clip on local disk, as
-Label Studio's interactive pre-annotation sends one task per call), each call on a new
-connection so that calls reach both processes. First a steady-state window, then a window
-during which a new version (a copy of the model under a new name) is made current every
-``--every-s`` seconds through ``VersionPointer`` (what the training job calls). The swap
-window runs until every process has swapped the last version in. Prints p50/p99 per window,
-their ratios, how long the last version took to reach every worker, and the workers' resident
-memory after each window (one model per project: it must not grow with the swaps).
-
-Run from the repository root (about 1 minute):
+Why: every serving process swaps each new version in while it serves; this measures what that
+costs the requests in flight. Starts the backend under gunicorn (``python -m backend.server``,
+2 worker processes x 4 threads, Redis pub/sub when a Redis answers) on a store with one small
+model it trains itself (or ``--model-dir``), has client threads call /predict continuously,
+first in a steady-state window, then while a new version is made current every ``--every-s``
+seconds through ``VersionPointer``. Prints p50/p99 per window and their ratios, how long the
+last version took to reach every worker, and the workers' resident memory after each window.
+Run from the repository root (about 1 minute; not imported by the packages):
 
     .venv/bin/python bench/swap_latency.py
 
-Measured here (2 cores, no GPU, other engineers' tests running beside it; about 1 minute)::
-
-    machine: x86_64, 2 cores, python 3.11.7, tensorflow 2.21.0, keras 3.15.1, gunicorn 27.0.1
-    model: 308402 parameters, 3.9 MB, sampling {'frames': 16, 'height': 112, 'width': 112} (trained in 6 s)
-    server: 2 workers x 4 threads, Redis pub/sub redis://127.0.0.1:6379/1, SWAP_DELAY_S=3.0; 4 clients, 1 task per call, a new connection per call
-
-    windows: steady 25 s, swapping 21 s (10 versions made current, one every 2 s; the window ends when every worker serves the last)
-    steady           2314 calls  0 failed  p50    42.9 ms  p99    68.2 ms  max    84.0 ms
-    during swaps     1449 calls  0 failed  p50    50.5 ms  p99   143.1 ms  max   398.5 ms
-    ratio (during swaps / steady): p50 1.18x, p99 2.10x
-    versions swapped in per worker [10, 10], 11 versions answered; the last one answered by every worker 3.05 s after it became current
-    worker RSS MB after steady 691, 695 / after swaps 735, 734
-
-The p99 during swaps is the loads competing for the same 2 cores (keras deserialisation,
-tracing and the warm-up prediction, on a background thread of each worker); p50 barely moves
-and no call fails. Worker memory grows by ~40 MB over the first swaps and then stays flat
-(690 -> 735-757 MB over ~30 swaps per worker with ``--swaps 40 --every-s 1.5``): one model
-per project, the old ones freed.
-
-Not imported by the packages. Results depend on the machine: the header prints it.
+Results: bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -107,8 +82,9 @@ def find_redis(url: str) -> tuple[str | None, bool]:
 
 def train_small_model(root: Path, frames: int, size: int) -> tuple[ModelStore, VersionInfo]:
     """Synthetic clips, default ModelConfig, one epoch: a model of realistic size, fast."""
+    from training.learn.config import TrainConfig, TrainingData, TrainingRun
     from training.learn.labelled_files import read_manifest
-    from training.learn.train import TrainConfig, train_and_publish
+    from training.learn.publish import train_and_publish
     from training.video.clip import SamplingConfig
     from training.video.synth import generate_dataset
 
@@ -119,9 +95,11 @@ def train_small_model(root: Path, frames: int, size: int) -> tuple[ModelStore, V
     info = train_and_publish(
         store,
         "1",
-        read_manifest(manifest),
-        sampling=SamplingConfig(frames=frames, height=size, width=size),
-        train_config=TrainConfig(epochs=1, batch_size=4, patience=1, augment=False),
+        TrainingData(read_manifest(manifest)),
+        TrainingRun(
+            sampling=SamplingConfig(frames=frames, height=size, width=size),
+            train_config=TrainConfig(epochs=1, batch_size=4, patience=1, augment=False),
+        ),
     )
     return store, info
 

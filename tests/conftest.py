@@ -1,9 +1,25 @@
 """Shared fixtures: free ports, local hosts (a fake Label Studio serving media and its API,
-and a plain file host), the real server as a subprocess, and a tiny model trained once per
-session."""
+and a plain file host), the real server as a subprocess, a Redis database per test process,
+and a tiny model trained once per run.
+
+Markers and parallel runs (``scripts/test``; ``--fast`` is ``-m "not slow and not
+label_studio"``):
+
+- ``slow``: the test trains a real model. Modules whose tests run training jobs say so with
+  ``pytestmark``; any test that uses a fixture in ``SLOW_FIXTURES`` (the session's trained
+  model) is marked here, wherever it lives. ``label_studio``: the suite against a real Label
+  Studio (``pytestmark`` in its module).
+- pytest-xdist (``--dist loadgroup``): tests that use a module-scoped fixture (a server shared
+  by a module, say) are kept on one worker (an ``xdist_group`` named after the module), unless
+  they already name a group; the rest spread one by one. Under xdist the longest work goes
+  first (``label_studio``, then tests marked ``slow`` in their module, then the other slow
+  ones), so that no long test starts last.
+"""
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import shutil
 import signal
@@ -12,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,10 +42,12 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fake_label_studio import FakeLabelStudio, MediaHost, Seen
+from model_versions import publish_copy
+from redis_database import NoEmptyDatabase, RedisDatabase, claim_empty_database
 
-from training.versions.store import MODEL_FILE, ModelStore, VersionInfo
+from training.versions.store import ModelStore, VersionInfo
 
-__all__ = ["FakeLabelStudio", "MediaHost", "Seen"]
+__all__ = ["FakeLabelStudio", "MediaHost", "Seen", "publish_copy"]
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -242,26 +260,48 @@ class TrainedModel:
         return self.info.labels
 
 
-def publish_copy(store: ModelStore, project: str, info: VersionInfo) -> VersionInfo:
-    """Publish ``info``'s model again as a new version (a new name, the same weights)."""
-
-    def write(folder: Path) -> dict:
-        shutil.copy(info.model_path, folder / MODEL_FILE)
-        return {k: v for k, v in info.meta.items() if k not in ("version", "project")}
-
-    return store.publish(project, write)
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], object]) -> Path:
+    """A folder that ``build(folder)`` filled once for the whole run, shared read only by every
+    pytest-xdist worker (xdist's recipe for session fixtures that must run once: the first
+    worker builds under an exclusive lock, the others wait for it and find it built). Without
+    xdist, a session folder built here."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        folder = tmp_path_factory.mktemp(name)
+        build(folder)
+        return folder
+    root = tmp_path_factory.getbasetemp().parent  # one per run, above each worker's own
+    folder, done = root / name, root / f"{name}.built"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.is_file():
+            shutil.rmtree(folder, ignore_errors=True)  # left by a worker that failed half way
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
 
 
 @pytest.fixture(scope="session")
 def trained_model(tmp_path_factory) -> TrainedModel:
-    """Train once per session: 2 classes x 4 clips, 8 frames of 64x64, one epoch (~10 s)."""
+    """Train once per run (one xdist worker trains, the others wait for it): 2 classes x 4
+    clips, 8 frames of 64x64, one epoch (~10 s). Each process gets its own copy of the store
+    (tests hand it to servers as MODEL_DIR); the clips are shared, read only."""
+    shared = built_once(tmp_path_factory, "trained", _train_tiny_model)
+    built = json.loads((shared / "trained.json").read_text())
+    mine = tmp_path_factory.mktemp("trained-model") / "models"
+    shutil.copytree(shared / "models", mine)
+    info = ModelStore(mine).get_version("1", built["version"])
+    return TrainedModel(mine, "1", info, tuple(Path(c) for c in built["clips"]))
+
+
+def _train_tiny_model(base: Path) -> None:
+    from training.learn.config import TrainConfig, TrainingData, TrainingRun
     from training.learn.labelled_files import read_manifest
-    from training.learn.train import TrainConfig, train_and_publish
-    from training.model.build import ModelConfig
+    from training.learn.publish import train_and_publish
+    from training.model.config import ModelConfig
     from training.video.clip import SamplingConfig
     from training.video.synth import generate_dataset
 
-    base = tmp_path_factory.mktemp("trained")
     manifest = generate_dataset(
         base / "synth", classes=SYNTH_CLASSES, per_class=4, seed=0, width=96, height=64
     )
@@ -270,12 +310,17 @@ def trained_model(tmp_path_factory) -> TrainedModel:
     info = train_and_publish(
         store,
         "1",
-        videos,
-        sampling=SamplingConfig(frames=8, height=64, width=64),
-        model_config=ModelConfig(conv_filters=(8, 16, 16, 16), frame_features=16, lstm_units=16),
-        train_config=TrainConfig(epochs=1, batch_size=4, patience=1, augment=False),
+        TrainingData(videos),
+        TrainingRun(
+            sampling=SamplingConfig(frames=8, height=64, width=64),
+            model_config=ModelConfig(
+                conv_filters=(8, 16, 16, 16), frame_features=16, lstm_units=16
+            ),
+            train_config=TrainConfig(epochs=1, batch_size=4, patience=1, augment=False),
+        ),
     )
-    return TrainedModel(base / "models", "1", info, tuple(Path(p) for p, _ in videos))
+    clips = [str(p) for p, _ in videos]
+    (base / "trained.json").write_text(json.dumps({"version": info.version, "clips": clips}))
 
 
 # -- plain values and helpers as fixtures (tests/ is not a package: don't import conftest) ----
@@ -308,24 +353,72 @@ def publish_version():
     return publish_copy
 
 
-@pytest.fixture
-def redis_conn():
-    """An empty database of the real Redis on 127.0.0.1:6379, flushed before and after."""
-    import redis
-
-    for db in range(15, 0, -1):
-        connection = redis.Redis(host="127.0.0.1", port=6379, db=db)
-        if connection.dbsize() == 0:
-            break
-    else:
-        pytest.fail("no empty Redis database on 127.0.0.1:6379 (run scripts/ensure-redis)")
-    connection.flushdb()
-    yield connection
-    connection.flushdb()
+@pytest.fixture(scope="session")
+def redis_database() -> Iterator[RedisDatabase]:
+    """The Redis database this test process holds for its session (tests/redis_database.py:
+    claimed, so that parallel workers and other runs never share one)."""
+    try:
+        database = claim_empty_database()
+    except NoEmptyDatabase as exc:
+        pytest.fail(str(exc))
+    yield database
+    database.release()
 
 
 @pytest.fixture
-def redis_url(redis_conn) -> str:
+def redis_conn(redis_database):
+    """This process's database of the real Redis on 127.0.0.1:6379, flushed before and after
+    (only the claim key stays)."""
+    redis_database.flush()
+    yield redis_database.connect()  # not closed: a test's threads may still hold it
+    redis_database.flush()
+
+
+@pytest.fixture
+def redis_url(redis_conn, redis_database) -> str:
     """REDIS_URL of the redis_conn database, for worker and server subprocesses."""
-    kwargs = redis_conn.connection_pool.connection_kwargs
-    return f"redis://{kwargs['host']}:{kwargs['port']}/{kwargs['db']}"
+    return redis_database.url
+
+
+# -- markers and xdist groups -----------------------------------------------------------------
+
+SLOW_FIXTURES = ("trained_model",)
+"""Fixtures that train a real model: a test using one (even through another fixture) is slow."""
+
+_SHARED_SCOPES = ("module", "class", "package")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups off the items
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Whether a test is slow because its module says so is read before the fixture rule adds
+    # the marker: those tests run training jobs, and go first under xdist.
+    declared_slow = {item.nodeid for item in items if item.get_closest_marker("slow")}
+    grouping = config.pluginmanager.hasplugin("xdist")
+    for item in items:
+        if any(name in item.fixturenames for name in SLOW_FIXTURES):
+            item.add_marker(pytest.mark.slow)
+        if grouping and not item.get_closest_marker("xdist_group") and _uses_shared_fixture(item):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+
+    if "PYTEST_XDIST_WORKER" in os.environ:  # every worker sorts alike: collections match
+
+        def rank(item: pytest.Item) -> int:
+            if item.get_closest_marker("label_studio"):
+                return 0
+            if item.nodeid in declared_slow:
+                return 1
+            return 2 if item.get_closest_marker("slow") else 3
+
+        items.sort(key=rank)
+
+
+def _uses_shared_fixture(item: pytest.Item) -> bool:
+    """True when the test uses a fixture shared by its module or class (a server, say)."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return False
+    return any(
+        definition.scope in _SHARED_SCOPES
+        for definitions in info.name2fixturedefs.values()
+        for definition in definitions
+    )

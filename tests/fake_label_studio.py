@@ -656,3 +656,120 @@ class FakeLabelStudio(MediaHost):
             return jwt.decode(token, JWT_SECRET, algorithms=["HS256"])
         except jwt.InvalidTokenError:
             return None
+
+
+ScriptedRoute = Any
+"""``route(handler)``: answers one request on a :class:`ScriptedHost` (see its helpers)."""
+
+
+@dataclass
+class ScriptedHost:
+    """A loopback HTTP server that records every connection and request it receives and
+    answers each path with a scripted behaviour: a redirect, a slow trickle, a body larger
+    than announced. Stands in for an attacker's host or a misbehaving media server.
+
+    ``connections`` counts accepted TCP connections, so a test can tell "no request at all"
+    from "a request that failed". Unknown paths answer 404.
+    """
+
+    host: str = "127.0.0.1"
+    seen: list[Seen] = field(default_factory=list)
+    routes: dict[str, ScriptedRoute] = field(default_factory=dict)
+    connections: int = 0
+
+    def __post_init__(self) -> None:
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                owner.seen.append(Seen(self.path, dict(self.headers.items()), "GET"))
+                route = owner.routes.get(urlparse(self.path).path)
+                if route is None:
+                    MediaHost._send(self, 404, b"not found")
+                else:
+                    route(self)
+
+        class Server(ThreadingHTTPServer):
+            def verify_request(self, request, client_address) -> bool:
+                owner.connections += 1
+                return True
+
+        self._httpd = Server((self.host, 0), Handler)
+        self._httpd.daemon_threads = True
+        self.port = self._httpd.server_address[1]
+        self.url = f"http://{self.host}:{self.port}"
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+
+    @property
+    def host_port(self) -> str:
+        """``host:port``, as MEDIA_ALLOWED_HOSTS takes it."""
+        return f"{self.host}:{self.port}"
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def redirect(self, path: str, location: str, status: int = 302) -> None:
+        """``path`` answers ``status`` with ``Location: location``."""
+
+        def route(req: BaseHTTPRequestHandler) -> None:
+            req.send_response(status)
+            req.send_header("Location", location)
+            req.send_header("Content-Length", "0")
+            req.end_headers()
+
+        self.routes[path] = route
+
+    def serve(self, path: str, body: bytes, *, content_length: int | None = -1) -> None:
+        """``path`` answers 200 with ``body``; ``content_length`` None sends no
+        Content-Length (the body ends when the connection closes), -1 the body's length."""
+
+        def route(req: BaseHTTPRequestHandler) -> None:
+            req.send_response(200)
+            req.send_header("Content-Type", "video/mp4")
+            if content_length is not None:
+                length = len(body) if content_length == -1 else content_length
+                req.send_header("Content-Length", str(length))
+            else:
+                req.close_connection = True
+                req.send_header("Connection", "close")
+            req.end_headers()
+            try:
+                req.wfile.write(body)
+            except OSError:  # the client hung up (e.g. past its size cap)
+                return
+
+        self.routes[path] = route
+
+    def trickle(
+        self, path: str, *, total_bytes: int, interval_s: float, in_headers: bool = False
+    ) -> None:
+        """``path`` sends one byte every ``interval_s`` (at most ``total_bytes``): of the body
+        after an honest Content-Length, or of the status line itself with ``in_headers``.
+        Stops as soon as the client hangs up."""
+
+        def route(req: BaseHTTPRequestHandler) -> None:
+            if in_headers:
+                data = b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * total_bytes
+            else:
+                req.send_response(200)
+                req.send_header("Content-Length", str(total_bytes))
+                req.end_headers()
+                req.wfile.flush()
+                data = b"\0" * total_bytes
+            for i in range(len(data)):  # bounded: one byte per step
+                try:
+                    req.wfile.write(data[i : i + 1])
+                    req.wfile.flush()
+                except OSError:
+                    return
+                time.sleep(interval_s)
+            req.close_connection = True
+
+        self.routes[path] = route

@@ -2,7 +2,7 @@
 
 ``scripts/label-studio`` installs it into a virtual environment of its own, cached outside the
 clone (first run on a machine ~70 s, then nothing); :func:`run_label_studio` starts it on a
-free port with a fresh data folder, as DESIGN.md says (legacy token, local files served,
+free port with a fresh data folder, as docs/design.md says (legacy token, local files served,
 loopback ML backends allowed, no Sentry, no version check), and kills its process group at
 the end. :class:`LabelStudioAPI` speaks to it over HTTP the way the Data Manager, the project
 settings and an annotator's Submit do.

@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+import pytest
 from conftest import REPO, run_videoloop
 
 from training.versions.store import ModelStore
@@ -13,6 +14,7 @@ from training.versions.store import ModelStore
 videoloop = run_videoloop
 
 
+@pytest.mark.slow
 def test_synth_train_predict(tmp_path):
     env = {**os.environ, "MODEL_DIR": str(tmp_path / "models"), "CACHE_DIR": str(tmp_path / "c")}
     data = tmp_path / "synth"
@@ -88,11 +90,13 @@ def test_bad_settings_are_reported_not_raised(tmp_path):
     assert "PORT must be an integer" in result.stderr
 
 
+@pytest.mark.slow
 def test_predict_prints_the_segments_of_a_timeline_model(tmp_path):
     from training.labelstudio.timeline import Segment
+    from training.learn.config import TrainConfig, TrainingData, TrainingRun
     from training.learn.dataset import LabelledVideo
-    from training.learn.train import TrainConfig, train_and_publish
-    from training.model.build import ModelConfig
+    from training.learn.publish import train_and_publish
+    from training.model.config import ModelConfig
     from training.video.clip import SamplingConfig
     from training.video.synth import clip_rng, render_segmented_clip, write_video
 
@@ -109,12 +113,12 @@ def test_predict_prints_the_segments_of_a_timeline_model(tmp_path):
     train_and_publish(
         store,
         "6",
-        videos,
-        labels=[],
-        timeline_labels=["left_to_right", "right_to_left"],
-        sampling=SamplingConfig(frames=8, height=48, width=48),
-        model_config=ModelConfig(conv_filters=(8, 8, 8, 8), lstm_units=8, temporal="bilstm"),
-        train_config=TrainConfig(epochs=3, min_epochs=3),
+        TrainingData(videos, labels=[], timeline_labels=["left_to_right", "right_to_left"]),
+        TrainingRun(
+            sampling=SamplingConfig(frames=8, height=48, width=48),
+            model_config=ModelConfig(conv_filters=(8, 8, 8, 8), lstm_units=8, temporal="bilstm"),
+            train_config=TrainConfig(epochs=3, min_epochs=3),
+        ),
     )
     env = {**os.environ, "MODEL_DIR": str(tmp_path / "models"), "CACHE_DIR": str(tmp_path / "c")}
     predicted = videoloop("predict", "--project", "6", str(videos[0].path), env=env)

@@ -1,4 +1,4 @@
-"""training/jobs/training.py ``promote``: the quality gate's verdict decides whether a
+"""training/jobs/promotion.py ``promote``: the quality gate's verdict decides whether a
 just-published version becomes current (store file and Redis mirror) or is recorded as rejected."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from training.jobs.training import promote
+from training.jobs.promotion import promote
 from training.versions.current import CURRENT_KEY
 from training.versions.store import MODEL_FILE, ModelStore, VersionStatus
 
@@ -75,7 +75,7 @@ def test_a_version_without_a_gate_becomes_current(store):
 
 
 def test_training_labels_wait_for_every_label_of_an_annotated_control():
-    from training.jobs.training import training_labels
+    from training.jobs.run import training_labels
 
     # nobody marked segments yet: the classes train on their own
     wanted = training_labels({"a": 3, "b": 2}, {"Run": 0, "Walk": 0}, min_per_label=2)

@@ -48,6 +48,10 @@ from training.learn.labelled_files import read_manifest
 from training.versions.store import ModelStore
 from training.video.synth import clip_rng, generate_dataset, render_segmented_clip, write_video
 
+# One Label Studio per test process (session fixture ``real_ls``): under xdist the suite stays
+# on one worker rather than starting a second Label Studio.
+pytestmark = [pytest.mark.label_studio, pytest.mark.slow, pytest.mark.xdist_group("label_studio")]
+
 T = TypeVar("T")
 FIGURES_PATH = REPO / ".videoloop" / "e2e-figures.json"
 NO_MODEL = "untrained"
@@ -287,6 +291,11 @@ class Project:
 
         return self.wait(settled, what)
 
+    def versions(self) -> list[str]:
+        """The versions videoloop's store holds for this project (trained, any status)."""
+        store = ModelStore(self.workdir / "models")
+        return [v.version for v in store.list_versions(str(self.id))]
+
     def served_version(self) -> str:
         """The version Label Studio's model card shows (it asks /setup)."""
         ml = self.ls.ml_backend(self.ml_id)
@@ -425,6 +434,9 @@ def test_annotations_train_versions_whose_predictions_label_studio_stores(open_p
     project.submit(order[0])
     enabling_at = time.monotonic()
     project.submit(order[1])
+    # The Submit came back before the run it asked for could publish anything: it never
+    # waits for training (the order holds however loaded the machine is; its time is below).
+    assert project.versions() == [], "a Submit returned only after a version was trained"
     first_stored = project.wait(
         lambda: [
             v
@@ -545,6 +557,7 @@ def test_start_training_trains_while_annotation_events_wait_for_enough_labels(
     assert project.events_received() == Counter(ANNOTATION_CREATED=2), project.diagnostics()
 
     press_s = project.ls.start_training(project.ml_id)
+    assert project.versions() == [], "Start training returned only after a version was trained"
     run = project.wait_settled(
         lambda run: run["job_id"] != waiting["job_id"], "the run Start training asked for"
     )

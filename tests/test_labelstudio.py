@@ -1,5 +1,5 @@
 """training/labelstudio/client.py through the real label-studio-sdk against the fake Label Studio
-(tests/fake_label_studio.py) over real HTTP."""
+(tests/fake_label_studio.py) over real HTTP, and training/labelstudio/tasks.py on what it reads."""
 
 from __future__ import annotations
 
@@ -12,13 +12,9 @@ import jwt
 import pytest
 from fake_label_studio import JWT_SECRET, FakeLabelStudio
 
-from training.labelstudio.client import (
-    LabelledTask,
-    LabelStudioError,
-    count_per_label,
-    fetch_project_data,
-    pick_label,
-)
+from training.labelstudio.client import fetch_project_data
+from training.labelstudio.errors import LabelStudioError
+from training.labelstudio.tasks import LabelledTask, count_per_label, read_task_label
 
 CONFIG = """<View>
   <Video name="video" value="$video"/>
@@ -69,7 +65,7 @@ def test_every_page_is_read(label_studio, ls_token):
     assert data.labels == LABELS
     assert data.label_config == CONFIG
     assert data.project == str(project)
-    assert data.choices.choices_name == "label"
+    assert data.controls.choices_name == "label"
 
     # What the sdk asks: the project, then pages until Label Studio answers 404 past the end.
     requests = label_studio.api_requests()
@@ -115,7 +111,7 @@ def test_the_latest_submitted_annotation_wins(label_studio, ls_token):
 def test_equal_timestamps_fall_back_to_the_highest_id():
     from training.labelstudio.labelconfig import parse_label_config
 
-    choices = parse_label_config(CONFIG)
+    controls = parse_label_config(CONFIG)
     stamp = "2025-03-01T10:00:00.000000Z"
 
     def annotation(aid: int, label: str) -> dict:
@@ -128,7 +124,7 @@ def test_equal_timestamps_fall_back_to_the_highest_id():
         "data": {"video": "x.mp4"},
         "annotations": [annotation(9, "approach"), annotation(3, "left_to_right")],
     }
-    assert pick_label(task, choices).annotation_id == 9
+    assert read_task_label(task, controls).annotation_id == 9
 
 
 def test_unusable_tasks_are_skipped_with_the_reason(label_studio, ls_token):
@@ -340,7 +336,7 @@ def timeline_region(start, end, label, name="tl"):
 
 
 def test_timeline_regions_are_read_with_the_class_or_alone(label_studio, ls_token):
-    from training.labelstudio.client import count_per_timeline_label
+    from training.labelstudio.tasks import count_per_timeline_label
     from training.labelstudio.timeline import Segment
 
     project = label_studio.add_project(MIXED)

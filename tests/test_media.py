@@ -1,5 +1,9 @@
 """training/video/media.py against real local HTTP servers: a Label Studio stand-in that checks
-the token, and a plain file host standing in for a bucket."""
+the token, and a plain file host standing in for a bucket.
+
+Both run on loopback, which the media policy refuses by default: Label Studio is trusted as
+LABEL_STUDIO_URL's origin, and the bucket is allow-listed (MEDIA_ALLOWED_HOSTS) where a test
+fetches from it. The attacks themselves are replayed in test_security_media.py."""
 
 from __future__ import annotations
 
@@ -12,15 +16,28 @@ from pathlib import Path
 import pytest
 
 from training.settings import Settings
-from training.video.media import MediaError, MediaResolver, get_video_url, resolve_media
+from training.video.media import (
+    MediaError,
+    MediaRefused,
+    MediaResolver,
+    get_video_url,
+    resolve_media,
+)
 
 MB = 1024 * 1024
 DATA_DIR = Path(__file__).resolve().parent / "data"
 LS_TOKEN = "test-token-8f3a1c77d2"  # what the label_studio fixture accepts (conftest.LS_TOKEN)
 
 
-def make_resolver(tmp_path: Path, ls=None, **kwargs) -> MediaResolver:
+def host_port(host) -> str:
+    """``127.0.0.1:<port>`` of a stand-in server, as MEDIA_ALLOWED_HOSTS takes it."""
+    return host.url.split("://", 1)[1]
+
+
+def make_resolver(tmp_path: Path, ls=None, bucket=None, **kwargs) -> MediaResolver:
     kwargs.setdefault("max_bytes", 100 * MB)
+    if bucket is not None:
+        kwargs.setdefault("allowed_hosts", host_port(bucket))
     return MediaResolver(
         tmp_path / "media",
         label_studio_url=ls.url if ls else "",
@@ -47,8 +64,17 @@ def test_get_video_url_reads_the_video_value_key():
         get_video_url({"video": 3}, "$video")
 
 
-def test_local_paths_and_file_urls_are_used_in_place(tmp_path):
+def test_local_paths_and_file_urls_are_refused_by_default(tmp_path):
     resolver = make_resolver(tmp_path)
+    clip = DATA_DIR / "b.mp4"
+    for url in (str(clip), clip.as_uri(), "b.mp4", "ftp://host/b.mp4"):
+        with pytest.raises(MediaRefused, match="local files"):
+            resolver.resolve(url)
+    assert not resolver.cache_dir.exists()
+
+
+def test_local_paths_and_file_urls_are_used_in_place_when_allowed(tmp_path):
+    resolver = make_resolver(tmp_path, allow_local_files=True)
     clip = DATA_DIR / "b.mp4"
     assert resolver.resolve(str(clip)) == clip
     assert resolver.resolve(clip.as_uri()) == clip
@@ -58,7 +84,7 @@ def test_local_paths_and_file_urls_are_used_in_place(tmp_path):
 
 
 def test_http_url_is_downloaded_once_and_then_served_from_the_cache(tmp_path, bucket):
-    resolver = make_resolver(tmp_path)
+    resolver = make_resolver(tmp_path, bucket=bucket)
     url = f"{bucket.url}/bikes.mp4"
     first = resolver.resolve(url)
     assert first.read_bytes() == (DATA_DIR / "bikes.mp4").read_bytes()
@@ -95,7 +121,7 @@ def test_local_files_url_is_fetched_from_label_studio(tmp_path, label_studio):
 def test_cloud_uri_goes_through_presign_and_the_token_stays_with_label_studio(
     tmp_path, label_studio, bucket
 ):
-    resolver = make_resolver(tmp_path, label_studio)
+    resolver = make_resolver(tmp_path, label_studio, bucket)
     uri = "s3://my-bucket/videos/carphone_pristine.mp4"
     path = resolver.resolve(uri, task_id=42)
     assert path.read_bytes() == (DATA_DIR / "carphone_pristine.mp4").read_bytes()
@@ -134,7 +160,16 @@ def test_relative_url_without_api_key_names_the_setting(tmp_path, label_studio):
 
 
 def test_setup_credentials_are_a_fallback_only(tmp_path, label_studio):
-    resolver = MediaResolver(tmp_path / "media", max_bytes=MB)
+    # A /setup host is not trusted at a loopback address unless allow-listed.
+    refused = MediaResolver(tmp_path / "refused", max_bytes=MB)
+    refused.set_fallback_credentials(label_studio.url, LS_TOKEN)
+    with pytest.raises(MediaRefused, match=r"127\.0\.0\.1, a loopback address"):
+        refused.resolve("/data/upload/1/b.mp4")
+    assert label_studio.seen == []
+
+    resolver = MediaResolver(
+        tmp_path / "media", max_bytes=MB, allowed_hosts=host_port(label_studio)
+    )
     resolver.set_fallback_credentials(label_studio.url, LS_TOKEN)
     assert resolver.resolve("/data/upload/1/b.mp4").is_file()
 
@@ -168,14 +203,18 @@ def test_wrong_key_is_a_media_error_without_the_key(tmp_path, label_studio):
 
 def test_connection_refused_is_a_media_error(tmp_path, unused_port):
     url = f"http://127.0.0.1:{unused_port}/b.mp4"
+    resolver = make_resolver(tmp_path, allowed_hosts=f"127.0.0.1:{unused_port}")
     with pytest.raises(MediaError, match="connection") as err:
-        make_resolver(tmp_path).resolve(url)
+        resolver.resolve(url + "?X-Sig=secret")
     assert url in str(err.value)
+    assert "secret" not in str(err.value)
 
 
 def test_lru_eviction_keeps_the_cache_under_its_bound(tmp_path, bucket):
     # 1 MB bound; b 0.26 MB, bikes 0.51 MB, carphone_pristine 0.59 MB.
-    settings = Settings(cache_dir=tmp_path / "cache", cache_max_mb=1)
+    settings = Settings(
+        cache_dir=tmp_path / "cache", cache_max_mb=1, media_allowed_hosts=host_port(bucket)
+    )
     resolver = MediaResolver.from_settings(settings)
     b = resolver.resolve(f"{bucket.url}/b.mp4")
     time.sleep(0.02)
@@ -196,13 +235,13 @@ def test_lru_eviction_keeps_the_cache_under_its_bound(tmp_path, bucket):
 
 
 def test_a_file_larger_than_the_bound_is_kept_for_its_caller(tmp_path, bucket):
-    resolver = make_resolver(tmp_path, max_bytes=100_000)
+    resolver = make_resolver(tmp_path, bucket=bucket, max_bytes=100_000)
     path = resolver.resolve(f"{bucket.url}/bigbuckbunny.mp4")
     assert path.is_file()
 
 
 def test_concurrent_requests_for_one_url_download_it_once(tmp_path, bucket):
-    resolver = make_resolver(tmp_path)
+    resolver = make_resolver(tmp_path, bucket=bucket)
     url = f"{bucket.url}/bigbuckbunny.mp4"
     results: list[Path] = []
     barrier = threading.Barrier(8)

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 
 import pytest
-from conftest import publish_copy, run_videoloop
+from conftest import run_videoloop
+from model_versions import publish_copy
 
 from training.versions.current import CURRENT_CHANNEL, CURRENT_KEY
-from training.versions.store import MODEL_FILE, ModelStore, VersionStatus
+from training.versions.store import ModelStore, VersionStatus
 
 PROJECT = "7"
 
@@ -37,15 +37,14 @@ def store(tmp_path, trained_model) -> ModelStore:
         "clips": 8,
         "reason": "accuracy 0.250 on 8 held-out clips is worse than 0.750",
     }
-
-    def write(folder: Path) -> dict:
-        shutil.copy(trained_model.info.model_path, folder / MODEL_FILE)
-        for picture in trained_model.info.path.glob("*.png"):
-            shutil.copy(picture, folder / picture.name)
-        meta = {k: v for k, v in trained_model.info.meta.items() if k not in ("version", "project")}
-        return {**meta, "gate": gate}
-
-    rejected = store.publish(PROJECT, write, make_current=False)
+    rejected = publish_copy(
+        store,
+        PROJECT,
+        trained_model.info,
+        make_current=False,
+        extra_meta={"gate": gate},
+        with_pictures=True,
+    )
     store.record_rejection(PROJECT, rejected.version, gate["reason"], gate=gate)
     return store
 

@@ -7,6 +7,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
@@ -46,6 +47,7 @@ def served(tmp_path_factory, trained_model, media_root, make_media_host, start_s
         work,
         LABEL_STUDIO_URL=label_studio.url,
         LABEL_STUDIO_API_KEY=ls_token,
+        MEDIA_ALLOWED_HOSTS=urlsplit(bucket.url).netloc,  # a public bucket's stand-in, on loopback
         PREDICT_BATCH_SIZE="3",
         DECODE_THREADS="2",
     ) as server:
@@ -88,7 +90,7 @@ def eight_tasks(served: Served, trained_model) -> tuple[list[dict], list[Path | 
         ("/data/upload/1/b.mp4", root / "b.mp4"),
         ("/data/local-files/?d=videos/muted_b.mp4", root / "muted_b.mp4"),
         ("s3://videos-bucket/clips/bikes.mp4", root / "bikes.mp4"),
-        (str(synth), synth),
+        (str(synth), None),  # a file on the backend's own disk: refused, never read
         (f"{served.bucket.url}/corrupt.mp4", None),
         (f"{served.label_studio.url}/data/upload/1/bigbuckbunny.mp4", root / "bigbuckbunny.mp4"),
         (f"{served.bucket.url}/carphone_distorted.mp4", root / "carphone_distorted.mp4"),
@@ -113,6 +115,7 @@ def expected_predictions(trained_model, paths: list[Path | None]) -> list[tuple[
 
 
 def test_health_answers_within_a_second_of_opening_the_port_with_a_model(served):
+    print(f"/health answered {served.server.health_after_port_s:.3f} s after the port opened")
     assert served.server.health_after_port_s < 1.0, served.server.log_text()
 
 
@@ -135,9 +138,13 @@ def test_health_answers_at_once_while_tensorflow_loads(tmp_path, trained_model, 
             assert requests.get(f"{server.url}/health", timeout=5).status_code == 200
             times.append(time.monotonic() - started)
             time.sleep(0.02)
-        print(f"/health while loading: {len(times)} calls, slowest {max(times):.3f} s")
+        median = sorted(times)[len(times) // 2]
+        print(
+            f"/health while loading: {len(times)} calls, median {median:.3f} s, "
+            f"slowest {max(times):.3f} s"
+        )
         assert len(times) >= 10, times
-        assert sorted(times)[len(times) // 2] < 0.25, times
+        assert median < 0.25, times
 
 
 def test_predicts_eight_tasks_in_order(served, trained_model):

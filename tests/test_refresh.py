@@ -14,9 +14,10 @@ from fake_label_studio import FakeLabelStudio
 from rq import SimpleWorker
 from rq.job import Job
 
+from training.jobs.coordinator import make_coordinator
 from training.jobs.refresh import order_tasks
-from training.jobs.training import enqueue_refresh, make_coordinator
-from training.labelstudio.client import TaskPredictions
+from training.jobs.refresh_queue import enqueue_refresh
+from training.labelstudio.tasks import TaskRefreshState
 from training.settings import Settings
 from training.versions.store import ModelStore
 
@@ -150,8 +151,8 @@ def test_a_second_refresh_of_a_queued_version_is_not_queued_again(setup, redis_c
 
 
 def test_order_puts_unlabelled_tasks_first_and_skips_predicted_ones():
-    def task(i: int, labelled: bool, versions=()) -> TaskPredictions:
-        return TaskPredictions(i, f"/v/{i}.mp4", labelled, frozenset(versions))
+    def task(i: int, labelled: bool, versions=()) -> TaskRefreshState:
+        return TaskRefreshState(i, f"/v/{i}.mp4", labelled, frozenset(versions))
 
     tasks = [task(5, True), task(3, False), task(4, False, ["v2"]), task(1, True), task(2, False)]
     assert [t.task_id for t in order_tasks(tasks, "v2", include_labelled=False)] == [2, 3]
@@ -189,7 +190,7 @@ def test_the_new_version_is_selected_in_label_studio_unless_another_model_is(
 
 
 def test_tasks_imported_later_get_predictions_of_the_current_version(setup, redis_conn):
-    from training.jobs.training import REFRESH_AGAIN_KEY, request_refresh, resume_refreshes
+    from training.jobs.refresh_queue import REFRESH_AGAIN_KEY, request_refresh, resume_refreshes
 
     settings = Settings.from_env()
     project = str(setup.project)
@@ -217,6 +218,6 @@ def test_tasks_imported_later_get_predictions_of_the_current_version(setup, redi
 
 
 def test_no_model_no_refresh(setup, redis_conn):
-    from training.jobs.training import request_refresh
+    from training.jobs.refresh_queue import request_refresh
 
     assert request_refresh(redis_conn, "999", Settings.from_env()) == "no_model"

@@ -1,4 +1,4 @@
-"""backend/serving.py: background loads, the swap, and batched prediction.
+"""backend/serving.py and backend/predictor.py: background loads, the swap, batched prediction.
 
 The loader here builds a stand-in model (numpy, no TensorFlow) whose probabilities follow
 each clip's brightness, and can be held back with an Event, so the tests control when a load
@@ -19,19 +19,22 @@ import numpy as np
 import pytest
 
 from backend import serving
-from backend.protocol import choices_result
+from backend.predictor import TaskPredictor
 from backend.serving import ModelServer
+from backend.version_watch import VersionWatch
 from training.labelstudio.labelconfig import VideoControls
+from training.labelstudio.results import choices_result
 from training.settings import Settings
 from training.versions.current import VersionPointer
 from training.versions.store import MODEL_FILE, NO_MODEL_VERSION, ModelStore, VersionInfo
 from training.video.clip import SamplingConfig
 from training.video.decoder import sample_clip
+from training.video.media import MediaResolver
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 SAMPLING = SamplingConfig(frames=4, height=32, width=32)
 LABELS = ["bright", "dark"]
-CHOICES = VideoControls("video", "video", "label", ("bright", "dark", "unknown"))
+CONTROLS = VideoControls("video", "video", "label", ("bright", "dark", "unknown"))
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,7 @@ class BrightnessModel:
     version: str
     labels: list[str]
     sampling: SamplingConfig
+    batch_size: int = 2
     batches: list[int] = field(default_factory=list)
     timeline_labels: list[str] = field(default_factory=list)
 
@@ -71,9 +75,8 @@ class Loader:
         assert self.release.wait(10)
         if info.version in self.fail:
             raise OSError(f"cannot read {info.model_path}")
-        return BrightnessModel(
-            info.version, info.labels, SamplingConfig.from_dict(info.meta["sampling"])
-        )
+        sampling = SamplingConfig.from_dict(info.meta["sampling"])
+        return BrightnessModel(info.version, info.labels, sampling, batch_size)
 
 
 def publish(store: ModelStore, project: str) -> VersionInfo:
@@ -89,11 +92,52 @@ def store(tmp_path) -> ModelStore:
     return ModelStore(tmp_path / "models")
 
 
-def make_server(tmp_path, store, loader, *, swap_delay_s: float = 0.0, **settings) -> ModelServer:
-    """A server swapping as soon as a load ends, unless a test is about the agreed swap time."""
-    settings.setdefault("predict_batch_size", 2)
-    config = Settings(model_dir=store.root, cache_dir=tmp_path / "cache", **settings)
-    return ModelServer(config, store=store, loader=loader, swap_delay_s=swap_delay_s)
+@pytest.fixture
+def make_server(tmp_path):
+    """Builds servers swapping as soon as a load ends (unless a test is about the agreed swap
+    time); every one is closed when the test ends, passed or failed."""
+    servers: list[ModelServer] = []
+
+    def make(store, loader, *, swap_delay_s: float = 0.0, **settings) -> ModelServer:
+        settings.setdefault("predict_batch_size", 2)
+        config = Settings(model_dir=store.root, cache_dir=tmp_path / "cache", **settings)
+        server = ModelServer(config, store=store, loader=loader, swap_delay_s=swap_delay_s)
+        servers.append(server)
+        return server
+
+    yield make
+
+
+@pytest.fixture
+def watch_of():
+    """A VersionWatch over a server, stopped at the end of the test."""
+    watches: list[VersionWatch] = []
+
+    def make(server: ModelServer) -> VersionWatch:
+        watches.append(VersionWatch(server))
+        return watches[-1]
+
+    yield make
+    for watch in watches:
+        watch.stop()
+
+
+@pytest.fixture
+def predictor_of():
+    """A TaskPredictor over a server (closed at the end of the test)."""
+    predictors: list[TaskPredictor] = []
+
+    def make(server: ModelServer) -> TaskPredictor:
+        # The videos here are local files: only a resolver built for that reads them.
+        media = MediaResolver(
+            server.settings.cache_dir / "media", max_bytes=1 << 30, allow_local_files=True
+        )
+        predictors.append(TaskPredictor(server, server.settings, media))
+        return predictors[-1]
+
+    yield make
+    for predictor in predictors:
+        predictor.close()
 
 
 def wait_for(condition, timeout_s: float = 10.0) -> None:
@@ -103,10 +147,10 @@ def wait_for(condition, timeout_s: float = 10.0) -> None:
         time.sleep(0.01)
 
 
-def test_start_loads_every_project_in_the_background(tmp_path, store):
+def test_start_loads_every_project_in_the_background(tmp_path, store, make_server):
     v1, v2 = publish(store, "1"), publish(store, "2")
     loader = Loader()
-    server = make_server(tmp_path, store, loader)
+    server = make_server(store, loader)
     started = time.monotonic()
     server.start()
     assert time.monotonic() - started < 1.0  # returns without waiting for loads
@@ -118,13 +162,12 @@ def test_start_loads_every_project_in_the_background(tmp_path, store):
     assert server.get_loaded("1").version == v1.version
     assert server.get_loaded("2").version == v2.version
     assert all(name.startswith("model-load") for name in loader.threads)
-    server.close()
 
 
-def test_a_request_waits_for_the_first_load_without_loading_itself(tmp_path, store):
+def test_a_request_waits_for_the_first_load_without_loading_itself(tmp_path, store, make_server):
     info = publish(store, "1")
     loader = Loader()
-    server = make_server(tmp_path, store, loader)
+    server = make_server(store, loader)
     server.start()
     got: list = []
     request = threading.Thread(target=lambda: got.append(server.get_model("1")), name="request")
@@ -135,24 +178,22 @@ def test_a_request_waits_for_the_first_load_without_loading_itself(tmp_path, sto
     request.join(10)
     assert got[0].version == info.version
     assert loader.threads == ["model-load_0"]  # one load, on the load pool
-    server.close()
 
 
-def test_a_request_gives_up_after_its_wait(tmp_path, store):
+def test_a_request_gives_up_after_its_wait(tmp_path, store, make_server):
     publish(store, "1")
-    server = make_server(tmp_path, store, Loader())
+    server = make_server(store, Loader())
     started = time.monotonic()
     assert server.get_model("1", wait_s=0.2) is None
     assert time.monotonic() - started < 2.0
     server._loader.release.set()  # type: ignore[attr-defined]
-    server.close()
 
 
-def test_a_new_current_version_is_swapped_in_after_it_loads(tmp_path, store):
+def test_a_new_current_version_is_swapped_in_after_it_loads(tmp_path, store, make_server):
     v1 = publish(store, "1")
     loader = Loader()
     loader.release.set()
-    server = make_server(tmp_path, store, loader)
+    server = make_server(store, loader)
     assert server.get_model("1").version == v1.version
 
     loader.release.clear()
@@ -171,18 +212,18 @@ def test_a_new_current_version_is_swapped_in_after_it_loads(tmp_path, store):
     wait_for(lambda: server.get_loaded("1").version == v2.version)
     assert server.get_version("1") == v2.version
     assert old.version == v1.version  # the bundle a request held never changed
-    server.close()
 
 
-def test_failed_load_means_no_model_logged_once(tmp_path, store, caplog):
+def test_failed_load_means_no_model_logged_once(tmp_path, store, make_server, predictor_of, caplog):
     info = publish(store, "1")
     loader = Loader(fail={info.version})
     loader.release.set()
-    server = make_server(tmp_path, store, loader)
+    server = make_server(store, loader)
     task = {"id": 1, "data": {"video": str(DATA_DIR / "b.mp4")}}
-    with caplog.at_level(logging.WARNING, logger="backend.serving"):
+    predictor = predictor_of(server)
+    with caplog.at_level(logging.WARNING, logger="backend"):
         for _ in range(3):
-            assert server.predict("1", [task], CHOICES) == [
+            assert predictor.predict("1", [task], CONTROLS) == [
                 {"result": [], "score": 0.0, "model_version": NO_MODEL_VERSION}
             ]
     assert server.get_version("1") == NO_MODEL_VERSION
@@ -190,26 +231,29 @@ def test_failed_load_means_no_model_logged_once(tmp_path, store, caplog):
     failures = [r for r in caplog.records if "loading version" in r.getMessage()]
     no_model = [r for r in caplog.records if "no model" in r.getMessage()]
     assert len(failures) == 1 and len(no_model) == 1
-    server.close()
 
 
-def test_project_without_versions_answers_empty_predictions(tmp_path, store, caplog):
-    server = make_server(tmp_path, store, Loader())
+def test_project_without_versions_answers_empty_predictions(
+    tmp_path, store, make_server, predictor_of, caplog
+):
+    server = make_server(store, Loader())
     tasks = [{"id": i, "data": {"video": "x.mp4"}} for i in range(3)]
-    with caplog.at_level(logging.WARNING, logger="backend.serving"):
-        results = server.predict("9", tasks, CHOICES)
-        server.predict("9", tasks, CHOICES)
+    predictor = predictor_of(server)
+    with caplog.at_level(logging.WARNING, logger="backend"):
+        results = predictor.predict("9", tasks, CONTROLS)
+        predictor.predict("9", tasks, CONTROLS)
     assert results == [{"result": [], "score": 0.0, "model_version": NO_MODEL_VERSION}] * 3
     assert server.get_version("9") == NO_MODEL_VERSION
     assert len([r for r in caplog.records if "no model" in r.getMessage()]) == 1
-    server.close()
 
 
-def test_predict_batches_clips_and_isolates_failing_tasks(tmp_path, store, caplog):
+def test_predict_batches_clips_and_isolates_failing_tasks(
+    tmp_path, store, make_server, predictor_of, caplog
+):
     info = publish(store, "1")
     loader = Loader()
     loader.release.set()
-    server = make_server(tmp_path, store, loader, predict_batch_size=2, decode_threads=2)
+    server = make_server(store, loader, predict_batch_size=2, decode_threads=2)
     corrupt = tmp_path / "corrupt.mp4"
     corrupt.write_bytes(np.random.default_rng(0).bytes(20_000))
     videos = ["b.mp4", "bikes.mp4", None, "muted_b.mp4", "corrupt", "carphone_distorted.mp4"]
@@ -223,8 +267,8 @@ def test_predict_batches_clips_and_isolates_failing_tasks(tmp_path, store, caplo
             tasks.append({"id": 100 + i, "data": {"video": str(DATA_DIR / name)}})
     tasks.append({"id": 200, "data": {"video": str(tmp_path / "missing.mp4")}})
 
-    with caplog.at_level(logging.WARNING, logger="backend.serving"):
-        results = server.predict("1", tasks, CHOICES)
+    with caplog.at_level(logging.WARNING, logger="backend"):
+        results = predictor_of(server).predict("1", tasks, CONTROLS)
 
     assert len(results) == len(tasks)
     good = 0
@@ -245,34 +289,37 @@ def test_predict_batches_clips_and_isolates_failing_tasks(tmp_path, store, caplo
     assert max(model.batches) <= 2 and len(model.batches) == -(-good // 2)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 3
-    server.close()
 
 
-def test_labels_missing_from_the_config_give_empty_results_logged_once(tmp_path, store, caplog):
+def test_labels_missing_from_the_config_give_empty_results_logged_once(
+    tmp_path, store, make_server, predictor_of, caplog
+):
     info = publish(store, "1")
     loader = Loader()
     loader.release.set()
-    server = make_server(tmp_path, store, loader)
+    server = make_server(store, loader)
     other = VideoControls("video", "video", "label", ("cat", "dog"))
     task = {"id": 1, "data": {"video": str(DATA_DIR / "b.mp4")}}
-    with caplog.at_level(logging.WARNING, logger="backend.serving"):
+    predictor = predictor_of(server)
+    with caplog.at_level(logging.WARNING, logger="backend"):
         for _ in range(2):
-            assert server.predict("1", [task], other) == [
+            assert predictor.predict("1", [task], other) == [
                 {"result": [], "score": 0.0, "model_version": info.version}
             ]
     assert len([r for r in caplog.records if "labels" in r.getMessage()]) == 1
     assert server.get_loaded("1").batches == []  # nothing decoded or predicted
-    server.close()
 
 
 # -- hot swap: one model per project, LRU, background poll, pub/sub, agreed swap time -------
 
 
-def test_the_old_model_is_released_once_the_last_request_holding_it_ends(tmp_path, store):
+def test_the_old_model_is_released_once_the_last_request_holding_it_ends(
+    tmp_path, store, make_server
+):
     publish(store, "1")
     loader = Loader()
     loader.release.set()
-    server = make_server(tmp_path, store, loader)
+    server = make_server(store, loader)
     held = server.get_model("1")  # a request in flight keeps its bundle
     old = weakref.ref(held)
     v2 = publish(store, "1")
@@ -283,14 +330,15 @@ def test_the_old_model_is_released_once_the_last_request_holding_it_ends(tmp_pat
     del held
     gc.collect()
     assert old() is None  # nothing else kept it: one model per project
-    server.close()
 
 
-def test_least_recently_used_projects_are_dropped_and_reloaded_on_request(tmp_path, store):
+def test_least_recently_used_projects_are_dropped_and_reloaded_on_request(
+    tmp_path, store, make_server
+):
     infos = {p: publish(store, p) for p in ("1", "2", "3")}
     loader = Loader()
     loader.release.set()
-    server = make_server(tmp_path, store, loader, max_models_in_memory=2)
+    server = make_server(store, loader, max_models_in_memory=2)
     for project in ("1", "2", "1"):  # project 2 is now the least recently used
         assert server.get_model(project).version == infos[project].version
     dropped = weakref.ref(server.get_loaded("2"))
@@ -305,42 +353,43 @@ def test_least_recently_used_projects_are_dropped_and_reloaded_on_request(tmp_pa
     assert server.get_model("2").version == infos["2"].version
     assert set(server.describe()) == {"2", "3"}
     assert loader.projects == ["1", "2", "3", "2"]
-    server.close()
 
 
-def test_start_loads_no_more_projects_than_fit(tmp_path, store):
+def test_start_loads_no_more_projects_than_fit(tmp_path, store, make_server):
     for project in ("1", "2", "3"):
         publish(store, project)
     loader = Loader()
     loader.release.set()
-    server = make_server(tmp_path, store, loader, max_models_in_memory=2)
+    server = make_server(store, loader, max_models_in_memory=2)
     server.start()
     wait_for(lambda: [d["version"] is not None for d in server.describe().values()] == [True] * 2)
     assert sorted(loader.projects) == ["1", "2"]  # project 3 waits for its first request
-    server.close()
 
 
-def test_an_idle_process_swaps_by_polling_in_the_background(tmp_path, store):
+def test_an_idle_process_swaps_by_polling_in_the_background(tmp_path, store, make_server, watch_of):
     publish(store, "1")
     loader = Loader()
     loader.release.set()
-    server = make_server(tmp_path, store, loader)
+    server = make_server(store, loader)
     server.start()
+    watch_of(server).start()
     wait_for(lambda: server.get_loaded("1") is not None)
     v2 = publish(store, "1")
     # No request, no check(), no Redis: only the background poll reads the pointer.
     wait_for(lambda: server.get_loaded("1").version == v2.version)
-    server.close()
 
 
-def test_a_pubsub_notice_swaps_without_polling(tmp_path, store, redis_conn, monkeypatch):
+def test_a_pubsub_notice_swaps_without_polling(
+    tmp_path, store, make_server, watch_of, redis_conn, monkeypatch
+):
     monkeypatch.setattr(serving, "CHECK_INTERVAL_S", 3600.0)
     v1 = publish(store, "1")
     loader = Loader()
     loader.release.set()
-    server = make_server(tmp_path, store, loader, max_models_in_memory=1)
-    assert server.get_model("1").version == v1.version  # server.start() (the poll) never runs
-    listener = server.listen(redis_conn)
+    server = make_server(store, loader, max_models_in_memory=1)
+    assert server.get_model("1").version == v1.version  # no VersionWatch.start(): no poll
+    watch = watch_of(server)  # listening only: never started, so no poll
+    listener = watch.listen(redis_conn)
     assert listener.connected.wait(10)
 
     pointer = VersionPointer(store, redis_conn)
@@ -352,30 +401,31 @@ def test_a_pubsub_notice_swaps_without_polling(tmp_path, store, redis_conn, monk
     # Notices are handled in order: project 2's was handled, and ignored, before this one.
     assert loader.projects == ["1", "1"]
     assert set(server.describe()) == {"1"}
-    server.close()
-    wait_for(lambda: not listener.connected.is_set())  # close() ends the subscription
+    watch.stop()
+    wait_for(lambda: not listener.connected.is_set())  # stop() ends the subscription
 
 
-def test_a_notice_loads_a_new_project_when_there_is_room(tmp_path, store, redis_conn):
+def test_a_notice_loads_a_new_project_when_there_is_room(
+    tmp_path, store, make_server, watch_of, redis_conn
+):
     loader = Loader()
     loader.release.set()
-    server = make_server(tmp_path, store, loader)
-    assert server.listen(redis_conn).connected.wait(10)
+    server = make_server(store, loader)
+    assert watch_of(server).listen(redis_conn).connected.wait(10)
     info = publish_aside(store, "4")
     VersionPointer(store, redis_conn).set("4", info.version)
     wait_for(lambda: server.get_loaded("4") is not None)  # ready before its first request
-    server.close()
 
 
-def test_every_process_swaps_at_the_agreed_time_and_first_loads_at_once(tmp_path, store):
+def test_every_process_swaps_at_the_agreed_time_and_first_loads_at_once(
+    tmp_path, store, make_server
+):
     delay_s = 1.0
     v1 = publish(store, "1")
     fast, slow = Loader(), SlowLoader(0.3)
     fast.release.set()
     slow.release.set()
-    servers = [
-        make_server(tmp_path, store, loader, swap_delay_s=delay_s) for loader in (fast, slow)
-    ]
+    servers = [make_server(store, loader, swap_delay_s=delay_s) for loader in (fast, slow)]
     # A first load is swapped in as soon as it is ready: a request is waiting for it.
     pointer = VersionPointer(store)
     assert pointer.get_current("1").version == v1.version
@@ -392,17 +442,14 @@ def test_every_process_swaps_at_the_agreed_time_and_first_loads_at_once(tmp_path
         # timer's monotonic clock against the wall clock).
         assert server.describe()["1"]["swapped_at"] >= set_at + delay_s - 0.001
     assert fast.versions == slow.versions == [v1.version, v2.version]
-    for server in servers:
-        server.close()
 
 
-def test_first_load_is_not_held_back_by_the_swap_delay(tmp_path, store):
+def test_first_load_is_not_held_back_by_the_swap_delay(tmp_path, store, make_server):
     info = publish(store, "1")
     loader = Loader()
     loader.release.set()
-    server = make_server(tmp_path, store, loader, swap_delay_s=3600.0)
+    server = make_server(store, loader, swap_delay_s=3600.0)
     assert server.get_model("1", wait_s=10).version == info.version
-    server.close()
 
 
 class SlowLoader(Loader):

@@ -14,15 +14,16 @@ Both need temporal order: one frame, or the average of all, cannot tell them.
 from __future__ import annotations
 
 import itertools
+import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
-from conftest import LS_TOKEN, worker_process
+from conftest import LS_TOKEN, built_once, worker_process
 from fake_label_studio import FakeLabelStudio
 from test_training_loop import worker_env
 
@@ -30,6 +31,8 @@ from training.labelstudio.labelconfig import parse_label_config
 from training.labelstudio.timeline import Segment, segment_f1, segments_from_labels
 from training.versions.store import ModelStore
 from training.video.synth import clip_rng, render_segmented_clip, write_video
+
+pytestmark = pytest.mark.slow  # every test trains a model in a worker
 
 MOTIONS = ("left_to_right", "right_to_left")
 FPS = 25
@@ -84,11 +87,28 @@ def write_segmented(folder: Path, prefix: str, per_pair: int, seed: int) -> list
     return out
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def clips(tmp_path_factory) -> tuple[Path, list[SegmentedClip], list[SegmentedClip]]:
-    folder = tmp_path_factory.mktemp("segmented")
-    train = write_segmented(folder, "train", per_pair=20, seed=3)
-    heldout = write_segmented(folder, "heldout", per_pair=3, seed=77)
+    """Written once per run and only read after: under xdist the two configurations train on
+    different workers at once, from the same files."""
+
+    def write(folder: Path) -> None:
+        parts = {
+            "train": write_segmented(folder, "train", per_pair=20, seed=3),
+            "heldout": write_segmented(folder, "heldout", per_pair=3, seed=77),
+        }
+        index = {part: [asdict(clip) for clip in made] for part, made in parts.items()}
+        (folder / "clips.json").write_text(json.dumps(index))
+
+    folder = built_once(tmp_path_factory, "segmented", write)
+    index = json.loads((folder / "clips.json").read_text())
+    train, heldout = (
+        [
+            SegmentedClip(c["name"], c["frames"], tuple(Segment(**s) for s in c["segments"]))
+            for c in index[part]
+        ]
+        for part in ("train", "heldout")
+    )
     return folder, train, heldout
 
 
@@ -183,7 +203,7 @@ def trained(request, clips, tmp_path, redis_url, start_server) -> Iterator[Timel
 
 
 def check_region(region: dict, clip: SegmentedClip) -> Segment:
-    """A timeline region as DESIGN.md gives Label Studio's format; returns its segment."""
+    """A timeline region as docs/design.md gives Label Studio's format; returns its segment."""
     assert region["from_name"] == "motion" and region["to_name"] == "video"
     assert region["type"] == "timelinelabels" and region["id"]
     assert set(region["value"]) == {"ranges", "timelinelabels"}

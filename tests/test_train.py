@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from training.learn.config import TrainConfig, TrainingData, TrainingRun
 from training.learn.dataset import (
     ClipArrays,
     class_weights,
@@ -16,17 +17,12 @@ from training.learn.dataset import (
     stable_split,
     stratified_split,
 )
-from training.learn.train import (
-    TrainConfig,
-    TrainingError,
-    as_float32,
-    gate_allows,
-    predict_arrays,
-    quality_gate,
-    train_and_publish,
-    warm_start,
-)
-from training.model.build import ModelConfig, build_model
+from training.learn.evaluate import predict_arrays
+from training.learn.fit import as_float32, warm_start
+from training.learn.gate import gate_allows, quality_gate
+from training.learn.publish import TrainingError, train_and_publish
+from training.model.build import build_model, load_keras_model
+from training.model.config import ModelConfig
 from training.versions.store import SPLIT_FILE, ModelStore
 from training.video.clip import SamplingConfig
 
@@ -152,7 +148,9 @@ def test_a_model_trained_under_mixed_precision_is_published_as_float32():
         "mask": np.ones((2, 8), bool),
     }
     np.testing.assert_allclose(
-        clean.predict_on_batch(batch), mixed.predict_on_batch(batch), atol=2e-2
+        clean.predict_on_batch(batch)["classes"],
+        mixed.predict_on_batch(batch)["classes"],
+        atol=2e-2,
     )
 
 
@@ -164,12 +162,14 @@ def test_a_published_version_holds_its_model_metrics_and_pictures(trained_model,
     info = train_and_publish(
         store,
         "5",
-        [*videos, (broken, videos[0][1])],
-        sampling=SMALL_CLIPS,
-        model_config=TINY,
-        train_config=TrainConfig(epochs=2, batch_size=4, augment=True),
-        parent=trained_model.info,
-        extra_meta={"source": {"test": True}},
+        TrainingData([*videos, (broken, videos[0][1])]),
+        TrainingRun(
+            sampling=SMALL_CLIPS,
+            model_config=TINY,
+            train_config=TrainConfig(epochs=2, batch_size=4, augment=True),
+            parent=trained_model.info,
+            extra_meta={"source": {"test": True}},
+        ),
     )
     assert store.get_current("5") == info.version
     meta = info.meta
@@ -206,11 +206,10 @@ def test_a_label_without_any_readable_video_is_refused(trained_model, tmp_path):
         train_and_publish(
             ModelStore(tmp_path),
             "5",
-            videos,
-            labels=["left_to_right", "right_to_left"],
-            sampling=SMALL_CLIPS,
-            model_config=TINY,
-            train_config=TrainConfig(epochs=1),
+            TrainingData(videos, labels=["left_to_right", "right_to_left"]),
+            TrainingRun(
+                sampling=SMALL_CLIPS, model_config=TINY, train_config=TrainConfig(epochs=1)
+            ),
         )
     assert ModelStore(tmp_path).list_versions("5") == []
 
@@ -224,13 +223,9 @@ def synth_arrays(trained_model) -> ClipArrays:
 
 
 def test_the_gate_scores_both_versions_on_the_same_clips(trained_model, synth_arrays, tmp_path):
-    import keras
-
-    import training.model.build  # noqa: F401
-
-    model = keras.saving.load_model(trained_model.info.model_path, compile=False)
-    probs = predict_arrays(model, synth_arrays)
-    current_accuracy = float(np.mean(probs.argmax(axis=1) == synth_arrays.y))
+    model = load_keras_model(trained_model.info.model_path)
+    probs = {"classes": predict_arrays(model, synth_arrays)}
+    current_accuracy = float(np.mean(probs["classes"].argmax(axis=1) == synth_arrays.y))
     labels = trained_model.labels
 
     # The same model as candidate: equal figures, passes at zero tolerance.
@@ -239,7 +234,7 @@ def test_the_gate_scores_both_versions_on_the_same_clips(trained_model, synth_ar
     assert same["candidate"] == same["current"] == round(current_accuracy, 4)
 
     # A candidate that gets every clip wrong fails, unless the tolerance covers the gap.
-    wrong = np.eye(2, dtype=np.float32)[1 - synth_arrays.y]
+    wrong = {"classes": np.eye(2, dtype=np.float32)[1 - synth_arrays.y]}
     worse = quality_gate(wrong, synth_arrays, labels, SMALL_CLIPS, trained_model.info)
     assert worse["candidate"] == 0.0 and not worse["passed"]
     assert "worse than" in worse["reason"] and not gate_allows(worse)
@@ -272,7 +267,7 @@ def test_the_gate_leaves_out_clips_the_current_version_trained_on(trained_model,
         synth_arrays.sources,
         content_keys(synth_arrays.sources),  # the keys the session model was trained with
     )
-    probs = np.full((len(as_seen), 2), 0.5, np.float32)
+    probs = {"classes": np.full((len(as_seen), 2), 0.5, np.float32)}
     gate = quality_gate(probs, as_seen, trained_model.labels, SMALL_CLIPS, trained_model.info)
     unseen = [k for k in as_seen.keys if k not in seen]
     assert gate["excluded_seen_by_current"] == len(as_seen) - len(unseen) > 0
@@ -330,7 +325,7 @@ def test_the_gate_judges_a_timeline_only_model_by_its_frames(trained_model, synt
 
 def test_no_held_out_clip_gives_empty_outputs_and_metrics():
     # With two annotated videos everything trains: the evaluation sees no clip at all.
-    from training.learn.train import evaluate, predict_outputs
+    from training.learn.evaluate import evaluate, predict_outputs
 
     t = SMALL_CLIPS.frames
     empty = ClipArrays(
@@ -350,7 +345,7 @@ def test_no_held_out_clip_gives_empty_outputs_and_metrics():
 def test_batchnorm_statistics_are_recalibrated_on_the_training_clips(synth_arrays):
     import keras
 
-    from training.learn.train import recalibrate_batchnorm
+    from training.learn.fit import recalibrate_batchnorm
 
     model = build_model(2, SMALL_CLIPS, TINY)
     layer = model.get_layer("bn0")

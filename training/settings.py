@@ -11,6 +11,7 @@ from pathlib import Path
 
 from training.model.config import AUTO_TEMPORAL, check_temporal
 from training.model.uncertainty import parse_measure
+from training.video.media_policy import parse_allowed_hosts
 
 
 def _env_int(name: str, default: int) -> int:
@@ -63,6 +64,15 @@ class Settings:
     cache_max_mb: int = 2048
     label_studio_url: str = ""
     label_studio_api_key: str = field(default="", repr=False)
+    media_allowed_hosts: str = ""
+    """Comma-separated ``host`` or ``host:port`` that task media may come from even at a
+    private, loopback or other non-public address (training/video/media_policy.py)."""
+    media_max_redirects: int = 3
+    """Most redirects one media download follows, each hop checked again."""
+    max_video_mb: int = 500
+    """Largest video downloaded (Content-Length or bytes read), in MB."""
+    download_deadline_s: float = 60.0
+    """Longest one media download may take, start to end, in seconds."""
     redis_url: str = ""
     host: str = "0.0.0.0"
     port: int = 9090
@@ -70,6 +80,13 @@ class Settings:
     threads: int = 8
     basic_auth_user: str = ""
     basic_auth_pass: str = field(default="", repr=False)
+    webhook_secret: str = field(default="", repr=False)
+    """When set, /webhook requires the header ``X-Webhook-Secret`` with this value."""
+    max_request_mb: int = 16
+    """Largest request body the backend reads, in MiB; a larger one is answered 413."""
+    force_training_every_s: int = 60
+    """Seconds between two forced runs ("Start training") of one project; a forced request
+    sooner than that counts as an ordinary training request."""
     log_level: str = "INFO"
     predict_batch_size: int = 8
     decode_threads: int = 2
@@ -98,7 +115,11 @@ class Settings:
     or ``auto``: bilstm for projects with a <TimelineLabels>, lstm for the others."""
 
     def __post_init__(self) -> None:
-        """Refuse a misspelt measure or head at start-up, not at the first prediction."""
+        """Refuse a misspelt measure or head, or half of basic auth, at start-up."""
+        if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
+            raise ValueError(
+                "BASIC_AUTH_USER and BASIC_AUTH_PASS go together: set both, or neither"
+            )
         try:
             measure = parse_measure(self.uncertainty_measure).value
         except ValueError as exc:
@@ -109,6 +130,20 @@ class Settings:
                 check_temporal(self.train_temporal)
             except ValueError as exc:
                 raise ValueError(f"TRAIN_TEMPORAL: {exc} (or {AUTO_TEMPORAL})") from None
+        self._check_media()
+
+    def _check_media(self) -> None:
+        """Refuse media limits that would disable themselves, and a malformed allow-list."""
+        try:
+            parse_allowed_hosts(self.media_allowed_hosts)
+        except ValueError as exc:
+            raise ValueError(f"MEDIA_ALLOWED_HOSTS: {exc}") from None
+        if self.media_max_redirects < 0:
+            raise ValueError("MEDIA_MAX_REDIRECTS must be 0 or more")
+        if self.max_video_mb <= 0:
+            raise ValueError("MAX_VIDEO_MB must be more than 0")
+        if self.download_deadline_s <= 0:
+            raise ValueError("DOWNLOAD_DEADLINE_S must be more than 0")
 
     @classmethod
     def from_env(cls) -> Settings:

@@ -32,11 +32,15 @@ import time
 import uuid
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 import redis
 from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
+
+if TYPE_CHECKING:
+    from training.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -340,3 +344,15 @@ class TrainingCoordinator:
             "enqueued_at": job.enqueued_at.isoformat() if job.enqueued_at else None,
             "started_at": job.started_at.isoformat() if job.started_at else None,
         }
+
+
+def make_coordinator(
+    connection: redis.Redis, settings: Settings, *, is_async: bool = True
+) -> TrainingCoordinator:
+    """The coordinator every process builds the same way from the settings."""
+    return TrainingCoordinator(
+        connection,
+        lease_s=settings.train_lease_s,
+        job_timeout_s=settings.train_timeout_s,
+        is_async=is_async,
+    )

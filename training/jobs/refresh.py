@@ -2,7 +2,7 @@
 
 Why: Label Studio re-predicts a task only when someone opens it or presses "Retrieve
 predictions", which sends every selected task in one request that outlasts its 100 s timeout
-for a few hundred videos (DESIGN.md). So once a version becomes current, a job on the
+for a few hundred videos (docs/design.md). So once a version becomes current, a job on the
 training queue predicts the project's tasks itself and stores each prediction through
 ``POST /api/predictions/`` with the version and its score: sorting by prediction score in the
 Data Manager then reflects the new model.
@@ -18,6 +18,7 @@ version is no longer current (a newer one's refresh takes over).
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -26,13 +27,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from training.labelstudio.client import LabelStudioError, LabelStudioSession, TaskPredictions
+from training.labelstudio.client import LabelStudioSession
+from training.labelstudio.errors import LabelStudioError
 from training.labelstudio.labelconfig import LabelConfigError, parse_label_config
+from training.labelstudio.tasks import TaskRefreshState
 from training.settings import Settings
 from training.versions.store import ModelStore
 
 if TYPE_CHECKING:
     from training.labelstudio.labelconfig import VideoControls
+    from training.model.inference import ClipPrediction
     from training.model.loaded import LoadedModel
     from training.video.clip import Clip
     from training.video.clipcache import ClipCache
@@ -54,8 +58,8 @@ def _noop(_: dict) -> None:
 
 
 def order_tasks(
-    tasks: list[TaskPredictions], version: str, *, include_labelled: bool
-) -> list[TaskPredictions]:
+    tasks: list[TaskRefreshState], version: str, *, include_labelled: bool
+) -> list[TaskRefreshState]:
     """The tasks to predict, unlabelled first (each group by id): those without a prediction
     of ``version``, labelled ones only when ``include_labelled``."""
     todo = [t for t in tasks if version not in t.model_versions]
@@ -85,8 +89,6 @@ def refresh_predictions(
     """
     from training.labelstudio.results import fillable_controls
     from training.model.loaded import load_version
-    from training.video.clipcache import ClipCache
-    from training.video.media import MediaResolver
 
     started = time.perf_counter()
     store = ModelStore(settings.model_dir)
@@ -97,49 +99,18 @@ def refresh_predictions(
         return summary.as_dict("superseded")
 
     with LabelStudioSession(settings.label_studio_url, settings.label_studio_api_key) as ls:
-        try:
-            choices = parse_label_config(ls.get_label_config(project))
-        except LabelConfigError as exc:
-            raise LabelStudioError(f"project {project} cannot be predicted: {exc}") from exc
-        tasks = list(ls.iter_task_predictions(project, choices))
-        summary.already = sum(version in t.model_versions for t in tasks)
-        todo = order_tasks(tasks, version, include_labelled=settings.refresh_all_tasks)
-        summary.total = len(todo)
-        summary.report()
-        if not todo:
-            if settings.select_new_version:
-                summary.selected = _select(ls, store, project, version)
-            return summary.as_dict("done")
-        model = load_version(info, batch_size=settings.predict_batch_size)
-        if not fillable_controls(model, choices):
-            reason = (
-                f"the model's labels {model.labels} / timeline labels {model.timeline_labels} "
-                "fill none of the config's controls"
-            )
-            return {**summary.as_dict("skipped"), "reason": reason}
-
-        batch = _Batch(
-            ls=ls,
-            choices=choices,
-            model=model,
-            measure=settings.uncertainty_measure,
-            resolver=MediaResolver.from_settings(settings),
-            cache=ClipCache(
-                Path(settings.cache_dir) / "clips", max_bytes=settings.cache_max_mb * 1024 * 1024
-            ),
-            threads=max(1, settings.decode_threads),
-            summary=summary,
-        )
+        controls, todo = _list_tasks(ls, project, summary, settings.refresh_all_tasks)
         status = "done"
-        size = max(1, settings.predict_batch_size)
-        with ThreadPoolExecutor(max_workers=batch.threads) as pool:
-            for start in range(0, len(todo), size):
-                if store.get_current(project) != version:
-                    log.info("project %s: %s was replaced; refresh stops", project, version)
-                    status = "superseded"
-                    break
-                batch.run(todo[start : start + size], pool)
-                summary.report()
+        if todo:
+            model = load_version(info, batch_size=settings.predict_batch_size)
+            if not fillable_controls(model, controls):
+                reason = (
+                    f"the model's labels {model.labels} / timeline labels "
+                    f"{model.timeline_labels} fill none of the config's controls"
+                )
+                return {**summary.as_dict("skipped"), "reason": reason}
+            refresher = TaskRefresher(ls, controls, model, settings, summary)
+            status = refresher.run(todo, lambda: store.get_current(project) == version)
         if status == "done" and settings.select_new_version:
             summary.selected = _select(ls, store, project, version)
     log.info(
@@ -153,6 +124,22 @@ def refresh_predictions(
         summary.already,
     )
     return summary.as_dict(status)
+
+
+def _list_tasks(
+    ls: LabelStudioSession, project: str, summary: RefreshSummary, include_labelled: bool
+) -> tuple[VideoControls, list[TaskRefreshState]]:
+    """The project's label config and the tasks to predict, in order; counts them."""
+    try:
+        controls = parse_label_config(ls.get_label_config(project))
+    except LabelConfigError as exc:
+        raise LabelStudioError(f"project {project} cannot be predicted: {exc}") from exc
+    tasks = list(ls.iter_task_refresh_states(project, controls))
+    summary.already = sum(summary.version in t.model_versions for t in tasks)
+    todo = order_tasks(tasks, summary.version, include_labelled=include_labelled)
+    summary.total = len(todo)
+    summary.report()
+    return controls, todo
 
 
 def _select(ls: LabelStudioSession, store: ModelStore, project: str, version: str) -> bool:
@@ -213,76 +200,69 @@ class RefreshSummary:
 
 
 @dataclass
-class _Batch:
-    """Fetch, decode, predict and write one batch of tasks."""
+class TaskRefresher:
+    """Predicts a refresh's tasks through the one prediction path and writes each prediction."""
 
     ls: LabelStudioSession
-    choices: VideoControls
+    controls: VideoControls
     model: LoadedModel
-    resolver: MediaResolver
-    cache: ClipCache
-    threads: int
+    settings: Settings
     summary: RefreshSummary
-    measure: str
 
-    def run(self, tasks: list[TaskPredictions], pool: ThreadPoolExecutor) -> None:
-        from training.video.clip import stack_clips
-        from training.video.decoder import VideoDecodeError, decode_many
+    def run(self, todo: list[TaskRefreshState], still_current: Callable[[], bool]) -> str:
+        """Predict and write ``todo`` in order; stops early ("superseded") once
+        ``still_current()`` says no (checked before each batch of tasks)."""
+        from training.model.inference import Failure, predict_clips
+        from training.video.clipcache import ClipCache
+        from training.video.media import MediaResolver
 
-        fetched = []
-        for task, path, error in pool.map(self._fetch, tasks):
-            if error:
-                self.summary.skip(task.task_id, error)
-            else:
-                fetched.append((task, path))
-        clips = decode_many(
-            [path for _, path in fetched],
-            self.model.sampling,
-            threads=self.threads,
-            cache=self.cache,
+        settings = self.settings
+        resolver = MediaResolver.from_settings(settings)
+        cache = ClipCache(
+            Path(settings.cache_dir) / "clips", max_bytes=settings.cache_max_mb * 1024 * 1024
         )
-        readable = []
-        for (task, _), clip in zip(fetched, clips, strict=True):
-            if isinstance(clip, VideoDecodeError):
-                self.summary.skip(task.task_id, str(clip))
-            else:
-                readable.append((task, clip))
-        if not readable:
-            return
-        outputs = self.model.predict(*stack_clips([clip for _, clip in readable]))
-        for row, (task, clip) in enumerate(readable):
-            self._write(task, clip, {head: value[row] for head, value in outputs.items()})
+        sources = [functools.partial(self._clip, resolver, cache, task) for task in todo]
+        check_every = max(1, self.model.batch_size)
+        threads = max(1, settings.decode_threads)
+        with ThreadPoolExecutor(threads, thread_name_prefix="refresh-decode") as pool:
+            outcomes = predict_clips(self.model, sources, pool, window=2 * check_every)
+            for done, (i, outcome) in enumerate(outcomes):
+                if done % check_every == 0:
+                    self.summary.report()
+                    if not still_current():
+                        log.info("%s was replaced; refresh stops", self.model.version)
+                        return "superseded"
+                if isinstance(outcome, Failure):
+                    self.summary.skip(todo[i].task_id, outcome.reason)
+                else:
+                    self._write(todo[i], outcome)
+        self.summary.report()
+        return "done"
 
-    def _fetch(self, task: TaskPredictions) -> tuple[TaskPredictions, Path | None, str | None]:
+    def _clip(self, resolver: MediaResolver, cache: ClipCache, task: TaskRefreshState) -> Clip:
+        """Fetch and decode one task's video (runs on the decode pool)."""
         from training.video.media import MediaError
 
         if task.video_url is None:
-            return task, None, f"no video URL under data[{self.choices.video_value_key!r}]"
-        try:
-            return task, self.resolver.resolve(task.video_url, task.task_id), None
-        except MediaError as exc:
-            return task, None, str(exc)
+            raise MediaError(f"no video URL under data[{self.controls.video_value_key!r}]")
+        path = resolver.resolve(task.video_url, task.task_id)
+        return cache.sample(path, self.model.sampling)
 
-    def _write(self, task: TaskPredictions, clip: Clip, outputs: dict) -> None:
+    def _write(self, task: TaskRefreshState, prediction: ClipPrediction) -> None:
         """One prediction, unless the task got one of this version since it was listed."""
         from training.labelstudio.results import video_prediction
 
-        version = self.model.version
-        if version in self.ls.get_prediction_versions(task.task_id):
+        if prediction.version in self.ls.get_prediction_versions(task.task_id):
             self.summary.already += 1  # Label Studio asked /predict meanwhile, or a twin job
             return
-        prediction = video_prediction(
-            outputs,
-            self.model.labels,
-            self.choices,
-            version,
-            timeline_labels=self.model.timeline_labels,
-            clip=clip,
+        formatted = video_prediction(
+            prediction,
+            self.controls,
             frame_rate=task.frame_rate,
-            measure=self.measure,
+            measure=self.settings.uncertainty_measure,
         )
         try:
-            self.ls.create_prediction(task.task_id, prediction)
+            self.ls.create_prediction(task.task_id, formatted)
         except LabelStudioError as exc:
             if exc.status not in GONE_STATUSES:
                 raise

@@ -2,7 +2,7 @@
 
 The real worker forks a work horse per job (RQ's default), so TensorFlow is imported fresh in
 each horse and never in the long-lived parent: forking after TensorFlow has started breaks
-(DESIGN.md). The embedded worker (no REDIS_URL) runs jobs in a thread of the serving process
+(docs/design.md). The embedded worker (no REDIS_URL) runs jobs in a thread of the serving process
 against an in-process fakeredis, with RQ's thread-based timeout instead of SIGALRM.
 """
 
@@ -15,37 +15,12 @@ import redis
 from rq import SimpleWorker, Worker
 from rq.timeouts import TimerDeathPenalty
 
-from training.jobs.coordinator import TrainingCoordinator
-from training.jobs.training import make_coordinator
+from training.jobs.coordinator import TrainingCoordinator, make_coordinator
+from training.jobs.periodic import PeriodicTask
+from training.jobs.redis_connection import WORKER_TIMEOUTS, connect_redis
 from training.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-class RecoveryLoop:
-    """Calls ``coordinator.recover()`` every few seconds on a daemon thread."""
-
-    def __init__(self, coordinator: TrainingCoordinator, every_s: float) -> None:
-        self._coordinator = coordinator
-        self._every_s = every_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="recover", daemon=True)
-
-    def start(self) -> RecoveryLoop:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._every_s):
-            try:
-                self._coordinator.recover()
-            except redis.RedisError as exc:
-                log.debug("recovery skipped: %s", exc)
-            except Exception:
-                log.exception("recovery failed")
 
 
 def run_worker(settings: Settings, *, burst: bool = False, name: str | None = None) -> bool:
@@ -59,9 +34,14 @@ def run_worker(settings: Settings, *, burst: bool = False, name: str | None = No
             "REDIS_URL is not set: `videoloop worker` takes jobs from Redis; without it, "
             "`videoloop serve` trains in its own process"
         )
-    connection = redis.Redis.from_url(settings.redis_url)
+    connection = connect_redis(settings, WORKER_TIMEOUTS)
     coordinator = make_coordinator(connection, settings)
-    recovery = RecoveryLoop(coordinator, settings.recover_every_s).start()
+    recovery = PeriodicTask(
+        coordinator.recover,
+        settings.recover_every_s,
+        name="recover",
+        expected=(redis.RedisError,),
+    ).start()
     try:
         worker = Worker([coordinator.queue], connection=connection, name=name)
         return worker.work(burst=burst, logging_level=settings.log_level, with_scheduler=False)

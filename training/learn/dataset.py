@@ -15,14 +15,10 @@ import numpy as np
 
 from training.labelstudio.timeline import DEFAULT_FRAME_RATE, IGNORE, Segment, frame_targets
 from training.video.clip import SamplingConfig, stack_clips
-from training.video.clipcache import ClipCache
+from training.video.clipcache import ClipCache, file_sha256
 from training.video.decoder import VideoDecodeError, decode_many
 
 log = logging.getLogger(__name__)
-
-
-HASH_CHUNK_BYTES = 1 << 20
-"""Bytes read at a time when hashing a video for its split key."""
 
 
 NO_CLASS = -1
@@ -89,15 +85,10 @@ def content_keys(paths: Sequence[str | os.PathLike]) -> list[str]:
     decoding will skip it anyway)."""
     keys = []
     for path in paths:
-        digest = hashlib.sha256()
         try:
-            with open(path, "rb") as fh:
-                while chunk := fh.read(HASH_CHUNK_BYTES):
-                    digest.update(chunk)
+            keys.append(f"sha256:{file_sha256(path)}")
         except OSError:
             keys.append(f"path:{os.fspath(path)}")
-            continue
-        keys.append(f"sha256:{digest.hexdigest()}")
     return keys
 
 
@@ -133,10 +124,7 @@ def decode_labelled(
     items = [as_labelled_video(v) for v in videos]
     if keys is not None and len(keys) != len(items):
         raise ValueError(f"{len(keys)} keys for {len(items)} videos")
-    index = {label: i for i, label in enumerate(labels)}
-    unknown = sorted({v.label for v in items if v.label is not None and v.label not in index})
-    if unknown:
-        raise ValueError(f"labels {unknown} are not among the model's labels {list(labels)}")
+    index = _class_index(items, labels)
     results = decode_many(
         [v.path for v in items], sampling, threads=threads, progress=progress, cache=cache
     )
@@ -161,20 +149,35 @@ def decode_labelled(
             )
         sources.append(str(video.path))
         kept_keys.append(str(keys[n]) if keys is not None else str(video.path))
-    t = sampling.frames
     if not clips:
-        empty = np.zeros((0, t, sampling.height, sampling.width, 3), np.uint8)
-        frame_y = np.full((0, t), IGNORE, np.int32) if timeline_labels else None
-        arrays = ClipArrays(
-            empty, np.zeros((0, t), bool), np.zeros(0, np.int32), [], frame_y=frame_y
-        )
-        return arrays, skipped
+        return _no_clips(sampling, timeline=bool(timeline_labels)), skipped
     frames, mask = stack_clips(clips)
     frame_y = np.stack(frame_ys).astype(np.int32) if timeline_labels else None
     return (
         ClipArrays(frames, mask, np.asarray(ys, np.int32), sources, kept_keys, frame_y),
         skipped,
     )
+
+
+def _class_index(items: Sequence[LabelledVideo], labels: Sequence[str]) -> dict[str, int]:
+    """Each label's class index.
+
+    Raises:
+        ValueError: a video's label is not in ``labels``.
+    """
+    index = {label: i for i, label in enumerate(labels)}
+    unknown = sorted({v.label for v in items if v.label is not None and v.label not in index})
+    if unknown:
+        raise ValueError(f"labels {unknown} are not among the model's labels {list(labels)}")
+    return index
+
+
+def _no_clips(sampling: SamplingConfig, *, timeline: bool) -> ClipArrays:
+    """Arrays of the right shapes holding no clip (every video was unreadable)."""
+    t = sampling.frames
+    empty = np.zeros((0, t, sampling.height, sampling.width, 3), np.uint8)
+    frame_y = np.full((0, t), IGNORE, np.int32) if timeline else None
+    return ClipArrays(empty, np.zeros((0, t), bool), np.zeros(0, np.int32), [], frame_y=frame_y)
 
 
 def stratified_split(y: np.ndarray, fractions: Sequence[float], seed: int = 0) -> list[np.ndarray]:

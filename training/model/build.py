@@ -1,6 +1,6 @@
 """The CNN-LSTM: a per-frame CNN that keeps spatial layout, an LSTM over time, softmax.
 
-Design (figures from DESIGN.md and ``bench/``): global average pooling after the CNN throws
+Design (figures from docs/design.md and ``bench/``): global average pooling after the CNN throws
 away *where* things are, and with it the direction of motion (42 % on a 4-class motion set,
 against 77 % for the origin's Flatten, which costs 95 M parameters). Here each frame's
 features keep a coarse spatial grid instead:
@@ -32,22 +32,10 @@ from keras import layers, ops
 from training.model.config import (
     APPEARANCE_MODES,
     BACKBONES,
-    TEMPORAL_HEADS,
     ModelConfig,
     check_temporal,
 )
 from training.video.clip import SamplingConfig
-
-__all__ = [
-    "APPEARANCE_MODES",
-    "BACKBONES",
-    "TEMPORAL_HEADS",
-    "ModelConfig",
-    "build_model",
-    "check_temporal",
-    "compile_model",
-    "output_heads",
-]
 
 
 @keras.saving.register_keras_serializable(package="videoloop")
@@ -189,9 +177,9 @@ def build_model(
 
     Returns:
         A compiled model with inputs ``frames`` (B,T,H,W,3) uint8 and ``mask`` (B,T) bool
-        (1 = real frame, 0 = padding). Without a timeline head its one output is the softmax
-        (B, num_classes); with one, the outputs are a dict: ``"timeline"`` (B, T,
-        1 + timeline_labels) and, when num_classes > 0, ``"classes"`` (B, num_classes).
+        (1 = real frame, 0 = padding) and a dict of named outputs: ``"classes"`` (B,
+        num_classes) when num_classes > 0, ``"timeline"`` (B, T, 1 + timeline_labels) when
+        timeline_labels > 0.
     """
     if config.backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {config.backbone!r}; choose one of {BACKBONES}")
@@ -208,6 +196,19 @@ def build_model(
     mask = keras.Input((t,), dtype="bool", name="mask")
 
     scaled = layers.Rescaling(1.0 / 255.0, name="scale")(frames)
+    x = _frame_features(scaled, sampling, config)
+    x = UnfoldTime(t, name="unfold_time")(x)
+    sequence, clip = _temporal(x, mask, config)
+    outputs = _heads(sequence, clip, num_classes, timeline_labels, config)
+    model = keras.Model({"frames": frames, "mask": mask}, outputs, name="cnn_lstm")
+    compile_model(model, config)
+    return model
+
+
+def _frame_features(scaled, sampling: SamplingConfig, config: ModelConfig):
+    """Per-frame features (B*T, F) that keep a coarse spatial grid: the CNN (with frame
+    differences), a 1x1 projection flattened by position, a narrow dense layer, and the
+    pooled appearance stream beside it."""
     small = config.backbone == "small"
     split_streams = small and config.frame_differences and config.appearance != "full"
     x = scaled
@@ -229,9 +230,11 @@ def build_model(
         look = layers.GlobalAveragePooling2D(name="look_pooled")(look)
         parts.append(layers.Dropout(config.appearance_dropout, name="look_dropout")(look))
     x = layers.Concatenate(name="frame_parts")(parts) if len(parts) > 1 else features
-    x = UnfoldTime(t, name="unfold_time")(x)
+    return x
 
-    sequence, clip = _temporal(x, mask, config)
+
+def _heads(sequence, clip, num_classes: int, timeline_labels: int, config: ModelConfig) -> dict:
+    """The named outputs: ``"classes"`` from the clip vector, ``"timeline"`` per frame."""
     outputs = {}
     if num_classes:
         head = layers.Dropout(config.dropout, name="head_dropout")(clip)
@@ -243,12 +246,7 @@ def build_model(
         outputs["timeline"] = layers.Dense(
             timeline_labels + 1, activation="softmax", name="timeline", dtype="float32"
         )(per_frame)
-    # A classes-only model keeps one plain output, as versions published before the timeline
-    # head existed: the same saved format, metric names ("accuracy") and serving code.
-    model_outputs = outputs if timeline_labels else outputs["classes"]
-    model = keras.Model({"frames": frames, "mask": mask}, model_outputs, name="cnn_lstm")
-    compile_model(model, config)
-    return model
+    return outputs
 
 
 def _temporal(x, mask, config: ModelConfig):
@@ -277,13 +275,16 @@ def _temporal(x, mask, config: ModelConfig):
     return sequence, AttentionPooling(config.attention_units, name="attention")(sequence, mask)
 
 
-def output_heads(model: keras.Model) -> tuple[str, ...]:
-    """The model's outputs by name: ``("classes",)`` for a plain classifier, else the keys of
-    its output dict (``"classes"``, ``"timeline"``)."""
-    output = model.output
-    if isinstance(output, dict):
-        return tuple(output)
-    return ("classes",)
+def load_keras_model(path) -> keras.Model:
+    """A saved model with named outputs, whatever version of videoloop saved it.
+
+    Classifiers saved before every model had named outputs have one plain output; it is named
+    ``"classes"`` here, once, so everything downstream reads a dict of outputs.
+    """
+    model = keras.saving.load_model(path, compile=False)
+    if not isinstance(model.output, dict):
+        model = keras.Model(model.input, {"classes": model.output}, name=model.name)
+    return model
 
 
 def compile_model(model: keras.Model, config: ModelConfig, learning_rate=None) -> None:
@@ -296,19 +297,15 @@ def compile_model(model: keras.Model, config: ModelConfig, learning_rate=None) -
     optimizer = keras.optimizers.Adam(
         learning_rate=learning_rate or config.learning_rate, clipnorm=config.clipnorm
     )
-    heads = output_heads(model)
-    if heads == ("classes",):
-        model.compile(
-            optimizer=optimizer,
-            loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
-            metrics=["accuracy"],
-        )
+    heads = tuple(model.output)
+    loss = {
+        head: keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
+        for head in heads
+    }
+    if heads == ("classes",):  # class weights weigh the loss; accuracy counts every clip
+        model.compile(optimizer=optimizer, loss=loss, metrics={"classes": ["accuracy"]})
         return
+    # Padded frames and clips without a label of a head weigh 0: accuracy must skip them.
     model.compile(
-        optimizer=optimizer,
-        loss={
-            head: keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
-            for head in heads
-        },
-        weighted_metrics={head: ["accuracy"] for head in heads},
+        optimizer=optimizer, loss=loss, weighted_metrics={head: ["accuracy"] for head in heads}
     )

@@ -61,7 +61,7 @@ class LoadedModel:
         for start in range(0, len(frames), self.batch_size):
             chunk = slice(start, start + self.batch_size)
             raw = self._predict_fn(frames[chunk], mask[chunk].astype(bool))  # type: ignore[operator]
-            for head, value in as_outputs(raw).items():
+            for head, value in raw.items():
                 parts.setdefault(head, []).append(np.asarray(value, dtype=np.float32))
         return {head: np.concatenate(values) for head, values in parts.items()}
 
@@ -70,26 +70,18 @@ class LoadedModel:
         return self.predict(frames, mask)["classes"]
 
 
-def as_outputs(raw) -> dict[str, np.ndarray]:
-    """A model's raw output as a dict by head: a plain classifier's tensor is ``"classes"``."""
-    if isinstance(raw, dict):
-        return {k: np.asarray(v) for k, v in raw.items()}
-    return {"classes": np.asarray(raw)}
-
-
 def load_version(info: VersionInfo, batch_size: int = 8) -> LoadedModel:
     """Load a version's model from the store and warm it up.
 
     Raises:
         OSError / ValueError: the model file is missing or unreadable.
     """
-    import keras
     import tensorflow as tf
 
-    import training.model.build  # noqa: F401  (registers the custom layers for deserialisation)
+    from training.model.build import load_keras_model
 
     started = time.perf_counter()
-    model = keras.saving.load_model(info.model_path, compile=False)
+    model = load_keras_model(info.model_path)
     sampling = SamplingConfig.from_dict(info.meta["sampling"])
     t, h, w = sampling.frames, sampling.height, sampling.width
 

@@ -1,7 +1,7 @@
 """How sure the model is of a prediction: the score Label Studio sorts tasks by.
 
 Label Studio's Data Manager sorts by a prediction's ``score`` ascending, so the least certain
-tasks come first (DESIGN.md): the score is a *confidence* in [0, 1] and the uncertainty is
+tasks come first (docs/design.md): the score is a *confidence* in [0, 1] and the uncertainty is
 ``1 - score``. Three classic measures (Settles, "Active Learning Literature Survey", 2009):
 
 * ``least_confidence``: the probability of the predicted label;

@@ -1,7 +1,7 @@
 """A disk cache of decoded clips, so a retrain does not decode the same video again.
 
 Each retrain reads every labelled video of the project; decoding is most of that work
-(0.1-0.3 s a video here, DESIGN.md), and most videos were decoded by the previous retrain.
+(0.1-0.3 s a video here, docs/design.md), and most videos were decoded by the previous retrain.
 An entry is keyed by the video's content (sha256 of the file, so the same video under
 another URL or path is a hit and a changed file is a miss), the sampling settings and
 :data:`FORMAT_VERSION`, and holds the Clip as an uncompressed ``.npz``. Entries appear by
@@ -38,12 +38,20 @@ FORMAT_VERSION = 1
 CLIPS_SUBDIR = "clips"
 """The clip cache's folder under CACHE_DIR."""
 
-HASH_CHUNK_BYTES = 1024 * 1024
-"""Bytes read at a time when hashing a video."""
-
 _DIGEST_MEMO_SIZE = 10_000
 _LOAD_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
 """What numpy raises for a truncated or foreign .npz."""
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 hex digest of a file's content: a video's identity wherever it is stored
+    or however it is named (clip cache entries, stable split keys).
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 class ClipCache:
@@ -152,11 +160,7 @@ class ClipCache:
             known = self._digests.get(memo_key)
         if known is not None:
             return known
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            while chunk := f.read(HASH_CHUNK_BYTES):
-                digest.update(chunk)
-        text = digest.hexdigest()
+        text = file_sha256(path)
         with self._lock:
             if len(self._digests) >= _DIGEST_MEMO_SIZE:
                 self._digests.clear()

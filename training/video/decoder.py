@@ -76,7 +76,7 @@ def sample_clip(
     """
     path = Path(path)
     _check_file(path)
-    reformatter = VideoReformatter()  # one per call: reusing it is 3x faster (DESIGN.md)
+    reformatter = VideoReformatter()  # one per call: reusing it is 3x faster (docs/design.md)
 
     def grab(frame: av.VideoFrame) -> np.ndarray:
         rgb = reformatter.reformat(frame, width=config.width, height=config.height, format="rgb24")

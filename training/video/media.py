@@ -1,34 +1,30 @@
 """Turn a task's video reference into a local file, with a bounded download cache.
 
-Shared by serving and the training worker. Fetching goes through label-studio-sdk's
-``get_local_path``, which knows every URL shape Label Studio produces:
+Shared by serving, the training worker and the refresh job, so one media policy holds for
+all three (training/video/media_policy.py): which URL shapes are fetched from where is
+media_refs.py's; the streamed download, with its address checks, redirects, size cap and
+deadline, is download.py's. ``file://`` URLs and local paths are refused unless a caller
+passes ``allow_local_files=True`` (tests; the CLI reads its files with ``sample_clip``
+directly and never comes here).
 
-* ``/data/upload/<project>/<file>``: it first asks ``/storage-data/uploaded/?filepath=...``
-  and on an HTTP error falls back to ``/data/upload/...`` (the form Label Studio 1.23 serves);
-* ``/data/local-files/?d=<path>``: read from disk when ``LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT``
-  (or ``LOCAL_FILES_DOCUMENT_ROOT``) is set in the environment, else downloaded;
-* ``s3://``, ``gs://``, ``azure-blob://``: ``<LS>/tasks/<task_id>/presign/?fileuri=<b64>``,
-  which redirects to the bucket (requests drops the token on that cross-host redirect);
-* ``http(s)://...``: downloaded, with the token only when the host is Label Studio's.
+Credentials (docs/design.md, "/setup"): LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY are one
+pair. The host and token /setup sends are used, as a pair, only when the environment sets
+neither; a /setup host is not trusted at a non-public address (anyone who can reach /setup
+could name an internal one). The key goes only to Label Studio's exact origin.
 
-Plain local paths and ``file://`` URLs are answered here without the sdk (the CLI uses them).
-
-Why our own cache layer around the sdk's: the sdk caches as ``<cache_dir>/<md5(url)[:8]>__
-<basename>`` and skips the download when that file exists, but (1) it writes the body straight
-to that path, so a crash or a concurrent reader sees a truncated file that is then "cached"
-forever; (2) for ``/data/upload`` URLs served through the legacy fallback it re-requests the
-failing ``/storage-data`` URL on every hit before finding the cached fallback file; (3) it
-never evicts; (4) with no ``image_dir`` it creates ``~/.local/share/label-studio``; (5) it
-sends requests without a timeout. So each download goes into a fresh temporary folder that
-is renamed into ``<cache_dir>/<sha256(host + url)>/`` once complete; a hit is that folder
-existing, and makes no request at all. Entries are touched on hit and the least recently
-used are deleted once the cache exceeds its bound. The sdk reads the whole body into memory
-(``r.content``) before writing it.
+The cache: each download goes into a fresh temporary folder renamed into
+``<cache_dir>/<sha256(host + url)>/`` once complete, so a crash or a concurrent reader never
+sees a truncated file as cached; a hit is that folder existing, and makes no request at all.
+Entries are touched on hit and the least recently used are deleted once the cache exceeds
+its bound.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -37,31 +33,47 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from urllib.parse import unquote, urlparse
-
-import requests
-from label_studio_sdk._extensions.label_studio_tools.core.utils import io as ls_io
+from urllib.parse import unquote, urlsplit
 
 from training.settings import Settings
 from training.video.diskcache import TMP_PREFIX, evict_lru
+from training.video.download import Credential, DownloadLimits, HttpStatusError, download
+from training.video.media_policy import (
+    AddressPolicy,
+    MediaError,
+    MediaRefused,
+    origin_of,
+    parse_allowed_hosts,
+    redact_url,
+)
+from training.video.media_refs import (
+    FetchPlan,
+    is_cloud_uri,
+    is_http_url,
+    is_label_studio_relative,
+    plan_fetch,
+)
+from training.warn_once import WarnOnce
+
+__all__ = [
+    "MEDIA_SUBDIR",
+    "MediaError",
+    "MediaRefused",
+    "MediaResolver",
+    "get_video_url",
+    "is_cloud_uri",
+    "is_label_studio_relative",
+    "redact_url",
+    "resolve_media",
+]
 
 log = logging.getLogger(__name__)
+_warn_once = WarnOnce(log)
 
 MEDIA_SUBDIR = "media"
 """The media cache's folder under CACHE_DIR."""
 
-CONNECT_TIMEOUT_S = 10.0
-"""Seconds to wait for a media server to accept a connection."""
-
-READ_TIMEOUT_S = 120.0
-"""Seconds to wait between bytes of a media download."""
-
-_LS_RELATIVE_PREFIXES = ("/data/", "data/", "/upload/", "upload/", "/storage-data/")
-_CLOUD_PREFIXES = ("s3:", "gs:", "azure-blob:")
-
-
-class MediaError(RuntimeError):
-    """A video reference cannot be turned into a local file (never carries the API key)."""
+MB = 1024 * 1024
 
 
 def get_video_url(data: Mapping, value: str) -> str:
@@ -81,21 +93,16 @@ def get_video_url(data: Mapping, value: str) -> str:
     return url.strip()
 
 
-def is_label_studio_relative(url: str) -> bool:
-    """True for references that only mean something on a Label Studio host (/data/...)."""
-    return url.startswith(_LS_RELATIVE_PREFIXES)
-
-
-def is_cloud_uri(url: str) -> bool:
-    return url.startswith(_CLOUD_PREFIXES)
-
-
-class _TimeoutSession(requests.Session):
-    """A session whose requests time out; the sdk passes none."""
-
-    def request(self, method, url, **kwargs):  # type: ignore[override]
-        kwargs.setdefault("timeout", (CONNECT_TIMEOUT_S, READ_TIMEOUT_S))
-        return super().request(method, url, **kwargs)
+def authorization_for(api_key: str) -> str:
+    """``Bearer <key>`` for a JWT (a personal access token), else ``Token <key>``, as
+    label-studio-sdk's media downloads send it."""
+    head = api_key.split(".")[0] if api_key.count(".") == 2 else ""
+    try:
+        header = json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
+    except (ValueError, binascii.Error):
+        header = None
+    is_jwt = isinstance(header, dict) and "alg" in header
+    return f"{'Bearer' if is_jwt else 'Token'} {api_key}"
 
 
 class MediaResolver:
@@ -103,6 +110,16 @@ class MediaResolver:
 
     Several processes may share one cache folder: entries appear by atomic rename, and
     eviction tolerates entries that vanish under it.
+
+    Args:
+        cache_dir: the media cache's folder.
+        max_bytes: the cache's bound (CACHE_MAX_MB).
+        label_studio_url, api_key: LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY.
+        allowed_hosts: MEDIA_ALLOWED_HOSTS (text or parsed entries).
+        max_video_mb, download_deadline_s, max_redirects: MAX_VIDEO_MB,
+            DOWNLOAD_DEADLINE_S and MEDIA_MAX_REDIRECTS.
+        allow_local_files: read ``file://`` URLs and local paths in place (tests only;
+            never on the serving and worker paths).
     """
 
     def __init__(
@@ -112,93 +129,136 @@ class MediaResolver:
         max_bytes: int,
         label_studio_url: str = "",
         api_key: str = "",
+        allowed_hosts: str = "",
+        max_video_mb: int = Settings.max_video_mb,
+        download_deadline_s: float = Settings.download_deadline_s,
+        max_redirects: int = Settings.media_max_redirects,
+        allow_local_files: bool = False,
     ) -> None:
         self.cache_dir = Path(cache_dir)
         self.max_bytes = int(max_bytes)
-        self._url = label_studio_url.rstrip("/")
-        self._key = api_key
+        self.allow_local_files = allow_local_files
+        self._url = label_studio_url.strip().rstrip("/")
+        self._key = api_key.strip()
         self._fallback: tuple[str, str] = ("", "")
+        self._policy = AddressPolicy(origin_of(self._url), parse_allowed_hosts(allowed_hosts))
+        self._limits = DownloadLimits(max_video_mb * MB, download_deadline_s, max_redirects)
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
+        if bool(self._url) != bool(self._key):
+            _warn_once(
+                "half of the Label Studio credentials",
+                "%s is set but %s is not: they are used only as a pair, so Label Studio media "
+                "cannot be fetched, and the host and token /setup sends are ignored",
+                *(
+                    ("LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY")
+                    if self._url
+                    else ("LABEL_STUDIO_API_KEY", "LABEL_STUDIO_URL")
+                ),
+            )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> MediaResolver:
+        """The resolver of the serving and worker paths: local files always refused."""
         return cls(
             Path(settings.cache_dir) / MEDIA_SUBDIR,
-            max_bytes=settings.cache_max_mb * 1024 * 1024,
+            max_bytes=settings.cache_max_mb * MB,
             label_studio_url=settings.label_studio_url,
             api_key=settings.label_studio_api_key,
+            allowed_hosts=settings.media_allowed_hosts,
+            max_video_mb=settings.max_video_mb,
+            download_deadline_s=settings.download_deadline_s,
+            max_redirects=settings.media_max_redirects,
         )
 
     def set_fallback_credentials(self, hostname: str, access_token: str) -> None:
-        """Label Studio's own host and token (from /setup), used only where the environment
-        gave none: LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY win (DESIGN.md)."""
-        if hostname or access_token:
-            self._fallback = ((hostname or "").rstrip("/"), access_token or "")
+        """Label Studio's host and token as /setup sends them: used, as a pair, only when the
+        environment sets neither LABEL_STUDIO_URL nor LABEL_STUDIO_API_KEY (docs/design.md).
+        A host that is not an http(s) URL, or a missing half, is ignored."""
+        if self._url or self._key:
+            return
+        host = (hostname or "").strip().rstrip("/")
+        token = (access_token or "").strip()
+        if host and token and origin_of(host) is not None:
+            self._fallback = (host, token)
 
     def _credentials(self) -> tuple[str, str]:
-        return (self._url or self._fallback[0], self._key or self._fallback[1])
+        if self._url or self._key:
+            return self._url, self._key
+        return self._fallback
 
     def resolve(self, url: str, task_id: int | str | None = None) -> Path:
         """A local path holding the video ``url`` refers to.
 
         Args:
-            url: a task's video reference (any form in the module docstring).
+            url: a task's video reference (any shape in training/video/media_refs.py).
             task_id: the task's id; required for cloud URIs (the presign endpoint is per task).
 
         Raises:
-            MediaError: no such local file, Label Studio URL or key missing for a reference
-                that needs them, or the download failed (HTTP error, connection refused).
+            MediaRefused: the media policy refuses the reference (a local file, an address
+                that is not public, a redirect to one, a bad Label Studio path).
+            MediaError: Label Studio URL or key missing for a reference that needs them, a
+                bad task id, or the download failed (HTTP error, connection refused, too
+                large, too slow). Messages name the URL without its query string.
         """
         url = url.strip()
         if not url:
             raise MediaError("empty video URL")
-        if url.startswith("file://"):
-            return self._local(unquote(urlparse(url).path), url)
-        remote = (
-            is_label_studio_relative(url)
-            or is_cloud_uri(url)
-            or url.startswith(("http:", "https:"))
-        )
+        remote = is_label_studio_relative(url) or is_cloud_uri(url) or is_http_url(url)
         if not remote:
-            return self._local(url, url)
-        return self._remote(url, task_id)
+            return self._local(url)
+        base, key = self._credentials()
+        try:
+            if is_label_studio_relative(url) or is_cloud_uri(url):
+                self._check_label_studio(base, key)
+            plan = plan_fetch(url, base, task_id)
+        except MediaError as exc:
+            raise _with_context(exc, f"cannot fetch {redact_url(url)}: {exc}") from None
+        return self._cached_or_fetched(url, plan, base, key)
 
-    def _local(self, path_text: str, url: str) -> Path:
+    def _local(self, url: str) -> Path:
+        if not self.allow_local_files:
+            raise MediaRefused(
+                f"cannot fetch {redact_url(url)}: local files (file:// URLs and paths) are not "
+                "read for tasks; serve the video through Label Studio or over http(s)"
+            )
+        if url.startswith("file://"):
+            path_text = unquote(urlsplit(url).path)
+        elif "://" in url:
+            raise MediaRefused(f"cannot fetch {redact_url(url)}: unsupported URL scheme")
+        else:
+            path_text = url
         path = Path(path_text).expanduser()
         if not path.is_file():
-            raise MediaError(f"cannot read {url}: no such file")
+            raise MediaError(f"cannot read {redact_url(url)}: no such file")
         return path
 
-    def _remote(self, url: str, task_id: int | str | None) -> Path:
-        hostname, token = self._credentials()
-        needs_ls = is_label_studio_relative(url) or is_cloud_uri(url)
-        if needs_ls:
-            if not hostname:
-                raise MediaError(f"cannot fetch {url}: LABEL_STUDIO_URL is not set")
-            if not hostname.startswith(("http://", "https://")):
-                raise MediaError(f"cannot fetch {url}: LABEL_STUDIO_URL must start with http(s)://")
-            if not token:
-                raise MediaError(f"cannot fetch {url}: LABEL_STUDIO_API_KEY is not set")
-        if is_cloud_uri(url) and task_id is None:
-            raise MediaError(f"cannot fetch {url}: cloud storage URIs need the task id")
+    @staticmethod
+    def _check_label_studio(base: str, key: str) -> None:
+        if not base:
+            raise MediaError("LABEL_STUDIO_URL is not set")
+        if origin_of(base) is None:
+            raise MediaError("LABEL_STUDIO_URL must start with http(s)://")
+        if not key:
+            raise MediaError("LABEL_STUDIO_API_KEY is not set")
 
+    def _cached_or_fetched(self, url: str, plan: FetchPlan, base: str, key: str) -> Path:
+        """The cache entry of ``plan``, downloaded once even when threads ask at once."""
         # The same relative URL on another Label Studio is another file.
-        key_text = (hostname + "\n" if needs_ls else "\n") + url
-        key = hashlib.sha256(key_text.encode()).hexdigest()[:32]
-        entry = self.cache_dir / key
+        entry_key = hashlib.sha256(plan.cache_text.encode()).hexdigest()[:32]
+        entry = self.cache_dir / entry_key
         hit = self._cached_file(entry)
         if hit is not None:
             return hit
         try:
-            with self._lock_for(key):
+            with self._lock_for(entry_key):
                 hit = self._cached_file(entry)  # another thread may have fetched it meanwhile
                 if hit is not None:
                     return hit
-                path = self._download(url, entry, hostname, token, task_id)
+                path = self._download(url, plan, entry, base, key)
         finally:
             with self._locks_guard:  # a late waiter still holds the lock object; that's fine
-                self._locks.pop(key, None)
+                self._locks.pop(entry_key, None)
         self._evict(keep=entry)
         return path
 
@@ -221,33 +281,22 @@ class MediaResolver:
             return None
         return files[0]
 
-    def _download(
-        self, url: str, entry: Path, hostname: str, token: str, task_id: int | str | None
-    ) -> Path:
+    def _download(self, url: str, plan: FetchPlan, entry: Path, base: str, key: str) -> Path:
+        """Fetch ``plan`` into a temporary folder and rename it into place as ``entry``."""
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=self.cache_dir))
         started = time.perf_counter()
+        origin = origin_of(base) if base and key else None
+        credential = Credential(origin, authorization_for(key)) if origin else None
         try:
-            with _TimeoutSession() as session, ls_io.http_session(session):
-                fetched = Path(
-                    ls_io.get_local_path(
-                        url,
-                        cache_dir=str(tmp),
-                        # a folder that never exists: no reads from, or creation of,
-                        # ~/.local/share/label-studio
-                        image_dir=str(tmp / "no-upload-dir"),
-                        hostname=hostname or None,
-                        access_token=token or None,
-                        download_resources=True,
-                        task_id=task_id,
-                    )
-                )
-        except Exception as exc:
+            size = self._fetch_first(plan, tmp / plan.filename, credential)
+        except MediaError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise MediaError(f"cannot fetch {url}: {self._describe(exc, token)}") from None
-        if fetched.parent != tmp:  # the sdk answered with a file outside our folder
+            reason = str(exc).replace(key, "***") if key else str(exc)
+            raise _with_context(exc, f"cannot fetch {redact_url(url)}: {reason}") from None
+        except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
-            return fetched
+            raise
         try:
             os.rename(tmp, entry)
         except OSError:
@@ -255,37 +304,28 @@ class MediaResolver:
             shutil.rmtree(tmp, ignore_errors=True)
             hit = self._cached_file(entry)
             if hit is None:
-                raise MediaError(f"cannot cache {url}: {entry} is in the way") from None
+                raise MediaError(f"cannot cache {redact_url(url)}: {entry} is in the way") from None
             return hit
-        path = entry / fetched.name
         log.info(
             "downloaded %s (%.1f MB) in %.2f s",
-            url,
-            path.stat().st_size / 1e6,
+            redact_url(url),
+            size / 1e6,
             time.perf_counter() - started,
         )
-        return path
+        return entry / plan.filename
 
-    @staticmethod
-    def _describe(exc: Exception, token: str) -> str:
-        """A reason for an error message: status and host, never the token or presigned
-        query strings (their signatures are credentials too)."""
-        if isinstance(exc, requests.HTTPError) and exc.response is not None:
-            resp = exc.response
-            where = urlparse(resp.url)
-            text = f"HTTP {resp.status_code} {resp.reason or ''} from {where.scheme}://"
-            text += f"{where.netloc}{where.path}"
-        elif isinstance(exc, requests.ConnectionError):
-            request = getattr(exc, "request", None)
-            host = urlparse(request.url).netloc if request is not None else "the server"
-            text = f"connection to {host} failed"
-        elif isinstance(exc, requests.Timeout):
-            text = "timed out"
-        else:
-            text = f"{type(exc).__name__}: {exc}"
-        if token:
-            text = text.replace(token, "***")
-        return text.strip()
+    def _fetch_first(self, plan: FetchPlan, dest: Path, credential: Credential | None) -> int:
+        """Download the plan's first URL that answers; the last error if none does."""
+        for i, candidate in enumerate(plan.urls):
+            try:
+                return download(
+                    candidate, dest, policy=self._policy, limits=self._limits, credential=credential
+                )
+            except HttpStatusError:
+                if i == len(plan.urls) - 1:
+                    raise
+                log.debug("%s failed; trying the next form", redact_url(candidate))
+        raise MediaError("nothing to fetch")
 
     def _evict(self, keep: Path) -> None:
         """Delete least recently used entries until the cache is under its bound.
@@ -296,6 +336,13 @@ class MediaResolver:
         evict_lru(self.cache_dir, self.max_bytes, keep=keep, what="media cache")
 
 
+def _with_context(exc: MediaError, message: str) -> MediaError:
+    """``exc`` again, of the same kind (status included), with a fuller message."""
+    if isinstance(exc, HttpStatusError):
+        return HttpStatusError(message, exc.status)
+    return type(exc)(message)
+
+
 def resolve_media(url: str, settings: Settings, task_id: int | str | None = None) -> Path:
-    """One-off resolution (CLI, training jobs); serving keeps one MediaResolver."""
+    """One-off resolution under the settings' policy; serving keeps one MediaResolver."""
     return MediaResolver.from_settings(settings).resolve(url, task_id)

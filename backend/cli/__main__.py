@@ -1,0 +1,7 @@
+"""``python -m backend.cli``: the ``videoloop`` command."""
+
+import sys
+
+from backend.cli import main
+
+sys.exit(main())

@@ -1,0 +1,154 @@
+"""``videoloop train``: train offline on labelled files, evaluate, gate and publish."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from backend.cli.common import command_redis, quiet_tensorflow
+from training.learn.config import TrainConfig, TrainingRun
+from training.model.config import BACKBONES, TEMPORAL_HEADS, ModelConfig
+from training.settings import Settings
+from training.video.clip import SamplingConfig
+
+
+class _TrainingBar:
+    """Draws training's progress events as tqdm bars: one for decoding, one for epochs."""
+
+    def __init__(self, quiet: bool) -> None:
+        from tqdm import tqdm
+
+        self._tqdm = tqdm
+        self.quiet = quiet
+        self.bar = None
+        self.stage = None
+
+    def __call__(self, event: dict) -> None:
+        stage = event.get("stage")
+        if stage != self.stage:
+            self.close()
+            self.stage = stage
+            total = event.get("total") or event.get("epochs")
+            if stage in ("decode", "train"):
+                unit = "clip" if stage == "decode" else "epoch"
+                self.bar = self._tqdm(total=total, desc=stage, unit=unit, disable=self.quiet)
+        if self.bar is None:
+            return
+        done = event.get("done", event.get("epoch", 0))
+        self.bar.update(done - self.bar.n)
+        metrics = {
+            k: event[k] for k in ("loss", "accuracy", "val_loss", "val_accuracy") if k in event
+        }
+        if metrics:
+            self.bar.set_postfix(metrics)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    quiet_tensorflow()
+    from training.jobs.promotion import promote
+    from training.learn.config import TrainingData
+    from training.learn.labelled_files import load_labelled_videos
+    from training.learn.publish import train_and_publish
+    from training.versions.store import ModelStore
+
+    data = TrainingData(load_labelled_videos(args.data))
+    bar = _TrainingBar(args.quiet)
+    started = time.perf_counter()
+    store = ModelStore(settings.model_dir)
+    try:
+        info = train_and_publish(
+            store, args.project, data, _training_run(args, settings), progress=bar
+        )
+    finally:
+        bar.close()
+    connection = command_redis(settings)
+    current = promote(store, args.project, info, connection=connection, force=args.promote_anyway)
+    if not current:
+        print(
+            f"videoloop train: {info.version} is kept but not made current: "
+            f"{info.meta['gate']['reason']} (--promote-anyway makes it current)",
+            file=sys.stderr,
+        )
+    test = info.meta["metrics"]["test"]
+    summary = {
+        "project": args.project,
+        "version": info.version,
+        "test_accuracy": test["accuracy"],
+        "test_macro_f1": test.get("macro_f1"),
+        "test_clips": test["count"],
+        "epochs_run": info.meta["training"]["epochs_run"],
+        "parameters": info.meta["model"]["parameters"],
+        "seconds": round(time.perf_counter() - started, 1),
+        "path": str(info.path),
+        "current": current,
+        "gate": info.meta.get("gate"),
+    }
+    print(json.dumps(summary))
+    return 0
+
+
+def _training_run(args: argparse.Namespace, settings: Settings) -> TrainingRun:
+    """How ``videoloop train`` trains: the options' settings, published without becoming
+    current (the quality gate, or --promote-anyway, decides)."""
+    return TrainingRun(
+        sampling=SamplingConfig(frames=args.frames, height=args.size, width=args.size),
+        model_config=ModelConfig(
+            backbone=args.backbone,
+            backbone_weights=args.backbone_weights,
+            temporal=args.temporal,
+            lstm_units=args.lstm_units,
+            dropout=args.dropout,
+        ),
+        train_config=TrainConfig(
+            epochs=args.epochs, batch_size=args.batch_size, patience=args.patience, seed=args.seed
+        ),
+        threads=settings.decode_threads,
+        gate_tolerance=settings.gate_tolerance,
+        make_current=False,
+    )
+
+
+def add_train_parser(sub) -> None:
+    """``videoloop train``'s options; their defaults are the training dataclasses' own."""
+    train, sampling, model = TrainConfig(), SamplingConfig(), ModelConfig()
+    p = sub.add_parser(
+        "train",
+        help="train a model offline, evaluate it and publish a new version; it becomes the "
+        "project's current version if it passes the quality gate (or with --promote-anyway)",
+    )
+    p.add_argument("--data", required=True, help="manifest CSV (path,label), or a folder per class")
+    p.add_argument("--project", required=True, help="Label Studio project id")
+    p.add_argument("--epochs", type=int, default=train.epochs)
+    p.add_argument("--patience", type=int, default=train.patience)
+    p.add_argument("--batch-size", type=int, default=train.batch_size)
+    p.add_argument("--frames", type=int, default=sampling.frames, help="frames sampled per clip")
+    p.add_argument("--size", type=int, default=sampling.height, help="frame height and width")
+    p.add_argument("--backbone", default=model.backbone, choices=list(BACKBONES))
+    p.add_argument(
+        "--temporal",
+        default=model.temporal,
+        choices=list(TEMPORAL_HEADS),
+        help="temporal head (default %(default)s): lstm, bilstm, attention (pooling over the "
+        "LSTM's outputs) or average (frame averaging, no temporal model: the baseline)",
+    )
+    p.add_argument(
+        "--backbone-weights",
+        default=model.backbone_weights,
+        help="mobilenet only: 'imagenet' or a .weights.h5 file",
+    )
+    p.add_argument("--lstm-units", type=int, default=model.lstm_units)
+    p.add_argument("--dropout", type=float, default=model.dropout)
+    p.add_argument("--seed", type=int, default=train.seed)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--promote-anyway",
+        action="store_true",
+        help="make the new version current even if the quality gate finds it worse",
+    )

@@ -1,0 +1,52 @@
+"""backend/training_requests.py: webhook events kept while Redis is down are replayed, none lost.
+
+Redis is real (the redis_conn fixture). The one thing stood in for is a race: a webhook that
+lands while a replay is being sent, which a test cannot time otherwise. The coordinator's
+``request`` is wrapped to deliver that webhook at exactly that moment.
+"""
+
+from __future__ import annotations
+
+import redis
+
+from backend.training_requests import TrainingRequests
+from training.jobs.coordinator import make_coordinator
+from training.settings import Settings
+
+UNREACHABLE = "redis://127.0.0.1:1/0"
+"""Nothing listens on port 1: every command fails at once with a ConnectionError."""
+
+
+def test_events_kept_while_redis_is_down_are_replayed_and_one_landing_meanwhile_stays(
+    redis_conn, tmp_path
+):
+    settings = Settings(cache_dir=tmp_path / "cache")
+    down = redis.Redis.from_url(UNREACHABLE, socket_connect_timeout=0.2)
+    requests = TrainingRequests(make_coordinator(down, settings), settings)
+    event = {"action": "ANNOTATION_CREATED", "project": {"id": 7}, "annotation": {"id": 1}}
+    for _ in range(2):
+        try:
+            requests.handle(event)
+        except Exception as exc:  # TrainingUnavailable: answered 503 by /webhook
+            assert "kept" in str(exc)
+    assert requests.get_kept() == {"7": 2}
+    assert requests.replay_kept() == 0  # still down: nothing sent, nothing dropped
+    assert requests.get_kept() == {"7": 2}
+
+    up = make_coordinator(redis_conn, settings)
+    sent_events: list[int] = []
+
+    def request_while_a_webhook_lands(project, *, events=1, **kwargs):
+        sent_events.append(events)
+        if len(sent_events) == 1:
+            requests._keep(project, False)  # the webhook that lands mid-replay
+        return type(up).request(up, project, events=events, **kwargs)
+
+    up.request = request_while_a_webhook_lands  # type: ignore[method-assign]
+    requests.coordinator = up
+    assert requests.replay_kept() == 1
+    assert sent_events == [2]
+    assert requests.get_kept() == {"7": 1}  # the late one is kept for the next replay
+    assert requests.replay_kept() == 1
+    assert sent_events == [2, 1] and requests.get_kept() == {}
+    assert up.get_state("7")["pending_events"] == 3

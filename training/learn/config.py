@@ -1,0 +1,106 @@
+"""What a training run is given, as data: how long and on what split to train
+(:class:`TrainConfig`), what to learn from (:class:`TrainingData`) and how to train and publish
+(:class:`TrainingRun`).
+
+No TensorFlow here: ``videoloop train`` takes its options' defaults from these before it
+decides to train, and the job builds them before it imports Keras.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
+
+from training.model.config import ModelConfig
+from training.video.clip import SamplingConfig
+
+if TYPE_CHECKING:
+    from training.learn.dataset import LabelledVideo
+    from training.versions.store import VersionInfo
+    from training.video.clipcache import ClipCache
+
+Progress = Callable[[dict], None]
+"""Receives training's progress events (``{"stage": ..., ...}``)."""
+
+
+def no_progress(_: dict) -> None:
+    """The Progress of callers that do not follow training."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How long and on what split to train; stored in meta.json."""
+
+    epochs: int = 40
+    batch_size: int = 8
+    patience: int = 10
+    """Epochs without validation-loss improvement before stopping (best weights are kept)."""
+    min_epochs: int = 12
+    """Epochs before early stopping and learning-rate cuts may act (capped at ``epochs``).
+
+    Why: with the few clips of an early retrain (tens, a handful of batches an epoch),
+    validation accuracy sat at chance for the first ~12 epochs and then jumped to 1.0
+    (2 labels x 13 clips at 64 px); stopping on the epoch-1 validation loss kept a model
+    that had learnt nothing. Best weights are tracked from this epoch on."""
+    test_fraction: float = 0.2
+    """Held out for the final evaluation, never seen in training or early stopping."""
+    val_fraction: float = 0.15
+    augment: bool = True
+    """Brightness/contrast and small translations, the same for all frames of a clip:
+    they keep temporal order and direction (no flips, no time reversal)."""
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """What a run learns from: the videos, the labels of each head, the videos' split keys."""
+
+    videos: Sequence[LabelledVideo | tuple[str | os.PathLike, str]]
+    """LabelledVideo items (a class, timeline segments, or both) or (path, label) pairs."""
+    labels: Sequence[str] | None = None
+    """The class order of the model's output; None: the sorted classes of ``videos`` (may be
+    empty when ``timeline_labels`` is not: a timeline-only model)."""
+    timeline_labels: Sequence[str] = ()
+    """The frame-level labels (outputs 1..; 0 is "no label"); empty: no timeline head."""
+    keys: Sequence[str] | None = None
+    """One stable identity per video for the split (Label Studio task ids); None: the
+    videos' content hashes."""
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """How to train and publish: the settings, the version to start from, the clip cache,
+    and whether publishing may make the new version current."""
+
+    sampling: SamplingConfig | None = None
+    """None: the parent's (to fine-tune it), else the defaults."""
+    model_config: ModelConfig | None = None
+    """None: the parent's, else the defaults."""
+    train_config: TrainConfig = field(default_factory=TrainConfig)
+    parent: VersionInfo | None = None
+    """A version to fine-tune from (training.learn.fit.warm_start); None trains from scratch.
+    The quality gate compares with it, else with the project's current version."""
+    cache: ClipCache | None = None
+    """Decoded-clip cache, so a retrain does not decode the same video again."""
+    threads: int = 2
+    """Decoding threads."""
+    gate_tolerance: float = 0.0
+    """See training.learn.gate.quality_gate."""
+    make_current: bool = True
+    """Point the project's ``current`` at the new version, whatever the gate says (callers
+    that honour the gate pass False and decide with training.learn.gate.gate_allows)."""
+    extra_meta: dict | None = None
+    """More fields for meta.json (where the data came from, what triggered the run)."""
+
+    def configs(self) -> tuple[SamplingConfig, ModelConfig]:
+        """The sampling and model settings this run trains with, defaults resolved."""
+        sampling, model_config = self.sampling, self.model_config
+        if self.parent is not None:
+            sampling = sampling or SamplingConfig.from_dict(self.parent.meta["sampling"])
+            model_config = model_config or ModelConfig.from_dict(self.parent.meta["model"])
+        return sampling or SamplingConfig(), model_config or ModelConfig()
