@@ -6,6 +6,7 @@ timeout and /setup within 3 s even while a model loads (models load on backgroun
 
 from __future__ import annotations
 
+import functools
 import hmac
 import logging
 import os
@@ -21,6 +22,7 @@ from backend.serving import ModelServer
 from backend.training_queue import open_training
 from backend.training_requests import TrainingRequests, TrainingUnavailable
 from backend.version_watch import VersionWatch
+from training.jobs.refresh_queue import request_refresh
 from training.labelstudio.labelconfig import LabelConfigError, parse_label_config
 from training.settings import Settings
 
@@ -90,8 +92,10 @@ def create_app(
         server = ModelServer(settings)
         server.start()
     app.extensions[EXTENSION_KEY] = server
-    app.extensions[PREDICTOR_KEY] = TaskPredictor(server, settings)
     app.extensions[TRAINING_KEY] = training = training or open_training(settings)
+    # Tasks a /predict could not finish in time are predicted by the refresh job.
+    refresh = functools.partial(request_refresh, training.coordinator.connection, settings=settings)
+    app.extensions[PREDICTOR_KEY] = TaskPredictor(server, settings, on_unfinished=refresh)
     if own_server:  # swap on pub/sub notices, over the training queue's Redis (or fakeredis)
         watch = VersionWatch(server).start(training.coordinator.connection)
         app.extensions[WATCH_KEY] = watch

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from backend.serving import ModelServer
+from backend.serving import FIRST_LOAD_WAIT_S, ModelServer
 from training.labelstudio.labelconfig import VideoControls
 from training.labelstudio.results import empty_prediction, fillable_controls, video_prediction
 from training.model.inference import Failure, predict_clips
@@ -29,27 +30,42 @@ log = logging.getLogger(__name__)
 
 
 class TaskPredictor:
-    """Predicts a request's tasks with the project's loaded model.
+    """Predicts a request's tasks with the project's loaded model, within a deadline.
+
+    Each request fetches and decodes on a pool of its own (DECODE_THREADS threads), so one
+    request's slow media never queues another request's; the number of requests at once is
+    bounded by the server's threads. Past PREDICT_DEADLINE_S the request answers with what is
+    ready: the other tasks get ``[]`` (Label Studio stores nothing and asks again later) and
+    ``on_unfinished(project)`` is called so that a background refresh predicts them.
 
     Args:
         server: which model each project serves.
-        settings: decode_threads, uncertainty_measure and the media settings.
+        settings: decode_threads, predict_deadline_s, uncertainty_measure, media settings.
         media: resolves video references (default: MediaResolver.from_settings).
+        on_unfinished: called with the project when a deadline cut a request short.
     """
 
     def __init__(
-        self, server: ModelServer, settings: Settings, media: MediaResolver | None = None
+        self,
+        server: ModelServer,
+        settings: Settings,
+        media: MediaResolver | None = None,
+        on_unfinished: Callable[[str], object] | None = None,
     ) -> None:
         self.server = server
         self.settings = settings
         self.media = media or MediaResolver.from_settings(settings)
+        self.on_unfinished = on_unfinished
         self._threads = max(1, settings.decode_threads)
-        self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="decode")
         self._warn_once = WarnOnce(log)
 
-    def predict(self, project: str, tasks: Sequence[object], controls: VideoControls) -> list[dict]:
-        """One prediction per task, in order; a task whose video fails gets an empty one."""
-        model = self.server.get_model(project)
+    def predict(
+        self, project: str, tasks: Sequence[object], controls: VideoControls
+    ) -> list[dict | list]:
+        """One entry per task, in order: a prediction (empty when its video failed), or ``[]``
+        for a task the deadline left unfinished."""
+        deadline = time.monotonic() + self.settings.predict_deadline_s
+        model = self.server.get_model(project, wait_s=min(FIRST_LOAD_WAIT_S, self._left(deadline)))
         if model is None:
             return [empty_prediction(NO_MODEL_VERSION) for _ in tasks]
         if not fillable_controls(model, controls):
@@ -67,23 +83,55 @@ class TaskPredictor:
             return [empty_prediction(model.version) for _ in tasks]
         sources = [functools.partial(self._clip, task, controls, model.sampling) for task in tasks]
         window = max(2 * model.batch_size, 2 * self._threads)
-        results = [empty_prediction(model.version) for _ in tasks]
-        for i, outcome in predict_clips(model, sources, self._pool, window=window):
-            if isinstance(outcome, Failure):
-                log.warning(
-                    "project %s task %s: no prediction: %s",
-                    project,
-                    _task_id(tasks[i]),
-                    outcome.reason,
+        results: list[dict | list] = [empty_prediction(model.version) for _ in tasks]
+        unfinished = 0
+        pool = ThreadPoolExecutor(self._threads, thread_name_prefix="decode")
+        try:
+            outcomes = predict_clips(model, sources, pool, window=window, deadline=deadline)
+            for i, outcome in outcomes:
+                if isinstance(outcome, Failure):
+                    unfinished += outcome.unfinished
+                    results[i] = self._failed(project, tasks[i], outcome, model.version)
+                    continue
+                results[i] = video_prediction(
+                    outcome,
+                    controls,
+                    frame_rate=controls.task_frame_rate(_task_data(tasks[i])),
+                    measure=self.settings.uncertainty_measure,
                 )
-                continue
-            results[i] = video_prediction(
-                outcome,
-                controls,
-                frame_rate=controls.task_frame_rate(_task_data(tasks[i])),
-                measure=self.settings.uncertainty_measure,
-            )
+        finally:  # never wait for a slow download: it ends at its own deadline
+            pool.shutdown(wait=False, cancel_futures=True)
+        if unfinished:
+            self._hand_over(project, unfinished, len(tasks))
         return results
+
+    @staticmethod
+    def _left(deadline: float) -> float:
+        return max(0.0, deadline - time.monotonic())
+
+    def _failed(self, project: str, task: object, failure: Failure, version: str) -> dict | list:
+        """The entry of a task without a prediction: ``[]`` when the deadline cut it short."""
+        if failure.unfinished:
+            return []
+        log.warning(
+            "project %s task %s: no prediction: %s", project, _task_id(task), failure.reason
+        )
+        return empty_prediction(version)
+
+    def _hand_over(self, project: str, unfinished: int, total: int) -> None:
+        log.warning(
+            "project %s: %d of %d tasks not ready within PREDICT_DEADLINE_S=%g s; they get "
+            "their predictions from the background refresh",
+            project,
+            unfinished,
+            total,
+            self.settings.predict_deadline_s,
+        )
+        if self.on_unfinished is not None:
+            try:
+                self.on_unfinished(project)
+            except Exception:  # Redis down: the next version's refresh predicts them
+                log.exception("project %s: could not queue the refresh", project)
 
     def _clip(self, task: object, controls: VideoControls, sampling: SamplingConfig) -> Clip:
         """Fetch and sample one task's video (runs on the decode pool)."""
@@ -93,9 +141,6 @@ class TaskPredictor:
         url = get_video_url(data, controls.video_value_key)
         path = self.media.resolve(url, task_id=_task_id(task))
         return sample_clip(path, sampling)
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _task_id(task: object) -> object:

@@ -9,10 +9,14 @@ from rq import Queue
 
 from training.jobs.coordinator import QUEUE_NAME, RequestOutcome, StartedRun, TrainingCoordinator
 
+LEASE_S = 2.0
+"""Short, so that a dead run's lease runs out within a test; long enough that no step of a test
+(a few Redis calls) outlasts it on a loaded machine (they take milliseconds)."""
+
 
 @pytest.fixture
 def coordinator(redis_conn) -> TrainingCoordinator:
-    return TrainingCoordinator(redis_conn, lease_s=0.5)
+    return TrainingCoordinator(redis_conn, lease_s=LEASE_S)
 
 
 def queued_jobs(coordinator: TrainingCoordinator) -> list[str]:
@@ -98,8 +102,12 @@ def test_a_dead_run_is_requeued_with_its_events_once_its_lease_expires(coordinat
     Queue(QUEUE_NAME, connection=coordinator.connection).remove(job_id)
     coordinator.start("7", job_id)
     assert coordinator.recover() == []  # lease still held: nothing to repair
-    time.sleep(0.7)  # the worker "died": nobody renews the 0.5 s lease
-    [requeued] = coordinator.recover()
+    # The worker "died": nobody renews the lease; the first sweep after it runs out repairs.
+    deadline = time.monotonic() + LEASE_S + 30
+    while not (repaired := coordinator.recover()):
+        assert time.monotonic() < deadline, "the expired lease was never noticed"
+        time.sleep(0.05)
+    [requeued] = repaired
     assert queued_jobs(coordinator) == [requeued]
     assert coordinator.recover() == []  # repaired once, not on every sweep
     assert coordinator.start("7", requeued) == StartedRun(events=1, force=True)
@@ -110,8 +118,8 @@ def test_renewing_the_lease_keeps_a_long_run_alive(coordinator):
     [job_id] = queued_jobs(coordinator)
     Queue(QUEUE_NAME, connection=coordinator.connection).remove(job_id)
     coordinator.start("7", job_id)
-    for _ in range(4):
-        time.sleep(0.25)
+    for _ in range(int(LEASE_S * 6)):  # 1.5 leases in all, renewed every quarter lease
+        time.sleep(LEASE_S / 4)
         assert coordinator.renew_lease("7", job_id)
     assert coordinator.recover() == []
     assert coordinator.get_state("7")["running"]["id"] == job_id

@@ -73,7 +73,6 @@ def app(tmp_path_factory):
     app = make_app(tmp_path_factory.mktemp("hostile"), max_request_mb=1)
     yield app
     app.extensions["videoloop"].close()
-    app.extensions["videoloop.predictor"].close()
     app.extensions["videoloop.training"].close()
 
 

@@ -124,7 +124,7 @@ def watch_of():
 
 @pytest.fixture
 def predictor_of():
-    """A TaskPredictor over a server (closed at the end of the test)."""
+    """A TaskPredictor over a server, reading local files."""
     predictors: list[TaskPredictor] = []
 
     def make(server: ModelServer) -> TaskPredictor:
@@ -135,9 +135,7 @@ def predictor_of():
         predictors.append(TaskPredictor(server, server.settings, media))
         return predictors[-1]
 
-    yield make
-    for predictor in predictors:
-        predictor.close()
+    return make
 
 
 def wait_for(condition, timeout_s: float = 10.0) -> None:

@@ -82,6 +82,9 @@ class Settings:
     basic_auth_pass: str = field(default="", repr=False)
     webhook_secret: str = field(default="", repr=False)
     """When set, /webhook requires the header ``X-Webhook-Secret`` with this value."""
+    predict_deadline_s: float = 80.0
+    """Seconds a /predict works before answering (Label Studio gives up at 100 s): tasks not
+    ready by then get no prediction in that answer and are handed to the background refresh."""
     max_request_mb: int = 16
     """Largest request body the backend reads, in MiB; a larger one is answered 413."""
     force_training_every_s: int = 60

@@ -11,9 +11,11 @@ which training/labelstudio/results.py and the CLI format. Scores are measured he
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import Executor, Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,9 +36,16 @@ VideoDecodeError for a video that cannot be read (that video fails alone)."""
 
 @dataclass(frozen=True)
 class Failure:
-    """A video that got no prediction, and why (logged and reported, never raised)."""
+    """A video that got no prediction, and why (logged and reported, never raised).
+
+    ``unfinished``: not a fault of the video: the caller's deadline came first.
+    """
 
     reason: str
+    unfinished: bool = False
+
+
+DEADLINE_REACHED = Failure("the request's deadline came before this video was ready", True)
 
 
 @dataclass(frozen=True)
@@ -122,13 +131,17 @@ def predict_clips(
     pool: Executor,
     *,
     window: int | None = None,
+    deadline: float | None = None,
 ) -> Iterator[tuple[int, ClipPrediction | Failure]]:
     """Predict every source's clip with ``model``; yields ``(index, outcome)`` once per source.
 
     Sources run on ``pool`` at most ``window`` ahead of the model (default: two batches), so
     memory stays bounded however many videos come; decoded clips go through the model in full
     batches of ``model.batch_size``, in input order. A source that fails yields its Failure as
-    soon as it is known (so before the batch it would have joined); the others go on.
+    soon as it is known (so before the batch it would have joined); the others go on. Past
+    ``deadline`` (a time.monotonic() value), the clips already decoded are still predicted and
+    every other source yields DEADLINE_REACHED; sources still running are left to finish on
+    ``pool`` (the caller decides whether to wait for them).
     """
     batch_size = max(1, model.batch_size)
     window = max(1, window or 2 * batch_size)
@@ -139,8 +152,16 @@ def predict_clips(
         while next_source < len(sources) and len(pending) < window:
             pending.append((next_source, pool.submit(sources[next_source])))
             next_source += 1
-        index, future = pending.popleft()
-        outcome = _clip_or_failure(future)
+        index, future = pending[0]
+        outcome = _clip_or_failure(future, deadline)
+        if outcome is DEADLINE_REACHED:
+            yield from _run_batch(model, batch)
+            for late, _ in pending:
+                yield late, DEADLINE_REACHED
+            for late in range(next_source, len(sources)):
+                yield late, DEADLINE_REACHED
+            return
+        pending.popleft()
         if isinstance(outcome, Failure):
             yield index, outcome  # at once: a failure never breaks up a batch
             continue
@@ -151,7 +172,13 @@ def predict_clips(
     yield from _run_batch(model, batch)
 
 
-def _clip_or_failure(future: Future[Clip]) -> Clip | Failure:
+def _clip_or_failure(future: Future[Clip], deadline: float | None) -> Clip | Failure:
+    timeout_s = None if deadline is None else max(0.0, deadline - time.monotonic())
+    try:
+        future.exception(timeout=timeout_s)  # waits; raises only if still running
+    except FutureTimeout:
+        future.cancel()  # not started yet: never will be
+        return DEADLINE_REACHED
     try:
         return future.result()
     except (MediaError, VideoDecodeError) as exc:
