@@ -22,7 +22,7 @@ from training.model.inference import Failure, predict_clips
 from training.settings import Settings
 from training.versions.store import NO_MODEL_VERSION
 from training.video.clip import Clip, SamplingConfig
-from training.video.decoder import sample_clip
+from training.video.decoder import DecodeLimits, sample_clip
 from training.video.media import MediaError, MediaResolver, get_video_url
 from training.warn_once import WarnOnce
 
@@ -140,7 +140,7 @@ class TaskPredictor:
             raise MediaError("task has no data")
         url = get_video_url(data, controls.video_value_key)
         path = self.media.resolve(url, task_id=_task_id(task))
-        return sample_clip(path, sampling)
+        return sample_clip(path, sampling, limits=DecodeLimits.from_settings(self.settings))
 
 
 def _task_id(task: object) -> object:

@@ -153,6 +153,8 @@ class ServerProcess:
     log_path: Path
     health_after_port_s: float
     """Seconds from the port accepting connections to the first /health answer."""
+    log_at_health: str = ""
+    """The server's log as it was when the first /health answer came back."""
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -206,8 +208,9 @@ def run_server_process(workdir: Path, **env: str) -> Iterator[ServerProcess]:
         opened = time.monotonic()
         response = requests.get(f"{url}/health", timeout=30)
         answered = time.monotonic()
-        assert response.status_code == 200, log_path.read_text()
-        yield ServerProcess(url, port, proc, log_path, answered - opened)
+        log_then = log_path.read_text(errors="replace")
+        assert response.status_code == 200, log_then
+        yield ServerProcess(url, port, proc, log_path, answered - opened, log_then)
     finally:
         proc.terminate()
         try:
@@ -410,6 +413,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             return 2 if item.get_closest_marker("slow") else 3
 
         items.sort(key=rank)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Under ``--dist loadgroup`` xdist marks a grouped test by a suffix on its nodeid; a
+    pytest that drops it (9.2: pytest-dev/pytest-xdist#1386) would scatter the groups
+    silently (one Label Studio per worker, module servers started again). Stop instead."""
+    if "PYTEST_XDIST_WORKER" not in os.environ or not session.config.getvalue("loadgroup"):
+        return
+    lost = [
+        item.nodeid
+        for item in session.items
+        if item.get_closest_marker("xdist_group") and "@" not in item.nodeid
+    ]
+    if lost:
+        raise pytest.UsageError(
+            f"pytest {pytest.__version__} lost the xdist_group of {len(lost)} tests "
+            f"({lost[0]}, ...): install the pytest that pyproject.toml's test extra names"
+        )
 
 
 def _uses_shared_fixture(item: pytest.Item) -> bool:

@@ -214,10 +214,18 @@ def test_importing_the_app_does_not_import_tensorflow(tmp_path):
     assert json.loads(out.stdout.strip().replace("'", '"')) == []
 
 
-def test_server_answers_health_within_a_second_of_opening_its_port(tmp_path, start_server):
+HEALTH_AFTER_PORT_BOUND_S = 5.0
+"""Seconds from the port opening to the first /health answer (gunicorn boots its worker, which
+imports the app: no TensorFlow, no model). Measured 0.11-0.15 s on 2 idle cores, 0.5-0.6 s
+beside the rest of the suite: the bound is 8x the loaded figure, printed each run. Label
+Studio's 1 s applies to /health once the server runs: test_predict_http holds /health to it
+while TensorFlow loads."""
+
+
+def test_server_answers_health_soon_after_opening_its_port(tmp_path, start_server):
     with start_server(tmp_path) as server:
         print(f"/health answered {server.health_after_port_s:.3f} s after the port opened")
-        assert server.health_after_port_s < 1.0, server.log_text()
+        assert server.health_after_port_s < HEALTH_AFTER_PORT_BOUND_S, server.log_text()
         assert server.proc.poll() is None
 
 

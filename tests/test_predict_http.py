@@ -114,9 +114,25 @@ def expected_predictions(trained_model, paths: list[Path | None]) -> list[tuple[
     return [(model.labels[int(np.argmax(row))], float(row.max())) for row in probs]
 
 
-def test_health_answers_within_a_second_of_opening_the_port_with_a_model(served):
-    print(f"/health answered {served.server.health_after_port_s:.3f} s after the port opened")
-    assert served.server.health_after_port_s < 1.0, served.server.log_text()
+HEALTH_AFTER_PORT_BOUND_S = 5.0
+"""As in test_app.py: measured 0.17-0.27 s with a model in the store (it loads in the
+background), printed each run; the order (answered before the model loaded) is what counts."""
+
+
+def test_health_answers_before_the_model_has_loaded(served):
+    server = served.server
+    print(f"/health answered {server.health_after_port_s:.3f} s after the port opened")
+    assert "serving version" not in server.log_at_health, server.log_at_health
+    assert "serving version" in wait_for_log(server, "serving version")
+    assert server.health_after_port_s < HEALTH_AFTER_PORT_BOUND_S, server.log_text()
+
+
+def wait_for_log(server, text: str, timeout_s: float = 120) -> str:
+    deadline = time.monotonic() + timeout_s
+    while text not in (log := server.log_text()):
+        assert time.monotonic() < deadline, f"no {text!r} in the log after {timeout_s:g} s:\n{log}"
+        time.sleep(0.1)
+    return log
 
 
 def test_health_answers_at_once_while_tensorflow_loads(tmp_path, trained_model, start_server):

@@ -59,7 +59,7 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "overestimated": write_gray_video(tmp / "overestimated.mkv", 20, audio_s=3.0),
     }
 
-    files["audio"] = tmp / "audio.wav"
+    files["audio"] = tmp / "audio.mka"  # an allowed container (Matroska) with no video
     with av.open(str(files["audio"]), "w") as out:
         stream = out.add_stream("pcm_s16le", rate=8000, layout="mono")
         frame = av.AudioFrame.from_ndarray(np.zeros((1, 8000), np.int16), layout="mono")

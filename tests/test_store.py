@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from training.settings import Settings
 from training.versions.store import (
     HISTORY_FILE,
     META_FILE,
@@ -191,3 +192,139 @@ def test_a_torn_last_line_is_ignored(tmp_path):
         fh.write('{"version": "v2-2026')  # a writer died mid-line
     assert [e["version"] for e in store.get_history("3")] == [v1]
     assert statuses(store, "3") == {v1: VersionStatus.CURRENT}
+
+
+# pruning rejected versions (KEEP_REJECTED_VERSIONS)
+
+
+def reject(store: ModelStore, project: str = "3") -> str:
+    """Publish a version and record it as the gate's rejection, as a failed training run does."""
+    version = store.publish(project, writer(), make_current=False).version
+    store.record_rejection(project, version, "worse than the current one")
+    return version
+
+
+def on_disk(store: ModelStore, project: str = "3") -> list[str]:
+    return sorted(p.name for p in (store.root / project / "versions").iterdir())
+
+
+def test_rejected_versions_past_the_newest_are_pruned(tmp_path):
+    store = ModelStore(tmp_path, keep_rejected=3)
+    v1 = store.publish("3", writer()).version
+    v2 = store.publish("3", writer()).version
+    rejected = [reject(store) for _ in range(8)]
+    kept, pruned = rejected[-3:], rejected[:-3]
+
+    assert on_disk(store) == sorted([v1, v2, *kept])
+    assert not list((tmp_path / "3").glob(".pruned-*"))
+    assert statuses(store, "3") == {
+        v1: VersionStatus.PREVIOUS,
+        v2: VersionStatus.CURRENT,
+        **dict.fromkeys(kept, VersionStatus.REJECTED),
+    }
+    assert store.get_statuses("3") == statuses(store, "3")  # nothing for the pruned ones
+    assert store.get_current("3") == v2 and store.get_rollback_target("3") == v1
+    history = store.get_history("3")
+    assert [e["version"] for e in history if e["action"] == "pruned"] == pruned
+    assert all("KEEP_REJECTED_VERSIONS" in e["reason"] for e in history if e["action"] == "pruned")
+    for version in pruned:
+        with pytest.raises(StoreError):
+            store.set_current("3", version, action="promote")
+    assert store.get_current("3") == v2
+
+    # Rollback still works, and numbers are never reused.
+    assert store.set_current("3", v1, action="rollback", reason="test") == v2
+    assert store.publish("3", writer(), make_current=False).version.startswith("v11-")
+
+
+def test_pruning_spares_what_is_or_was_current_and_what_is_available(tmp_path):
+    store = ModelStore(tmp_path, keep_rejected=1)
+    v1 = store.publish("3", writer()).version
+    r2 = reject(store)
+    available = store.publish("3", writer(), make_current=False).version  # never gated
+    r4 = reject(store)
+    assert on_disk(store) == sorted([v1, available, r4])  # r2 pruned: r4 is the newest
+
+    store.set_current("3", r4, action="promote", reason="by hand")  # no longer "rejected"
+    r5, r6 = reject(store), reject(store)
+    assert on_disk(store) == sorted([v1, available, r4, r6])
+    assert [e["version"] for e in store.get_history("3") if e["action"] == "pruned"] == [r2, r5]
+    assert statuses(store, "3") == {
+        v1: VersionStatus.PREVIOUS,
+        available: VersionStatus.AVAILABLE,
+        r4: VersionStatus.CURRENT,
+        r6: VersionStatus.REJECTED,
+    }
+    assert store.get_rollback_target("3") == v1
+
+
+def test_the_default_keeps_five_and_publishing_alone_prunes_too(tmp_path):
+    store = ModelStore(tmp_path)
+    assert store.keep_rejected == 5
+    store.publish("3", writer())
+    rejected = [reject(store) for _ in range(7)]
+    assert [v for v in on_disk(store) if v in rejected] == sorted(rejected[2:])
+
+    # A store written before pruning existed (or with a larger KEEP_REJECTED_VERSIONS) is
+    # brought down to size by the next publish, even one the gate passes.
+    smaller = ModelStore(tmp_path, keep_rejected=2)
+    smaller.publish("3", writer())
+    assert [v for v in on_disk(store) if v in rejected] == sorted(rejected[-2:])
+
+
+def test_a_version_moved_aside_by_a_dead_pruner_is_deleted(tmp_path):
+    store = ModelStore(tmp_path)
+    store.publish("3", writer())
+    leftover = tmp_path / "3" / ".pruned-v9-20260101-000000"
+    (leftover / "sub").mkdir(parents=True)
+    (leftover / MODEL_FILE).write_bytes(b"weights")
+    store.publish("3", writer())
+    assert not leftover.exists()
+
+
+def test_keep_rejected_versions_is_at_least_one(tmp_path):
+    with pytest.raises(ValueError, match="KEEP_REJECTED_VERSIONS"):
+        ModelStore(tmp_path, keep_rejected=0)
+    with pytest.raises(ValueError, match="KEEP_REJECTED_VERSIONS"):
+        Settings(keep_rejected_versions=0)
+
+
+def test_models_list_and_rollback_after_pruning(tmp_path, capsys):
+    """What ``videoloop models list`` and ``rollback`` do, in-process, on a pruned store."""
+    import argparse
+
+    from backend.cli.models import cmd_models
+
+    store = ModelStore(tmp_path, keep_rejected=1)
+    v1, v2 = (store.publish("3", writer()).version for _ in range(2))
+    r3, r4 = reject(store), reject(store)
+    settings = Settings(model_dir=tmp_path, redis_url="")
+    listing = argparse.Namespace(project="3", models_command="list", json=True)
+    assert cmd_models(listing, settings) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["version"], r["status"]) for r in rows] == [
+        (v1, "previous"),
+        (v2, "current"),
+        (r4, "rejected"),
+    ]
+    assert r3 not in {r["version"] for r in rows}
+    assert cmd_models(argparse.Namespace(project="3", models_command="rollback"), settings) == 0
+    assert store.get_current("3") == v1
+
+
+def test_making_a_version_current_waits_for_a_prune_in_progress(tmp_path):
+    """Both take the project's lock: a prune cannot delete a version between set_current's
+    check that it exists and its write of the pointer."""
+    from training.versions.retention import project_lock
+
+    store = ModelStore(tmp_path)
+    v1 = store.publish("3", writer()).version
+    v2 = store.publish("3", writer(), make_current=False).version
+    done = threading.Event()
+    with project_lock(tmp_path / "3"):
+        thread = threading.Thread(target=lambda: (store.set_current("3", v2), done.set()))
+        thread.start()
+        assert not done.wait(0.5)  # blocked on the lock
+        assert store.get_current("3") == v1
+    thread.join(10)
+    assert done.is_set() and store.get_current("3") == v2

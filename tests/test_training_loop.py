@@ -96,7 +96,7 @@ def worker_env(workdir: Path, redis_url: str, ls: FakeLabelStudio, **extra: str)
         LABEL_STUDIO_API_KEY=LS_TOKEN,
         TRAIN_FRAMES="8",
         TRAIN_FRAME_SIZE="64",
-        TRAIN_EPOCHS="6",
+        TRAIN_EPOCHS="2",  # a test that needs a good model, not just one, asks for more
         # The product's default. A short lease lets a loaded machine lose it while the work
         # horse imports TensorFlow (its renewals starve): the run is recovered as dead and
         # trained twice. Only the test that kills a worker shortens it, for that worker.
@@ -430,7 +430,7 @@ def test_killing_the_worker_mid_training_publishes_nothing_and_the_next_run_succ
     assert loop.versions() == []
     assert ModelStore(loop.workdir / "models").get_current(str(loop.project)) is None
 
-    loop.env["TRAIN_EPOCHS"] = "3"
+    loop.env["TRAIN_EPOCHS"] = "2"
     with worker_process(loop.workdir, loop.env, "w2"):
         state = loop.wait(
             lambda s: s["last"] and s["last"].get("status") == "trained", "the retried run"

@@ -14,24 +14,22 @@ from training.model.uncertainty import parse_measure
 from training.video.media_policy import parse_allowed_hosts
 
 
-def _env_int(name: str, default: int) -> int:
+def _env_number(name: str, default: float, parse: type, what: str):
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
     try:
-        return int(raw)
+        return parse(raw)
     except ValueError:
-        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+        raise ValueError(f"{name} must be {what}, got {raw!r}") from None
+
+
+def _env_int(name: str, default: int) -> int:
+    return _env_number(name, default, int, "an integer")
 
 
 def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+    return _env_number(name, default, float, "a number")
 
 
 _TRUE = ("1", "true", "yes", "on")
@@ -73,6 +71,14 @@ class Settings:
     """Largest video downloaded (Content-Length or bytes read), in MB."""
     download_deadline_s: float = 60.0
     """Longest one media download may take, start to end, in seconds."""
+    max_video_pixels: int = 3840 * 2160
+    """Largest frame decoded, width x height in pixels (training/video/decode_limits.py)."""
+    max_video_seconds: float = 14400.0
+    """Longest video decoded, in seconds (declared, or counted while decoding)."""
+    max_video_frames: int = 1_000_000
+    """Most frames in a video decoded (declared, estimated, or counted while decoding)."""
+    decode_deadline_s: float = 60.0
+    """Longest one video's decode may take (sample_clip, start to end), in seconds."""
     redis_url: str = ""
     host: str = "0.0.0.0"
     port: int = 9090
@@ -105,6 +111,9 @@ class Settings:
     gate_tolerance: float = 0.0
     """How much lower (accuracy, 0-1) a new version may score than the current one and still
     become current."""
+    keep_rejected_versions: int = 5
+    """Rejected versions kept per project (at least 1); older ones are deleted from the store
+    (training/versions/retention.py)."""
     promote_on_start_training: bool = False
     refresh_all_tasks: bool = False
     select_new_version: bool = True
@@ -134,6 +143,8 @@ class Settings:
             except ValueError as exc:
                 raise ValueError(f"TRAIN_TEMPORAL: {exc} (or {AUTO_TEMPORAL})") from None
         self._check_media()
+        if self.keep_rejected_versions < 1:
+            raise ValueError("KEEP_REJECTED_VERSIONS must be at least 1")
 
     def _check_media(self) -> None:
         """Refuse media limits that would disable themselves, and a malformed allow-list."""
@@ -147,6 +158,14 @@ class Settings:
             raise ValueError("MAX_VIDEO_MB must be more than 0")
         if self.download_deadline_s <= 0:
             raise ValueError("DOWNLOAD_DEADLINE_S must be more than 0")
+        for name in (
+            "max_video_pixels",
+            "max_video_seconds",
+            "max_video_frames",
+            "decode_deadline_s",
+        ):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name.upper()} must be more than 0")
 
     @classmethod
     def from_env(cls) -> Settings:

@@ -18,7 +18,7 @@ def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
     from training.model.inference import Failure, predict_clips
     from training.model.loaded import load_version
     from training.versions.store import ModelStore
-    from training.video.decoder import sample_clip
+    from training.video.decoder import DecodeLimits, sample_clip
 
     info = ModelStore(settings.model_dir).get_current_info(args.project)
     if info is None:
@@ -27,7 +27,11 @@ def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
         )
         return 2
     model = load_version(info, batch_size=settings.predict_batch_size)
-    sources = [functools.partial(sample_clip, video, model.sampling) for video in args.videos]
+    limits = DecodeLimits.from_settings(settings)
+    sources = [
+        functools.partial(sample_clip, video, model.sampling, limits=limits)
+        for video in args.videos
+    ]
     failed = 0
     rows: dict[int, dict] = {}
     printed = 0  # rows go out in the order the videos were named

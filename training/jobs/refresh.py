@@ -24,7 +24,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from training.labelstudio.client import LabelStudioSession
@@ -218,9 +217,7 @@ class TaskRefresher:
 
         settings = self.settings
         resolver = MediaResolver.from_settings(settings)
-        cache = ClipCache(
-            Path(settings.cache_dir) / "clips", max_bytes=settings.cache_max_mb * 1024 * 1024
-        )
+        cache = ClipCache.from_settings(settings)
         sources = [functools.partial(self._clip, resolver, cache, task) for task in todo]
         check_every = max(1, self.model.batch_size)
         threads = max(1, settings.decode_threads)

@@ -50,9 +50,9 @@ def run_training(project: str, settings: Settings, *, force: bool, progress: Pro
         return {"status": "skipped", "reason": reason, "per_label": tasks.counts}
     videos = fetch_videos(project, tasks, settings, progress)
     configure_accelerator()
-    store = ModelStore(settings.model_dir)
+    store = ModelStore(settings.model_dir, keep_rejected=settings.keep_rejected_versions)
     store.cleanup_staging(project)  # what publishers killed mid-write left behind
-    cache = ClipCache(settings.cache_dir / "clips", max_bytes=settings.cache_max_mb * 1024 * 1024)
+    cache = ClipCache.from_settings(settings)  # CACHE_DIR/clips, CACHE_MAX_MB, decode limits
     run = training_run(settings, store.get_current_info(project), cache, tasks, videos, force)
     try:
         info = train_and_publish(store, project, videos.data, run, progress=progress)

@@ -15,7 +15,8 @@ per process here.
 Versions never change once published; what happens to them (made current, rolled back to,
 promoted by hand, rejected by the quality gate) goes into ``history.jsonl``, from which a
 version's status and the rollback target are derived. Each line is one ``write`` on a file
-opened with ``O_APPEND``, so lines from concurrent processes never interleave.
+opened with ``O_APPEND``, so lines from concurrent processes never interleave. Rejected
+versions past the newest few are deleted (training.versions.retention).
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+
+from training.versions import retention
+from training.versions.retention import KEEP_REJECTED_VERSIONS
 
 MODEL_FILE = "model.keras"
 META_FILE = "meta.json"
@@ -59,6 +63,8 @@ class HistoryAction(StrEnum):
     """Made current again by rolling back from the version after it."""
     REJECTED = "rejected"
     """Kept but not made current: the quality gate found it worse than the current one."""
+    PRUNED = "pruned"
+    """Deleted: a rejected version past the newest KEEP_REJECTED_VERSIONS."""
 
 
 MAKES_CURRENT = (HistoryAction.CURRENT, HistoryAction.PROMOTE, HistoryAction.ROLLBACK)
@@ -107,8 +113,10 @@ def validate_project(project: str) -> str:
 class ModelStore:
     """Versions and current pointers under one root folder, shared by all processes."""
 
-    def __init__(self, root: Path | str) -> None:
+    def __init__(self, root: Path | str, *, keep_rejected: int = KEEP_REJECTED_VERSIONS) -> None:
         self.root = Path(root)
+        self.keep_rejected = retention.check_keep(keep_rejected)
+        """Rejected versions kept per project; older ones are deleted (prune_rejected)."""
 
     def _project_dir(self, project: str) -> Path:
         return self.root / validate_project(project)
@@ -180,16 +188,19 @@ class ModelStore:
         action = HistoryAction(action)
         if action not in MAKES_CURRENT:
             raise ValueError(f"{action} does not make a version current")
-        self.get_version(project, version)  # raises if absent
-        previous = self.get_current(project)
+        self.get_version(project, version)  # raises if absent (and creates no folder)
         pdir = self._project_dir(project)
-        fd, tmp = tempfile.mkstemp(prefix=".current-", dir=pdir)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(version + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, pdir / "current")
-        self._append_history(project, version, action, reason, previous=previous, **(details or {}))
+        with retention.project_lock(pdir):  # no prune deletes it between check and write
+            self.get_version(project, version)
+            previous = self.get_current(project)
+            fd, tmp = tempfile.mkstemp(prefix=".current-", dir=pdir)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(version + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, pdir / "current")
+            more = details or {}
+            self._append_history(project, version, action, reason, previous=previous, **more)
         return previous
 
     def record_rejection(self, project: str, version: str, reason: str, **details) -> None:
@@ -207,6 +218,24 @@ class ModelStore:
             previous=self.get_current(project),
             **details,
         )
+        self.prune_rejected(project)
+
+    def prune_rejected(self, project: str) -> list[str]:
+        """Delete the rejected versions past the newest ``keep_rejected`` (never one that is
+        or was current, nor an available one), recording each in the history; returns them."""
+        pdir = self._project_dir(project)
+        with retention.project_lock(pdir):
+            statuses = self.get_statuses(project)
+            rejected = [
+                v for v in self._version_names(project) if statuses[v] == VersionStatus.REJECTED
+            ]
+            pruned = retention.past_the_newest(rejected, self.keep_rejected)
+            for version in pruned:
+                retention.move_aside(self._versions_dir(project), pdir, version)
+                reason = f"rejected, past the newest {self.keep_rejected} (KEEP_REJECTED_VERSIONS)"
+                self._append_history(project, version, HistoryAction.PRUNED, reason)
+        retention.delete_moved_aside(pdir)
+        return pruned
 
     def get_history(self, project: str) -> list[dict]:
         """The history's entries, oldest first (a torn last line, if any, is left out)."""
@@ -234,6 +263,8 @@ class ModelStore:
                 statuses[version] = VersionStatus.PREVIOUS
             elif action == HistoryAction.REJECTED and version not in statuses:
                 statuses[version] = VersionStatus.REJECTED
+            elif action == HistoryAction.PRUNED:
+                statuses.pop(version, None)
         if current:
             statuses[current] = VersionStatus.CURRENT
         for version in self._version_names(project):
@@ -331,6 +362,7 @@ class ModelStore:
             raise
         if make_current:
             self.set_current(project, version, reason=reason)
+        self.prune_rejected(project)
         return self.get_version(project, version)
 
     def _rename_into_place(self, project: str, staging: Path, meta: dict) -> str:

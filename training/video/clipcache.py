@@ -27,7 +27,7 @@ import numpy as np
 
 from training.settings import Settings
 from training.video.clip import Clip, SamplingConfig
-from training.video.decoder import sample_clip
+from training.video.decoder import DecodeLimits, sample_clip
 from training.video.diskcache import TMP_PREFIX, evict_lru, touch
 
 log = logging.getLogger(__name__)
@@ -61,9 +61,13 @@ class ClipCache:
     can report "decoded 12 of 80 clips".
     """
 
-    def __init__(self, root: Path | str, max_bytes: int) -> None:
+    def __init__(
+        self, root: Path | str, max_bytes: int, limits: DecodeLimits | None = None
+    ) -> None:
         self.root = Path(root)
         self.max_bytes = int(max_bytes)
+        self.limits = limits or DecodeLimits()
+        """What a decode on a miss may cost, unless :meth:`sample` is given others."""
         self.hits = 0
         self.misses = 0
         self._lock = threading.Lock()
@@ -72,8 +76,13 @@ class ClipCache:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ClipCache:
-        """``CACHE_DIR/clips``, bounded by CACHE_MAX_MB (on its own, beside the media cache)."""
-        return cls(Path(settings.cache_dir) / CLIPS_SUBDIR, settings.cache_max_mb * 1024 * 1024)
+        """``CACHE_DIR/clips``, bounded by CACHE_MAX_MB (on its own, beside the media cache);
+        decodes on a miss within the settings' DecodeLimits."""
+        return cls(
+            Path(settings.cache_dir) / CLIPS_SUBDIR,
+            settings.cache_max_mb * 1024 * 1024,
+            DecodeLimits.from_settings(settings),
+        )
 
     def get(self, path: str | os.PathLike, sampling: SamplingConfig) -> Clip | None:
         """The cached clip for this video file and sampling, or None (a miss).
@@ -101,8 +110,11 @@ class ClipCache:
         self._store(entry, clip)
         return entry
 
-    def sample(self, path: str | os.PathLike, sampling: SamplingConfig) -> Clip:
-        """The clip from the cache, else sampled from the video and stored.
+    def sample(
+        self, path: str | os.PathLike, sampling: SamplingConfig, limits: DecodeLimits | None = None
+    ) -> Clip:
+        """The clip from the cache, else sampled from the video (within ``limits``, default
+        the cache's) and stored.
 
         A failure to store is logged and does not fail the call.
 
@@ -113,7 +125,7 @@ class ClipCache:
             entry = self.entry_path(path, sampling)
         except OSError:  # no such file, unreadable: let the sampler say so plainly
             self._count(hit=False)
-            return sample_clip(path, sampling)
+            return sample_clip(path, sampling, limits=limits or self.limits)
         # One decode per entry at a time: a second thread asking for the same video waits
         # and then hits.
         with self._lock_for(entry.name):
@@ -122,7 +134,7 @@ class ClipCache:
                 self._count(hit=clip is not None)
                 if clip is not None:
                     return clip
-                clip = sample_clip(path, sampling)
+                clip = sample_clip(path, sampling, limits=limits or self.limits)
                 try:
                     self._store(entry, clip)
                 except OSError as exc:

@@ -4,6 +4,9 @@ Short videos are decoded in order (cheapest when most frames must be decoded any
 ones seek to the targets, skipping a seek whenever it would land on a keyframe already passed.
 Anything PyAV cannot read becomes one error type, VideoDecodeError, whose message names the
 file and what is wrong with it.
+
+Every file is hostile until decoded: training.video.decode_limits says which containers are
+opened and what one decode may cost (DecodeLimits); over a cap is a VideoDecodeError too.
 """
 
 from __future__ import annotations
@@ -22,6 +25,13 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 
 from training.video.clip import Clip, SamplingConfig
+from training.video.decode_limits import (
+    ALLOWED_CONTAINERS,
+    OPEN_OPTIONS,
+    DecodeBudget,
+    DecodeLimits,
+    VideoDecodeError,
+)
 
 if TYPE_CHECKING:
     from training.video.clipcache import ClipCache
@@ -35,10 +45,6 @@ _AV_ERRORS = (av.error.FFmpegError, ValueError, IndexError, EOFError)
 """What PyAV raises for unreadable input; never let these escape sample_clip."""
 
 _Grab = Callable[[av.VideoFrame], np.ndarray]
-
-
-class VideoDecodeError(ValueError):
-    """The file is not a readable video; the message says why and names the file."""
 
 
 def frame_indices(frame_count: int, frames: int) -> list[int]:
@@ -57,7 +63,11 @@ def frame_indices(frame_count: int, frames: int) -> list[int]:
 
 
 def sample_clip(
-    path: str | os.PathLike, config: SamplingConfig, *, seek_above_s: float = SEEK_ABOVE_S
+    path: str | os.PathLike,
+    config: SamplingConfig,
+    *,
+    seek_above_s: float = SEEK_ABOVE_S,
+    limits: DecodeLimits | None = None,
 ) -> Clip:
     """Read ``config.frames`` frames spread uniformly over the video at ``path``.
 
@@ -65,6 +75,7 @@ def sample_clip(
         path: a local video file.
         config: how many frames, and the size to resize them to (RGB uint8).
         seek_above_s: videos longer than this (in seconds) are sampled by seeking.
+        limits: caps on size, length and time (default: DecodeLimits()).
 
     Returns:
         The Clip, zero-padded (mask False) after the last frame when the video is shorter
@@ -72,44 +83,55 @@ def sample_clip(
 
     Raises:
         VideoDecodeError: the file is missing, empty, not a media file, truncated or corrupt,
-            has no video stream, or no frame of it can be decoded.
+            has no video stream, or no frame of it can be decoded; or it is not in an allowed
+            container, or is over a cap of ``limits``.
     """
     path = Path(path)
     _check_file(path)
-    reformatter = VideoReformatter()  # one per call: reusing it is 3x faster (docs/design.md)
-
-    def grab(frame: av.VideoFrame) -> np.ndarray:
-        rgb = reformatter.reformat(frame, width=config.width, height=config.height, format="rgb24")
-        return rgb.to_ndarray()
-
+    budget = DecodeBudget(path, limits or DecodeLimits())
+    grab = _grabber(config)
     try:
-        with _open(path) as container:
+        with _open(path, budget) as container:
             stream = _video_stream(container, path)
-            rate = _frame_rate(stream, path)
+            rate = budget.rate = _frame_rate(stream, path)
             duration_s = _duration_s(container, stream)
             count = stream.frames or (round(duration_s * rate) if duration_s else 0)
+            budget.check_declared(stream.width, stream.height, count, duration_s)
             targets = frame_indices(count, config.frames)
             if duration_s and duration_s > seek_above_s:
-                images = _read_by_seeking(container, stream, targets, rate, grab, path)
+                images = _read_by_seeking(container, stream, targets, rate, grab, budget)
                 decoded = None
             else:
-                images, decoded = _read_in_order(container, stream, targets, grab, path)
+                images, decoded = _read_in_order(container, stream, targets, grab, budget)
         if not targets or len(images) < len(targets):
             # The stream ended before the last target: the frame-count estimate was too high
             # (or missing). Rare, as most containers store the count: sample again from the
             # real one, counting it first if seeking fell short.
             if decoded is None:
-                decoded = _read_in_order_from(path, [], grab)[1]
+                decoded = _read_in_order_from(budget, [], grab)[1]
             if decoded == 0:
                 raise VideoDecodeError(f"{path}: the video stream has no decodable frames")
             count, duration_s = decoded, decoded / float(rate)
             targets = frame_indices(count, config.frames)
-            images = _read_in_order_from(path, targets, grab)[0]
+            images = _read_in_order_from(budget, targets, grab)[0]
     except VideoDecodeError:
         raise
     except _AV_ERRORS as exc:
+        budget.check_time()  # PyAV's own timeout (set when opening) ends in an error too
         raise VideoDecodeError(f"{path}: cannot read the video ({exc})") from exc
     return _to_clip(images, targets[: len(images)], config, rate, count, duration_s)
+
+
+def _grabber(config: SamplingConfig) -> _Grab:
+    """Frame to RGB array of the model's size, with one reformatter per call of sample_clip:
+    reusing it is 3x faster (docs/design.md)."""
+    reformatter = VideoReformatter()
+
+    def grab(frame: av.VideoFrame) -> np.ndarray:
+        rgb = reformatter.reformat(frame, width=config.width, height=config.height, format="rgb24")
+        return rgb.to_ndarray()
+
+    return grab
 
 
 def _check_file(path: Path) -> None:
@@ -122,10 +144,21 @@ def _check_file(path: Path) -> None:
         raise VideoDecodeError(f"{path}: the video file is empty (0 bytes)")
 
 
-def _open(path: Path) -> av.container.InputContainer:
+def _open(path: Path, budget: DecodeBudget) -> av.container.InputContainer:
+    """Open a local file, and only as a file (an absolute path: no ``concat:`` or ``http:``
+    read as a protocol), in an allowed container; PyAV's timeout bounds each read."""
     try:
-        return av.open(str(path))
+        container = av.open(
+            str(path.absolute()), container_options=OPEN_OPTIONS, timeout=budget.left_s()
+        )
+    except av.error.ArgumentError as exc:  # EINVAL: what FFmpeg's format_whitelist answers
+        budget.check_time()
+        allowed = "; ".join(ALLOWED_CONTAINERS)
+        raise VideoDecodeError(
+            f"{path}: its container format is not on the allow-list (allowed: {allowed})"
+        ) from exc
     except _AV_ERRORS as exc:
+        budget.check_time()
         try:
             with path.open("rb") as f:
                 head = f.read(12)
@@ -136,6 +169,11 @@ def _open(path: Path) -> av.container.InputContainer:
         else:
             why = "not a media file FFmpeg can read, or its container is corrupt"
         raise VideoDecodeError(f"{path}: {why} ({exc})") from exc
+    name = container.format.name
+    if name not in ALLOWED_CONTAINERS:  # should FFmpeg's format_whitelist ever let one through
+        container.close()
+        raise VideoDecodeError(f"{path}: its container format {name!r} is not on the allow-list")
+    return container
 
 
 def _video_stream(container: av.container.InputContainer, path: Path) -> av.VideoStream:
@@ -162,19 +200,28 @@ def _duration_s(container: av.container.InputContainer, stream: av.VideoStream) 
 
 
 def _decode(
-    container: av.container.InputContainer, stream: av.VideoStream, path: Path, kept: int = 0
+    container: av.container.InputContainer,
+    stream: av.VideoStream,
+    budget: DecodeBudget,
+    kept: int = 0,
 ) -> Iterator[av.VideoFrame]:
-    """Frames in presentation order; PyAV errors become VideoDecodeError.
+    """Frames in presentation order, each checked against the budget; PyAV errors become
+    VideoDecodeError.
 
     ``kept`` (frames already taken by an earlier pass) tells a stream with no decodable frame
     from one that breaks partway.
     """
     decoded = 0
+    path = budget.path
     try:
         for frame in container.decode(stream):
             decoded += 1
+            budget.check_frame(frame.width, frame.height, decoded)
             yield frame
+    except VideoDecodeError:  # a ValueError too: over a limit is not a broken file
+        raise
     except _AV_ERRORS as exc:
+        budget.check_time()
         if decoded == kept == 0:
             why = "the video stream has no decodable frames"
         else:
@@ -187,7 +234,7 @@ def _read_in_order(
     stream: av.VideoStream,
     targets: list[int],
     grab: _Grab,
-    path: Path,
+    budget: DecodeBudget,
 ) -> tuple[list[np.ndarray], int]:
     """Decode from the start, keeping the frames numbered in ``targets``.
 
@@ -198,7 +245,7 @@ def _read_in_order(
     wanted = set(targets)
     images: list[np.ndarray] = []
     decoded = 0
-    for frame in _decode(container, stream, path):
+    for frame in _decode(container, stream, budget):
         if decoded in wanted:
             images.append(grab(frame))
         decoded += 1
@@ -208,11 +255,11 @@ def _read_in_order(
 
 
 def _read_in_order_from(
-    path: Path, targets: list[int], grab: _Grab
+    budget: DecodeBudget, targets: list[int], grab: _Grab
 ) -> tuple[list[np.ndarray], int]:
     """_read_in_order on a freshly opened file: no seeking back, which not every format allows."""
-    with _open(path) as container:
-        return _read_in_order(container, container.streams.video[0], targets, grab, path)
+    with _open(budget.path, budget) as container:
+        return _read_in_order(container, container.streams.video[0], targets, grab, budget)
 
 
 def _read_by_seeking(
@@ -221,7 +268,7 @@ def _read_by_seeking(
     targets: list[int],
     rate: Fraction,
     grab: _Grab,
-    path: Path,
+    budget: DecodeBudget,
 ) -> list[np.ndarray]:
     """Seek to each target's timestamp and keep the first frame at or after it.
 
@@ -246,8 +293,9 @@ def _read_by_seeking(
         target = start + round(index * frame_pts)
         behind = bisect.bisect_right(keyframes, target)  # keyframes at or before the target
         if frames is None or not keyframes or (behind and keyframes[behind - 1] > last_pts):
+            budget.check_time()
             container.seek(target, backward=True, any_frame=False, stream=stream)
-            frames = _decode(container, stream, path, kept=len(images))
+            frames = _decode(container, stream, budget, kept=len(images))
         for frame in frames:
             if frame.pts is None:
                 return images
@@ -289,19 +337,21 @@ def decode_many(
     threads: int = 2,
     progress: Callable[[int, int], None] | None = None,
     cache: ClipCache | None = None,
+    limits: DecodeLimits | None = None,
 ) -> list[Clip | VideoDecodeError]:
     """Sample every video; returns a Clip or the VideoDecodeError for each path, in order.
 
     ``progress(done, total)`` is called after each video, from the calling thread. With a
     ``cache``, clips decoded before (same file content and sampling) are read from it and
-    new ones are added; its ``hits``/``misses`` say how many were decoded.
+    new ones are added; its ``hits``/``misses`` say how many were decoded. ``limits``
+    default to the cache's, else to DecodeLimits().
     """
 
     def one(path: str | os.PathLike) -> Clip | VideoDecodeError:
         try:
             if cache is not None:
-                return cache.sample(path, sampling)
-            return sample_clip(path, sampling)
+                return cache.sample(path, sampling, limits=limits)
+            return sample_clip(path, sampling, limits=limits)
         except VideoDecodeError as exc:
             return exc
 
