@@ -274,7 +274,7 @@ class StubServer:
         self.settings = settings
         self.model = StubModel()
 
-    def get_model(self, project: str) -> StubModel:
+    def get_model(self, project: str, wait_s: float = 0.0) -> StubModel:
         return self.model
 
     def get_version(self, project: str) -> str:
@@ -286,7 +286,11 @@ class StubServer:
 
 def setup_then_predict(settings: Settings, hostname: str, video: str) -> dict:
     """POST /setup naming ``hostname`` with the attacker's token, then /predict one task."""
-    app = create_app(settings, server=StubServer(settings), training=SimpleNamespace())
+    app = create_app(
+        settings,
+        server=StubServer(settings),
+        training=SimpleNamespace(coordinator=SimpleNamespace(connection=None)),
+    )
     app.testing = True
     try:
         client = app.test_client()
@@ -303,7 +307,7 @@ def setup_then_predict(settings: Settings, hostname: str, video: str) -> dict:
         assert response.status_code == 200
         return response.get_json()["results"][0]
     finally:
-        app.extensions["videoloop.predictor"].close()
+        app.extensions["videoloop"].close()
 
 
 @pytest.mark.parametrize("allow_attacker", [False, True])

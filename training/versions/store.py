@@ -227,7 +227,9 @@ class ModelStore:
         with retention.project_lock(pdir):
             statuses = self.get_statuses(project)
             rejected = [
-                v for v in self._version_names(project) if statuses[v] == VersionStatus.REJECTED
+                v
+                for v in self._version_names(project)
+                if statuses.get(v) == VersionStatus.REJECTED  # one published meanwhile: no status
             ]
             pruned = retention.past_the_newest(rejected, self.keep_rejected)
             for version in pruned:
