@@ -22,6 +22,7 @@ from backend.serving import ModelServer
 from backend.training_queue import open_training
 from backend.training_requests import TrainingRequests, TrainingUnavailable
 from backend.version_watch import VersionWatch
+from training.jobs.prediction_claims import PredictionClaims
 from training.jobs.refresh_queue import request_refresh
 from training.labelstudio.labelconfig import LabelConfigError, parse_label_config
 from training.settings import Settings
@@ -83,6 +84,13 @@ def create_app(
             embedded in-process queue and worker when it is unset.
     """
     settings = settings or Settings.from_env()
+    if settings.webhook_secret and not settings.basic_auth_user:
+        log.warning(
+            "WEBHOOK_SECRET is set without BASIC_AUTH_USER/BASIC_AUTH_PASS: Label Studio sends "
+            '"Start training" (and training on submit) to /webhook through the model '
+            "connection, which cannot carry the secret header, so those requests get 401; "
+            "set basic auth here and on the connection (docs/security.md)"
+        )
     app = Flask(__name__)
     app.config[SETTINGS_KEY] = settings
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_mb * 1024 * 1024  # else 413
@@ -94,8 +102,11 @@ def create_app(
     app.extensions[EXTENSION_KEY] = server
     app.extensions[TRAINING_KEY] = training = training or open_training(settings)
     # Tasks a /predict could not finish in time are predicted by the refresh job.
-    refresh = functools.partial(request_refresh, training.coordinator.connection, settings=settings)
-    app.extensions[PREDICTOR_KEY] = TaskPredictor(server, settings, on_unfinished=refresh)
+    connection = training.coordinator.connection
+    refresh = functools.partial(request_refresh, connection, settings=settings)
+    app.extensions[PREDICTOR_KEY] = TaskPredictor(
+        server, settings, on_unfinished=refresh, claims=PredictionClaims(connection)
+    )
     if own_server:  # swap on pub/sub notices, over the training queue's Redis (or fakeredis)
         watch = VersionWatch(server).start(training.coordinator.connection)
         app.extensions[WATCH_KEY] = watch
@@ -151,24 +162,24 @@ def _name_the_process(response):
     return response
 
 
+def _has_basic_auth(settings: Settings) -> bool:
+    """Whether the request carries BASIC_AUTH_USER and BASIC_AUTH_PASS (both set)."""
+    auth = request.authorization
+    if not settings.basic_auth_user or auth is None or auth.type != "basic":
+        return False
+    # Compare both, always: timing must not tell which one was wrong.
+    user_ok = hmac.compare_digest((auth.username or "").encode(), settings.basic_auth_user.encode())
+    pass_ok = hmac.compare_digest((auth.password or "").encode(), settings.basic_auth_pass.encode())
+    return user_ok and pass_ok
+
+
 @bp.before_app_request
 def _basic_auth():
     settings = _settings()
-    if not (settings.basic_auth_user or settings.basic_auth_pass):
+    if not settings.basic_auth_user:
         return None
-    if request.path in UNAUTHENTICATED_PATHS:
+    if request.path in UNAUTHENTICATED_PATHS or _has_basic_auth(settings):
         return None
-    auth = request.authorization
-    if auth is not None and auth.type == "basic":
-        # Compare both, always: timing must not tell which one was wrong.
-        user_ok = hmac.compare_digest(
-            (auth.username or "").encode(), settings.basic_auth_user.encode()
-        )
-        pass_ok = hmac.compare_digest(
-            (auth.password or "").encode(), settings.basic_auth_pass.encode()
-        )
-        if user_ok and pass_ok:
-            return None
     response, status = _error("unauthorized", 401)
     response.headers["WWW-Authenticate"] = 'Basic realm="videoloop"'
     return response, status
@@ -239,14 +250,18 @@ def webhook():
     Studio waits 1 s).
 
     Answers 200 with what happened (queued, joined, follow_up, recorded for training;
-    refresh_queued, refresh_pending, refresh_no_model for TASKS_CREATED; ignored), 400 for an
-    event without a project, 503 when Redis is down (a training request is kept and queued
-    later), 401 without the webhook secret when WEBHOOK_SECRET is set.
+    refresh_queued, refresh_pending, refresh_no_model, refresh_no_label_studio for
+    TASKS_CREATED; ignored), 400 for an event without a project, 503 when Redis is down (a
+    training request is kept and queued later), 401 when WEBHOOK_SECRET is set and the
+    request carries neither the secret (the project webhook) nor the basic auth credentials
+    ("Start training", which Label Studio sends through the model connection, with its
+    credentials but no custom header).
     """
-    secret = _settings().webhook_secret
-    if secret:
+    settings = _settings()
+    if settings.webhook_secret:
         given = request.headers.get(WEBHOOK_SECRET_HEADER, "")
-        if not hmac.compare_digest(given.encode(), secret.encode()):
+        secret_ok = hmac.compare_digest(given.encode(), settings.webhook_secret.encode())
+        if not secret_ok and not _has_basic_auth(settings):
             return _error(f"missing or wrong {WEBHOOK_SECRET_HEADER} header", 401)
     body = _json_body()
     try:

@@ -5,6 +5,13 @@ batching and scoring are training/model/inference.py's; the JSON is
 training/labelstudio/results.py's. What is left here is what only /predict knows: the task
 dicts Label Studio sends, and that every task gets an entry, in order (Label Studio stores
 nothing when the counts differ).
+
+A task gets a prediction, or ``[]``: Label Studio 1.23 stores nothing for ``[]`` and asks
+again later, so no task ever shows an empty pre-annotation with score 0. ``[]`` goes to tasks
+when the project has no model yet, when the model fills none of the config's controls, when
+the video failed (the reason is logged), when the deadline cut the task short, and when the
+refresh job already claimed the task's prediction of this version
+(training/jobs/prediction_claims.py).
 """
 
 from __future__ import annotations
@@ -15,18 +22,28 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+import redis
+
 from backend.serving import FIRST_LOAD_WAIT_S, ModelServer
+from training.jobs.prediction_claims import (
+    PREDICT_CLAIM_S,
+    PREDICT_OWNER,
+    REFRESH_OWNER,
+    PredictionClaims,
+)
 from training.labelstudio.labelconfig import VideoControls
-from training.labelstudio.results import empty_prediction, fillable_controls, video_prediction
+from training.labelstudio.results import fillable_controls, video_prediction
 from training.model.inference import Failure, predict_clips
 from training.settings import Settings
-from training.versions.store import NO_MODEL_VERSION
 from training.video.clip import Clip, SamplingConfig
 from training.video.decoder import DecodeLimits, sample_clip
 from training.video.media import MediaError, MediaResolver, get_video_url
 from training.warn_once import WarnOnce
 
 log = logging.getLogger(__name__)
+
+NO_PREDICTION: list = []
+"""A task's entry when it gets no prediction: Label Studio stores nothing and asks later."""
 
 
 class TaskPredictor:
@@ -43,6 +60,8 @@ class TaskPredictor:
         settings: decode_threads, predict_deadline_s, uncertainty_measure, media settings.
         media: resolves video references (default: MediaResolver.from_settings).
         on_unfinished: called with the project when a deadline cut a request short.
+        claims: where a task's prediction of a version is claimed (None: no claims; tests
+            and a process without Redis).
     """
 
     def __init__(
@@ -51,8 +70,10 @@ class TaskPredictor:
         settings: Settings,
         media: MediaResolver | None = None,
         on_unfinished: Callable[[str], object] | None = None,
+        claims: PredictionClaims | None = None,
     ) -> None:
         self.server = server
+        self.claims = claims
         self.settings = settings
         self.media = media or MediaResolver.from_settings(settings)
         self.on_unfinished = on_unfinished
@@ -62,12 +83,11 @@ class TaskPredictor:
     def predict(
         self, project: str, tasks: Sequence[object], controls: VideoControls
     ) -> list[dict | list]:
-        """One entry per task, in order: a prediction (empty when its video failed), or ``[]``
-        for a task the deadline left unfinished."""
+        """One entry per task, in order: its prediction, or ``[]`` (see the module docstring)."""
         deadline = time.monotonic() + self.settings.predict_deadline_s
         model = self.server.get_model(project, wait_s=min(FIRST_LOAD_WAIT_S, self._left(deadline)))
         if model is None:
-            return [empty_prediction(NO_MODEL_VERSION) for _ in tasks]
+            return [NO_PREDICTION for _ in tasks]
         if not fillable_controls(model, controls):
             self._warn_once(
                 ("no overlap", project, model.version, controls),
@@ -80,10 +100,10 @@ class TaskPredictor:
                 list(controls.choice_values),
                 list(controls.timeline.labels) if controls.timeline else None,
             )
-            return [empty_prediction(model.version) for _ in tasks]
+            return [NO_PREDICTION for _ in tasks]
         sources = [functools.partial(self._clip, task, controls, model.sampling) for task in tasks]
         window = max(2 * model.batch_size, 2 * self._threads)
-        results: list[dict | list] = [empty_prediction(model.version) for _ in tasks]
+        results: list[dict | list] = [NO_PREDICTION for _ in tasks]
         unfinished = 0
         pool = ThreadPoolExecutor(self._threads, thread_name_prefix="decode")
         try:
@@ -93,30 +113,62 @@ class TaskPredictor:
                     unfinished += outcome.unfinished
                     results[i] = self._failed(project, tasks[i], outcome, model.version)
                     continue
-                results[i] = video_prediction(
+                formatted = video_prediction(
                     outcome,
                     controls,
                     frame_rate=controls.task_frame_rate(_task_data(tasks[i])),
                     measure=self.settings.uncertainty_measure,
                 )
+                results[i] = NO_PREDICTION if formatted is None else formatted
         finally:  # never wait for a slow download: it ends at its own deadline
             pool.shutdown(wait=False, cancel_futures=True)
         if unfinished:
             self._hand_over(project, unfinished, len(tasks))
-        return results
+        return self._claimed(project, model.version, tasks, results)
+
+    def _claimed(
+        self, project: str, version: str, tasks: Sequence[object], results: list[dict | list]
+    ) -> list[dict | list]:
+        """``[]`` for the tasks whose prediction of ``version`` a refresh job is writing; the
+        others are claimed for /predict. A task without an integer id keeps its prediction."""
+        ids = {i: _task_id(task) for i, task in enumerate(tasks) if results[i]}
+        claimable = {i: t for i, t in ids.items() if isinstance(t, int) and not isinstance(t, bool)}
+        if self.claims is None or not claimable:
+            return results
+        try:
+            owners = self.claims.claim(
+                project, version, claimable.values(), owner=PREDICT_OWNER, ttl_s=PREDICT_CLAIM_S
+            )
+        except redis.RedisError as exc:  # availability first; the refresh removes duplicates
+            self._warn_once(("claims", project), "project %s: cannot claim tasks: %s", project, exc)
+            return results
+        refreshing = {t for t, owner in owners.items() if owner.startswith(REFRESH_OWNER)}
+        if refreshing:
+            log.info(
+                "project %s: %d tasks get their prediction of %s from the refresh job: []",
+                project,
+                len(refreshing),
+                version,
+            )
+        return [
+            NO_PREDICTION if claimable.get(i) in refreshing else r for i, r in enumerate(results)
+        ]
 
     @staticmethod
     def _left(deadline: float) -> float:
         return max(0.0, deadline - time.monotonic())
 
-    def _failed(self, project: str, task: object, failure: Failure, version: str) -> dict | list:
-        """The entry of a task without a prediction: ``[]`` when the deadline cut it short."""
-        if failure.unfinished:
-            return []
-        log.warning(
-            "project %s task %s: no prediction: %s", project, _task_id(task), failure.reason
-        )
-        return empty_prediction(version)
+    def _failed(self, project: str, task: object, failure: Failure, version: str) -> list:
+        """A task without a prediction; why is logged unless the deadline cut it short."""
+        if not failure.unfinished:
+            log.warning(
+                "project %s task %s: no prediction of %s: %s",
+                project,
+                _task_id(task),
+                version,
+                failure.reason,
+            )
+        return NO_PREDICTION
 
     def _hand_over(self, project: str, unfinished: int, total: int) -> None:
         log.warning(

@@ -50,7 +50,7 @@ SWAP_DELAY_S = 3.0
 """Seconds after a version is made current at which every process swaps it in, together.
 
 Longer than a load and warm-up takes, so that every process is ready by then (small models
-took 0.5-2.3 s on 2 cores saturated by /predict traffic: tests/test_hot_swap.py,
+took 0.5-2.3 s on 2 cores saturated by /predict traffic: tests/backend/test_hot_swap.py,
 bench/swap_latency.py); short enough that every process serves a new version within 5 s.
 The first load of a project in a process is swapped in at once (nothing to stay consistent
 with, and a request is waiting). Trap: when versions are made current less than this apart,

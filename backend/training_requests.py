@@ -1,21 +1,21 @@
 """Webhook events -> coalesced training requests, and what happens while Redis is down.
 
 Label Studio waits 1 s for ``/webhook`` and never retries, so this only records and enqueues
-(a few Redis round trips). If Redis does not answer, the request is kept in this process and
-replayed by a background thread as soon as Redis answers again; the webhook says 503 so the
-failure is visible in Label Studio's logs, but the request is not lost.
+(a few Redis round trips). If Redis does not answer, the request is kept in a journal file
+under CACHE_DIR (backend/request_journal.py) and replayed by a background thread as soon as
+Redis answers again, by this process or, after a restart, the next one; the webhook says 503 so
+the failure is visible in Label Studio's logs, but the request is not lost.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import threading
-from dataclasses import dataclass
 
 import redis
 
 from backend import protocol
+from backend.request_journal import JOURNAL_FILE, RequestJournal
 from training.jobs.coordinator import TrainingCoordinator
 from training.jobs.periodic import PeriodicTask
 from training.jobs.refresh_queue import request_refresh, resume_refreshes
@@ -68,20 +68,13 @@ class TrainingUnavailable(RuntimeError):
     """Redis is unreachable; the request was kept and will be queued later (HTTP 503)."""
 
 
-@dataclass
-class _Kept:
-    events: int = 0
-    force: bool = False
-
-
 class TrainingRequests:
     """Accepts webhook events for one process; owns the replay and recovery threads."""
 
     def __init__(self, coordinator: TrainingCoordinator, settings: Settings) -> None:
         self.coordinator = coordinator
         self.settings = settings
-        self._kept: dict[str, _Kept] = {}
-        self._lock = threading.Lock()
+        self.journal = RequestJournal(settings.cache_dir / JOURNAL_FILE)
         expected = (redis.RedisError,)
         self._loops = (
             PeriodicTask(self.replay_kept, REPLAY_EVERY_S, name="replay-kept", expected=expected),
@@ -117,8 +110,9 @@ class TrainingRequests:
         if action not in TRAINING_ACTIONS:
             return {"status": "ignored", "action": action}
         project = label_studio_project(event.get("project"))
+        force = action == "START_TRAINING"  # kept as asked if Redis is down (rate limit too)
         try:
-            force = action == "START_TRAINING" and self._may_force(project)
+            force = force and self._may_force(project)
             outcome = self.coordinator.request(
                 project, force=force, train_every=self.settings.train_every
             )
@@ -156,40 +150,29 @@ class TrainingRequests:
 
     def get_kept(self) -> dict[str, int]:
         """Events per project waiting for Redis to come back (for status and tests)."""
-        with self._lock:
-            return {p: k.events for p, k in self._kept.items()}
+        return {p: e["events"] for p, e in self.journal.snapshot().items()}
 
     def _keep(self, project: str, force: bool) -> None:
-        with self._lock:
-            kept = self._kept.setdefault(project, _Kept())
-            kept.events += 1
-            kept.force = kept.force or force
+        self.journal.add(project, force=force)
         log.warning("Redis unreachable: keeping a training request for project %s", project)
 
     def replay_kept(self) -> int:
         """Queue what was kept while Redis was down; returns how many projects were sent."""
-        with self._lock:  # copies: events kept while a replay runs must stay kept
-            kept = {p: _Kept(k.events, k.force) for p, k in self._kept.items()}
         sent = 0
-        for project, item in kept.items():
+        for project, item in self.journal.snapshot().items():  # a copy: new ones stay kept
             try:
                 outcome = self.coordinator.request(
                     project,
-                    force=item.force,
+                    force=item["force"],
                     train_every=self.settings.train_every,
-                    events=item.events,
+                    events=item["events"],
                 )
             except redis.RedisError:
                 return sent
-            with self._lock:
-                current = self._kept.get(project)
-                if current is not None:
-                    current.events -= item.events
-                    if current.events <= 0:
-                        del self._kept[project]
+            self.journal.remove(project, item["events"])
             log.info(
                 "Redis is back: replayed %d request(s) for project %s: %s",
-                item.events,
+                item["events"],
                 project,
                 outcome.value,
             )

@@ -77,6 +77,7 @@ def _run_one(job: dict) -> dict:
     sys.path.insert(0, str(ROOT))
     import keras
     import tensorflow as tf
+    from support import rss_mb
 
     from training.learn.config import TrainConfig
     from training.learn.dataset import ClipArrays
@@ -162,7 +163,7 @@ def _run_one(job: dict) -> dict:
                     "init": init,
                     "fit_s": fit_s,
                     "round_s": time.perf_counter() - started,
-                    "rss_mb": _rss_mb(),
+                    "rss_mb": rss_mb(),
                     "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                     "per_class": np.bincount(chosen.y, minlength=len(labels)).tolist(),
                 }
@@ -191,12 +192,6 @@ def _in_fresh_process(job: dict, ctx) -> dict:
                 raise
             print(f"  (the process of {job['kind']} seed {job['seed']} died; again)", flush=True)
     raise AssertionError("unreachable")
-
-
-def _rss_mb() -> float:
-    """This process's resident memory now, in MB (Linux)."""
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def _labels_to_reach(rounds: list[dict], target: float) -> int | None:

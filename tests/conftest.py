@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,14 +37,12 @@ import numpy as np
 import pytest
 import requests
 
-# tests/ is not a package: put it on sys.path so fixtures and tests can import helper
-# modules (fake_label_studio) whatever pytest's import mode.
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
+# tests/ and tests/support/ are on sys.path (``pythonpath`` in pyproject.toml): the stand-ins
+# and helpers import by their plain names, and tests import this module as ``conftest``.
 from fake_label_studio import FakeLabelStudio, MediaHost, Seen
-from model_versions import publish_copy
 from redis_database import NoEmptyDatabase, RedisDatabase, claim_empty_database
 
+from training.versions.copies import publish_copy
 from training.versions.store import ModelStore, VersionInfo
 
 __all__ = ["FakeLabelStudio", "MediaHost", "Seen", "publish_copy"]
@@ -115,7 +113,7 @@ def bucket(media_root) -> Iterator[MediaHost]:
 
 @pytest.fixture
 def label_studio(media_root, bucket) -> Iterator[FakeLabelStudio]:
-    """A fake Label Studio (tests/fake_label_studio.py) accepting ``LS_TOKEN``: media from
+    """A fake Label Studio (tests/support/fake_label_studio.py) accepting ``LS_TOKEN``: media from
     ``media_root`` (presigned URLs lead to ``bucket``) and the API; tests add projects, tasks
     and annotations with ``add_project``, ``add_task``, ``annotate``."""
     host = FakeLabelStudio(media_root, token=LS_TOKEN, presign_to=bucket.url)
@@ -222,7 +220,7 @@ def run_server_process(workdir: Path, **env: str) -> Iterator[ServerProcess]:
 
 @contextmanager
 def worker_process(workdir: Path, env: dict[str, str], name: str) -> Iterator[subprocess.Popen]:
-    """``videoloop worker`` in its own process group (so a kill takes its work horse too);
+    """``videoloop worker`` in its own process group (so a kill takes anything it started);
     its output goes to ``workdir/<name>.log``."""
     log = open(workdir / f"{name}.log", "wb")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen(
@@ -236,13 +234,17 @@ def worker_process(workdir: Path, env: dict[str, str], name: str) -> Iterator[su
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
+        # SIGTERM: RQ's warm shutdown (after the job in progress); a second one, cold (the
+        # job stops now, its lease expires for recovery); SIGKILL if even that hangs.
+        for sig, wait_s in ((signal.SIGTERM, 3), (signal.SIGTERM, 30), (signal.SIGKILL, None)):
+            if proc.poll() is not None:
+                break
+            with suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
             try:
-                proc.wait(timeout=30)
+                proc.wait(timeout=wait_s)
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+                continue
         log.close()
 
 
@@ -358,7 +360,7 @@ def publish_version():
 
 @pytest.fixture(scope="session")
 def redis_database() -> Iterator[RedisDatabase]:
-    """The Redis database this test process holds for its session (tests/redis_database.py:
+    """The Redis database this test process holds for its session (tests/support/redis_database.py:
     claimed, so that parallel workers and other runs never share one)."""
     try:
         database = claim_empty_database()

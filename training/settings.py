@@ -108,6 +108,9 @@ class Settings:
     train_timeout_s: int = 3600
     train_lease_s: int = 30
     recover_every_s: int = 5
+    worker_max_jobs: int = 50
+    """Jobs a ``videoloop worker`` process runs before it replaces itself with a fresh one
+    (training/jobs/worker.py): it keeps TensorFlow loaded between jobs; 0 never recycles."""
     gate_tolerance: float = 0.0
     """How much lower (accuracy, 0-1) a new version may score than the current one and still
     become current."""
@@ -127,10 +130,16 @@ class Settings:
     or ``auto``: bilstm for projects with a <TimelineLabels>, lstm for the others."""
 
     def __post_init__(self) -> None:
-        """Refuse a misspelt measure or head, or half of basic auth, at start-up."""
+        """Refuse a misspelt measure or head, half of basic auth, or several serving
+        processes without Redis, at start-up."""
         if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
             raise ValueError(
                 "BASIC_AUTH_USER and BASIC_AUTH_PASS go together: set both, or neither"
+            )
+        if self.workers > 1 and not self.redis_url:
+            raise ValueError(
+                f"WORKERS={self.workers} needs REDIS_URL: without it each serving process would "
+                "keep its own training queue and state (the embedded mode is one process)"
             )
         try:
             measure = parse_measure(self.uncertainty_measure).value

@@ -60,10 +60,15 @@ def _cmd_synth(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    """Run jobs until stopped; a worker that has run WORKER_MAX_JOBS jobs re-execs itself (same
+    process id, same command line), so supervisors and tests see one long-lived process."""
     quiet_tensorflow()
-    from training.jobs.worker import run_worker
+    from training.jobs.worker import WorkerExit, run_worker
 
-    run_worker(settings, burst=args.burst, name=args.name)
+    if run_worker(settings, burst=args.burst, name=args.name) is WorkerExit.RECYCLE:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
     return 0
 
 

@@ -9,7 +9,10 @@ import logging
 import threading
 import time
 
+import redis
+
 from training.jobs.coordinator import TrainingCoordinator
+from training.jobs.periodic import PeriodicTask
 
 log = logging.getLogger(__name__)
 
@@ -39,27 +42,73 @@ class JobProgress:
             self.job.save_meta()
 
 
+class LeaseLost(RuntimeError):
+    """The job no longer owns its project's run: it must not publish or promote."""
+
+
 class LeaseKeeper:
-    """Renews the running job's lease in the background while the job works."""
+    """Renews the running job's lease in the background while the job works.
+
+    A lease can still be lost (a pause longer than TRAIN_LEASE_S, a network blip): recovery
+    then starts another run of the project. So the job asks :meth:`ensure_held` before it
+    publishes and before it promotes, and stops there if the lease is gone: one run per
+    project, always (docs/retraining.md).
+    """
+
+    CONFIRM_ATTEMPTS = 3
+    """Tries of :meth:`ensure_held` while Redis does not answer, a second apart."""
 
     def __init__(self, coordinator: TrainingCoordinator, project: str, job_id: str) -> None:
         self._coordinator, self._project, self._job_id = coordinator, project, job_id
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="lease", daemon=True)
+        self._lost = threading.Event()
+        self._renewal = PeriodicTask(
+            self._renew,
+            max(0.5, coordinator.lease_s / 4),
+            name="lease",
+            expected=(redis.RedisError,),  # a blip: the next renewal retries
+        )
 
     def __enter__(self) -> LeaseKeeper:
-        self._thread.start()
+        self._renewal.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
+        self._renewal.stop(timeout_s=5)
 
-    def _run(self) -> None:
-        every = max(0.5, self._coordinator.lease_s / 4)
-        while not self._stop.wait(every):
+    def _renew(self) -> None:
+        if not self._lost.is_set() and not self._held():
+            self._lost.set()
+            log.warning(
+                "project %s: job %s lost its lease; it will not publish",
+                self._project,
+                self._job_id,
+            )
+
+    def _held(self) -> bool:
+        return self._coordinator.renew_lease(self._project, self._job_id)
+
+    def ensure_held(self) -> None:
+        """Return if the job still owns the run (renewing its lease), else raise.
+
+        Raises:
+            LeaseLost: the lease expired (another run may be under way), or Redis did not
+                answer CONFIRM_ATTEMPTS times.
+        """
+        for attempt in range(self.CONFIRM_ATTEMPTS):
+            if self._lost.is_set():
+                break
             try:
-                if not self._coordinator.renew_lease(self._project, self._job_id):
-                    log.warning("project %s: job %s lost its lease", self._project, self._job_id)
-            except Exception:  # Redis blips must not kill training; the next renewal retries
-                log.warning("project %s: could not renew the lease", self._project, exc_info=True)
+                if self._held():
+                    return
+                self._lost.set()
+            except redis.RedisError as exc:
+                if attempt + 1 == self.CONFIRM_ATTEMPTS:
+                    raise LeaseLost(
+                        f"project {self._project}: cannot confirm job {self._job_id}'s lease: "
+                        f"Redis does not answer ({exc})"
+                    ) from exc
+                time.sleep(1.0)
+        raise LeaseLost(
+            f"project {self._project}: job {self._job_id} lost its lease (TRAIN_LEASE_S); "
+            "another run may own the project now, so this one publishes nothing"
+        )

@@ -8,9 +8,11 @@ training queue predicts the project's tasks itself and stores each prediction th
 Data Manager then reflects the new model.
 
 Order and scope: unlabelled tasks first (the ones worth sorting), labelled ones after them only
-with REFRESH_ALL_TASKS. A task that already has a prediction of this version is left alone, as
-read from the task list and checked again right before writing, so running the job twice (or
-after Label Studio predicted some tasks itself) writes nothing twice. Tasks go through in
+with REFRESH_ALL_TASKS. One prediction per task and version: a task that already has one is
+left alone (read from the task list, checked again right before writing), and a task is
+written only after claiming it in Redis, so neither a twin job nor Label Studio storing
+/predict's answers at the same time adds a second one (training/jobs/prediction_claims.py).
+Duplicates that got past that anyway are deleted at the end. Tasks go through in
 batches of PREDICT_BATCH_SIZE clips: fetch (MediaResolver), decode (ClipCache), predict, write.
 A video that cannot be fetched or decoded is skipped and counted. The job stops early when the
 version is no longer current (a newer one's refresh takes over).
@@ -21,17 +23,19 @@ from __future__ import annotations
 import functools
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from training.jobs.prediction_claims import REFRESH_CLAIM_S, REFRESH_OWNER, PredictionClaims
 from training.labelstudio.client import LabelStudioSession
 from training.labelstudio.errors import LabelStudioError
 from training.labelstudio.labelconfig import LabelConfigError, parse_label_config
 from training.labelstudio.tasks import TaskRefreshState
 from training.settings import Settings
-from training.versions.store import ModelStore
+from training.versions.store import ModelStore, VersionInfo
 
 if TYPE_CHECKING:
     from training.labelstudio.labelconfig import VideoControls
@@ -68,7 +72,12 @@ def order_tasks(
 
 
 def refresh_predictions(
-    project: str, version: str, settings: Settings, *, progress: Progress = _noop
+    project: str,
+    version: str,
+    settings: Settings,
+    *,
+    progress: Progress = _noop,
+    claims: PredictionClaims | None = None,
 ) -> dict:
     """Predict the project's tasks with ``version`` and write the predictions to Label Studio.
 
@@ -77,18 +86,16 @@ def refresh_predictions(
         version: the version to predict with; nothing is done unless it is current.
         settings: Label Studio, store, cache, batch size, REFRESH_ALL_TASKS.
         progress: called with ``{"stage": "refresh", "done", "total", "written", "skipped"}``.
+        claims: where tasks are claimed before writing (None: no claims, a lone writer).
 
     Returns:
         ``{"status": "done"|"superseded"|"skipped", "version", "written", "skipped",
-        "already", "total", "skipped_tasks": [{"task", "reason"}, ...]}``.
+        "already", "duplicates_deleted", "total", "skipped_tasks": [{"task", "reason"}, ...]}``.
 
     Raises:
         LabelStudioError: Label Studio unreachable or refusing (the job fails; run it again).
         StoreError: no such version.
     """
-    from training.labelstudio.results import fillable_controls
-    from training.model.loaded import load_version
-
     started = time.perf_counter()
     store = ModelStore(settings.model_dir)
     info = store.get_version(project, version)
@@ -99,17 +106,13 @@ def refresh_predictions(
 
     with LabelStudioSession(settings.label_studio_url, settings.label_studio_api_key) as ls:
         controls, todo = _list_tasks(ls, project, summary, settings.refresh_all_tasks)
-        status = "done"
+        status, reason = "done", None
         if todo:
-            model = load_version(info, batch_size=settings.predict_batch_size)
-            if not fillable_controls(model, controls):
-                reason = (
-                    f"the model's labels {model.labels} / timeline labels "
-                    f"{model.timeline_labels} fill none of the config's controls"
-                )
-                return {**summary.as_dict("skipped"), "reason": reason}
-            refresher = TaskRefresher(ls, controls, model, settings, summary)
-            status = refresher.run(todo, lambda: store.get_current(project) == version)
+            status, reason = _predict_and_write(
+                ls, store, info, controls, todo, summary, claims, settings
+            )
+        if status == "done":
+            summary.duplicates_deleted = ls.delete_duplicate_predictions(project, version)
         if status == "done" and settings.select_new_version:
             summary.selected = _select(ls, store, project, version)
     log.info(
@@ -122,7 +125,33 @@ def refresh_predictions(
         summary.skipped,
         summary.already,
     )
-    return summary.as_dict(status)
+    result = summary.as_dict(status)
+    return result if reason is None else {**result, "reason": reason}
+
+
+def _predict_and_write(
+    ls: LabelStudioSession,
+    store: ModelStore,
+    info: VersionInfo,
+    controls: VideoControls,
+    todo: list[TaskRefreshState],
+    summary: RefreshSummary,
+    claims: PredictionClaims | None,
+    settings: Settings,
+) -> tuple[str, str | None]:
+    """Load the version and run the TaskRefresher over ``todo``: (status, why skipped)."""
+    from training.labelstudio.results import fillable_controls
+    from training.model.loaded import load_version
+
+    model = load_version(info, batch_size=settings.predict_batch_size)
+    if not fillable_controls(model, controls):
+        return "skipped", (
+            f"the model's labels {model.labels} / timeline labels "
+            f"{model.timeline_labels} fill none of the config's controls"
+        )
+    refresher = TaskRefresher(ls, controls, model, settings, summary, claims)
+    project, version = summary.project, summary.version
+    return refresher.run(todo, lambda: store.get_current(project) == version), None
 
 
 def _list_tasks(
@@ -164,6 +193,7 @@ class RefreshSummary:
     skipped: int = 0
     already: int = 0
     """Tasks that had a prediction of this version (before the run, or written meanwhile)."""
+    duplicates_deleted: int = 0
     skipped_tasks: list[dict] = field(default_factory=list)
     selected: bool = False
     """Whether the version was made the project's selected predictions version."""
@@ -193,6 +223,7 @@ class RefreshSummary:
             "written": self.written,
             "skipped": self.skipped,
             "already": self.already,
+            "duplicates_deleted": self.duplicates_deleted,
             "selected": self.selected,
             "skipped_tasks": list(self.skipped_tasks),
         }
@@ -207,6 +238,9 @@ class TaskRefresher:
     model: LoadedModel
     settings: Settings
     summary: RefreshSummary
+    claims: PredictionClaims | None = None
+    owner: str = field(default_factory=lambda: f"{REFRESH_OWNER}{uuid.uuid4().hex}")
+    """Whose claims these are: each refresh its own, so twin jobs never both write."""
 
     def run(self, todo: list[TaskRefreshState], still_current: Callable[[], bool]) -> str:
         """Predict and write ``todo`` in order; stops early ("superseded") once
@@ -246,23 +280,47 @@ class TaskRefresher:
         return cache.sample(path, self.model.sampling)
 
     def _write(self, task: TaskRefreshState, prediction: ClipPrediction) -> None:
-        """One prediction, unless the task got one of this version since it was listed."""
+        """One prediction, unless the task got one of this version since it was listed or
+        another writer claimed it."""
         from training.labelstudio.results import video_prediction
 
-        if prediction.version in self.ls.get_prediction_versions(task.task_id):
-            self.summary.already += 1  # Label Studio asked /predict meanwhile, or a twin job
-            return
         formatted = video_prediction(
             prediction,
             self.controls,
             frame_rate=task.frame_rate,
             measure=self.settings.uncertainty_measure,
         )
+        if formatted is None:
+            self.summary.skip(task.task_id, "the model fills none of the task's controls")
+            return
+        if not self._claim(task.task_id):
+            self.summary.already += 1  # /predict answered it, or a twin job writes it
+            return
         try:
+            if prediction.version in self.ls.get_prediction_versions(task.task_id):
+                self.summary.already += 1  # stored before the claims were taken
+                return
             self.ls.create_prediction(task.task_id, formatted)
         except LabelStudioError as exc:
+            self._release(task.task_id)
             if exc.status not in GONE_STATUSES:
                 raise
             self.summary.skip(task.task_id, str(exc))
             return
         self.summary.written += 1
+
+    def _claim(self, task_id: int) -> bool:
+        if self.claims is None:
+            return True
+        owners = self.claims.claim(
+            self.summary.project,
+            self.summary.version,
+            [task_id],
+            owner=self.owner,
+            ttl_s=REFRESH_CLAIM_S,
+        )
+        return owners[task_id] == self.owner
+
+    def _release(self, task_id: int) -> None:
+        if self.claims is not None:
+            self.claims.release(self.summary.project, self.summary.version, task_id)

@@ -63,8 +63,11 @@ def request_refresh(connection: redis.Redis, project: str, settings: Settings) -
     """New tasks in Label Studio: predict them with the project's current version.
 
     Returns ``"queued"`` (a refresh job was queued), ``"pending"`` (one is queued or running:
-    it makes another pass), or ``"no_model"`` (the project has no version yet).
+    it makes another pass), ``"no_model"`` (the project has no version yet), or
+    ``"no_label_studio"`` (LABEL_STUDIO_URL is not set: a refresh could not write anything).
     """
+    if not settings.label_studio_url:
+        return "no_label_studio"
     version = ModelStore(settings.model_dir).get_current(project)
     if version is None:
         return "no_model"

@@ -2,15 +2,18 @@
 check there is enough to learn from, fetch the videos, train and publish a version, promote
 it if the quality gate allows, queue the refresh of its predictions.
 
-Run by the job :func:`training.jobs.training.train_project` in the work horse: TensorFlow is
-imported only when the run trains, never in a worker's long-lived parent.
+Run by the job :func:`training.jobs.training.train_project` in a worker process
+(training/jobs/worker.py). This module does not import TensorFlow: the steps that train do.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import redis
 from rq import get_current_job
@@ -28,15 +31,25 @@ from training.versions.store import ModelStore, VersionInfo
 from training.video.clip import SamplingConfig
 from training.video.clipcache import ClipCache
 from training.video.media import MediaError, MediaResolver
+from training.video.pinned import RUNS_SUBDIR, PinnedFiles
 
 log = logging.getLogger(__name__)
 
 
-def run_training(project: str, settings: Settings, *, force: bool, progress: Progress) -> dict:
+def run_training(
+    project: str,
+    settings: Settings,
+    *,
+    force: bool,
+    progress: Progress,
+    ensure_owner: Callable[[], None] = lambda: None,
+) -> dict:
     """Pull labelled tasks, check there is enough to learn from, fetch, train, publish.
 
     The new version becomes current only if it passes the quality gate (or ``force`` and
     PROMOTE_ON_START_TRAINING); then a job refreshing the project's predictions is queued.
+    ``ensure_owner()`` is called before publishing and before promoting, and raises when
+    the job no longer owns the project's run (LeaseKeeper.ensure_held).
 
     Returns a summary: ``{"status": "trained"|"rejected", "version": ..., "gate": ...}`` or
     ``{"status": "skipped", "reason": ...}`` when labels are still too few.
@@ -48,16 +61,21 @@ def run_training(project: str, settings: Settings, *, force: bool, progress: Pro
     reason = tasks.not_ready(project, settings.min_per_label, force=force)
     if reason is not None:
         return {"status": "skipped", "reason": reason, "per_label": tasks.counts}
-    videos = fetch_videos(project, tasks, settings, progress)
     configure_accelerator()
     store = ModelStore(settings.model_dir, keep_rejected=settings.keep_rejected_versions)
     store.cleanup_staging(project)  # what publishers killed mid-write left behind
     cache = ClipCache.from_settings(settings)  # CACHE_DIR/clips, CACHE_MAX_MB, decode limits
-    run = training_run(settings, store.get_current_info(project), cache, tasks, videos, force)
-    try:
-        info = train_and_publish(store, project, videos.data, run, progress=progress)
-    except TrainingError as exc:
-        return {"status": "skipped", "reason": str(exc), "per_label": tasks.counts}
+    with PinnedFiles(  # the run's videos outlive the media cache's evictions
+        Path(settings.cache_dir) / RUNS_SUBDIR, stale_after_s=2 * settings.train_timeout_s
+    ) as pinned:
+        videos = fetch_videos(project, tasks, settings, progress, pinned)
+        run = training_run(settings, store.get_current_info(project), cache, tasks, videos, force)
+        run = dataclasses.replace(run, before_publish=ensure_owner)
+        try:
+            info = train_and_publish(store, project, videos.data, run, progress=progress)
+        except TrainingError as exc:
+            return {"status": "skipped", "reason": str(exc), "per_label": tasks.counts}
+    ensure_owner()  # the version is published (unpromoted): a lost lease stops here too
     promoted, refresh_job = promote_and_refresh(store, project, info, settings, force=force)
     return summary(info, promoted, refresh_job, cache, tasks)
 
@@ -140,20 +158,29 @@ class FetchedVideos:
 
 
 def fetch_videos(
-    project: str, tasks: LabelledTasks, settings: Settings, progress: Progress
+    project: str,
+    tasks: LabelledTasks,
+    settings: Settings,
+    progress: Progress,
+    pinned: PinnedFiles,
 ) -> FetchedVideos:
-    """Resolve every labelled task's video to a local file, a few at a time; a task whose
-    video cannot be had is skipped, not fatal."""
+    """Resolve every labelled task's video to a local file the run keeps (``pinned``) until
+    it ends, a few at a time; a task whose video cannot be had is skipped, not fatal."""
     labels, timeline_labels = tasks.wanted.labels, tasks.wanted.timeline_labels
     resolver = MediaResolver.from_settings(settings)
     videos, keys, skipped = [], [], [{"task": t, "reason": r} for t, r in tasks.data.skipped]
     total = len(tasks.data.tasks)
 
     def fetch(task):
-        try:
-            return task, resolver.resolve(task.video_url, task.task_id), None
-        except MediaError as exc:
-            return task, None, str(exc)
+        for _ in range(2):  # once more if another download evicted it before it was kept
+            try:
+                path = resolver.resolve(task.video_url, task.task_id)
+                return task, pinned.keep(path, f"task-{task.task_id}{path.suffix}"), None
+            except MediaError as exc:
+                return task, None, str(exc)
+            except FileNotFoundError:
+                continue
+        return task, None, "evicted from the media cache before it could be kept (CACHE_MAX_MB)"
 
     with ThreadPoolExecutor(max_workers=max(1, settings.decode_threads)) as pool:
         for done, (task, path, error) in enumerate(pool.map(fetch, tasks.data.tasks), start=1):
@@ -171,6 +198,15 @@ def fetch_videos(
                     videos.append(video)
                     keys.append(f"task:{task.task_id}")  # the stable split follows the task
             progress({"stage": "fetch_videos", "done": done, "total": total})
+    if resolver.max_bytes and pinned.bytes > resolver.max_bytes:
+        log.warning(
+            "project %s: its labelled videos take %.0f MB, more than CACHE_MAX_MB=%d: this run "
+            "keeps them all until it ends, but the next run downloads most again; raise "
+            "CACHE_MAX_MB above the project's size to keep them between runs",
+            project,
+            pinned.bytes / 1e6,
+            settings.cache_max_mb,
+        )
     return FetchedVideos(TrainingData(videos, labels, timeline_labels, keys), skipped)
 
 

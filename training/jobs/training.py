@@ -16,6 +16,7 @@ import time
 from rq import get_current_job
 
 from training.jobs.coordinator import TrainingCoordinator, make_coordinator
+from training.jobs.prediction_claims import PredictionClaims
 from training.jobs.progress import JobProgress, LeaseKeeper
 from training.jobs.refresh_queue import REFRESH_AGAIN_KEY
 from training.settings import Settings
@@ -43,8 +44,14 @@ def train_project(project: str) -> dict:
     progress = JobProgress(job, project)
     started = time.time()
     try:
-        with LeaseKeeper(coordinator, project, job.id):
-            result = run_training(project, settings, force=run.force, progress=progress)
+        with LeaseKeeper(coordinator, project, job.id) as lease:
+            result = run_training(
+                project,
+                settings,
+                force=run.force,
+                progress=progress,
+                ensure_owner=lease.ensure_held,
+            )
     except Exception as exc:
         _record_failure(coordinator, project, job.id, exc, started)
         raise
@@ -84,11 +91,12 @@ def refresh_predictions(project: str, version: str) -> dict:
     progress = JobProgress(job, project)
     settings = Settings.from_env()
     again = REFRESH_AGAIN_KEY.format(project=project, version=version)
+    claims = PredictionClaims(job.connection) if job is not None else None
     passes = 0
     while True:
         if job is not None:
             job.connection.delete(again)  # this pass lists every task there is now
-        result = refresh(project, version, settings, progress=progress)
+        result = refresh(project, version, settings, progress=progress, claims=claims)
         passes += 1
         if job is None or result["status"] != "done" or not job.connection.exists(again):
             break

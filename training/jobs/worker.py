@@ -1,18 +1,26 @@
 """Running training jobs: ``videoloop worker`` (RQ on Redis) and the embedded thread worker.
 
-The real worker forks a work horse per job (RQ's default), so TensorFlow is imported fresh in
-each horse and never in the long-lived parent: forking after TensorFlow has started breaks
-(docs/design.md). The embedded worker (no REDIS_URL) runs jobs in a thread of the serving process
-against an in-process fakeredis, with RQ's thread-based timeout instead of SIGALRM.
+``videoloop worker`` runs each job in its own process, without RQ's fork per job: TensorFlow
+is imported once, before the first job, instead of once per job (3-5 s each time, more on a
+loaded machine, and the lease renewals of a starting horse starved meanwhile). Nothing forks
+after TensorFlow has started (docs/design.md). Keras state is cleared after every job, and
+after ``WORKER_MAX_JOBS`` jobs the process asks to be replaced by a fresh one (the CLI re-execs
+itself), so nothing one job leaves behind accumulates. Killing the process kills its job:
+the run's lease expires and recovery queues it again (docs/retraining.md).
+
+The embedded worker (no REDIS_URL) runs jobs in a thread of the serving process against an
+in-process fakeredis, with RQ's thread-based timeout instead of SIGALRM.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import threading
+from enum import Enum
 
 import redis
-from rq import SimpleWorker, Worker
+from rq import SimpleWorker
 from rq.timeouts import TimerDeathPenalty
 
 from training.jobs.coordinator import TrainingCoordinator, make_coordinator
@@ -23,8 +31,44 @@ from training.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def run_worker(settings: Settings, *, burst: bool = False, name: str | None = None) -> bool:
-    """Run an RQ worker on the training queue of REDIS_URL until stopped (or idle, if burst).
+class WorkerExit(Enum):
+    """Why :func:`run_worker` returned."""
+
+    STOPPED = "stopped"
+    """Asked to stop (SIGTERM, SIGINT), or the queue is empty in burst mode."""
+    RECYCLE = "recycle"
+    """It ran WORKER_MAX_JOBS jobs: replace this process with a fresh one."""
+
+
+class JobWorker(SimpleWorker):
+    """Runs jobs in this process, one after another, with RQ's SIGALRM job timeout."""
+
+    jobs_run = 0
+
+    def execute_job(self, job, queue) -> None:
+        self.jobs_run += 1
+        try:
+            super().execute_job(job, queue)
+        finally:
+            _release_models()
+
+
+def _release_models() -> None:
+    """Drop what Keras keeps between jobs (models, traced functions) in this process."""
+    keras = sys.modules.get("keras")
+    if keras is not None:
+        keras.backend.clear_session()
+
+
+def _import_tensorflow() -> None:
+    """Import TensorFlow and Keras once, before the first job: every job needs them."""
+    import keras  # noqa: F401
+    import tensorflow  # noqa: F401
+
+
+def run_worker(settings: Settings, *, burst: bool = False, name: str | None = None) -> WorkerExit:
+    """Run an RQ worker on the training queue of REDIS_URL until stopped (or idle, if burst),
+    or until it has run WORKER_MAX_JOBS jobs.
 
     Raises:
         ValueError: REDIS_URL is not set (the embedded queue lives inside ``videoloop serve``).
@@ -43,10 +87,21 @@ def run_worker(settings: Settings, *, burst: bool = False, name: str | None = No
         expected=(redis.RedisError,),
     ).start()
     try:
-        worker = Worker([coordinator.queue], connection=connection, name=name)
-        return worker.work(burst=burst, logging_level=settings.log_level, with_scheduler=False)
+        _import_tensorflow()
+        worker = JobWorker([coordinator.queue], connection=connection, name=name)
+        max_jobs = settings.worker_max_jobs if settings.worker_max_jobs > 0 else None
+        worker.work(
+            burst=burst,
+            logging_level=settings.log_level,
+            with_scheduler=False,
+            max_jobs=max_jobs,
+        )
     finally:
         recovery.stop()
+    if max_jobs is not None and worker.jobs_run >= max_jobs and not burst:
+        log.info("worker %s ran %d jobs: a fresh process replaces it", worker.name, max_jobs)
+        return WorkerExit.RECYCLE
+    return WorkerExit.STOPPED
 
 
 class ThreadWorker(SimpleWorker):

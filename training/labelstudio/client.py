@@ -254,6 +254,39 @@ class LabelStudioSession:
             raise self._reader.error(where, exc, verb="write to") from None
         return getattr(created, "id", None)
 
+    def delete_duplicate_predictions(self, project: str | int, version: str) -> int:
+        """Delete all but the oldest prediction of ``version`` on each of the project's tasks
+        (``GET /api/predictions/?project=``, ``DELETE /api/predictions/<id>/``): the refresh's
+        safety net behind the claims of training/jobs/prediction_claims.py. Returns how many
+        were deleted."""
+        pid = _project_id(project)
+        where = f"/api/predictions/?project={pid}"
+        try:
+            predictions = self.client.predictions.list(project=pid)
+        except Exception as exc:
+            raise self._reader.error(where, exc) from None
+        kept: set[int] = set()
+        extra = []
+        for p in sorted(predictions or (), key=lambda p: p.id or 0):
+            if str(p.model_version) != version or p.task is None:
+                continue
+            if p.task in kept:
+                extra.append(p.id)
+            else:
+                kept.add(p.task)
+        for prediction_id in extra:
+            try:
+                self.client.predictions.delete(prediction_id)
+            except Exception as exc:
+                raise self._reader.error(
+                    f"/api/predictions/{prediction_id}/", exc, verb="write to"
+                ) from None
+        if extra:
+            log.warning(
+                "project %s: deleted %d duplicate predictions of %s", pid, len(extra), version
+            )
+        return len(extra)
+
 
 class _Reader:
     """The sdk calls, with every failure turned into a LabelStudioError that names the URL."""

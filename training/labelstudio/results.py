@@ -40,11 +40,6 @@ def make_prediction(result: list[dict], score: float, model_version: str) -> dic
     return {"result": result, "score": score, "model_version": model_version}
 
 
-def empty_prediction(model_version: str) -> dict:
-    """The entry for a task we could not predict: keeps results aligned with tasks."""
-    return make_prediction([], 0.0, model_version)
-
-
 def fillable_controls(model, controls: VideoControls) -> list[str]:
     """Which of the config's controls a model can fill: ``"choices"`` when one of its class
     labels is offered, ``"timeline"`` when one of its timeline labels is. ``model`` is a
@@ -64,7 +59,7 @@ def video_prediction(
     *,
     frame_rate: float | None = None,
     measure: str | Measure = DEFAULT_MEASURE,
-) -> dict:
+) -> dict | None:
     """A task's prediction in Label Studio's format: one result per control it can fill.
 
     Args:
@@ -76,8 +71,8 @@ def video_prediction(
 
     Returns:
         ``{"result", "score", "model_version"}``; the score is the lowest confidence of the
-        parts (a task is as uncertain as its least certain control). Empty when no control
-        could be filled.
+        parts (a task is as uncertain as its least certain control). None when no control
+        could be filled: an empty prediction is never stored (docs/design.md).
     """
     result: list[dict] = []
     scores: list[float] = []
@@ -97,5 +92,5 @@ def video_prediction(
             result.extend(timeline_result(timeline.name, controls.video_name, s) for s in segments)
             scores.append(score)
     if not scores:
-        return empty_prediction(prediction.version)
+        return None
     return make_prediction(result, min(scores), prediction.version)

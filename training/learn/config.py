@@ -96,6 +96,9 @@ class TrainingRun:
     that honour the gate pass False and decide with training.learn.gate.gate_allows)."""
     extra_meta: dict | None = None
     """More fields for meta.json (where the data came from, what triggered the run)."""
+    before_publish: Callable[[], None] | None = None
+    """Called right before publishing; raises to publish nothing (a training job that lost
+    its lease: training/jobs/progress.py)."""
 
     def configs(self) -> tuple[SamplingConfig, ModelConfig]:
         """The sampling and model settings this run trains with, defaults resolved."""

@@ -79,6 +79,8 @@ def train_and_publish(
     metrics, gate = _evaluate_and_gate(store, project, trained, clips, parts, run, progress)
     seconds = round(time.perf_counter() - started, 1)
     version = _NewVersion(trained, clips, parts, metrics, gate, seconds)
+    if run.before_publish is not None:
+        run.before_publish()
     progress({"stage": "publish"})
     write = functools.partial(
         _write_version, store=store, project=project, version=version, run=run

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
+from training.durable import fsync_dir, fsync_tree, write_atomically
 from training.versions import retention
 from training.versions.retention import KEEP_REJECTED_VERSIONS
 
@@ -193,12 +194,7 @@ class ModelStore:
         with retention.project_lock(pdir):  # no prune deletes it between check and write
             self.get_version(project, version)
             previous = self.get_current(project)
-            fd, tmp = tempfile.mkstemp(prefix=".current-", dir=pdir)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(version + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, pdir / "current")
+            write_atomically(pdir / "current", version + "\n", prefix=".current-")
             more = details or {}
             self._append_history(project, version, action, reason, previous=previous, **more)
         return previous
@@ -368,23 +364,22 @@ class ModelStore:
         return self.get_version(project, version)
 
     def _rename_into_place(self, project: str, staging: Path, meta: dict) -> str:
-        """Claim the next version number by renaming; a concurrent publisher takes the next."""
+        """Name the version with the next number and rename it into place, under the
+        project's lock: concurrent publishers (threads, processes) each get their own number."""
         vdir = self._versions_dir(project)
-        for _ in range(100):
+        fsync_tree(staging)  # complete on disk before a name says so
+        with retention.project_lock(self._project_dir(project)):
             existing = [_VERSION_RE.match(p.name) for p in vdir.iterdir()]
             number = 1 + max((int(m.group(1)) for m in existing if m), default=0)
             version = f"v{number}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
             meta.update(version=version, project=project)
             meta.setdefault("created_at", time.time())
-            (staging / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
-            try:
-                os.rename(staging, vdir / version)
-            except OSError:
-                if (vdir / version).exists():
-                    continue  # another process took that number first
-                raise
-            return version
-        raise StoreError(f"could not allocate a version number for project {project}")
+            write_atomically(
+                staging / META_FILE, json.dumps(meta, indent=2, sort_keys=True), prefix=".meta-"
+            )
+            os.rename(staging, vdir / version)
+            fsync_dir(vdir)
+        return version
 
     def cleanup_staging(self, project: str, older_than_s: float = 3600.0) -> int:
         """Remove staging folders left by publishers that died; returns how many."""

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import DATA_DIR
 
 from training.settings import Settings
 from training.video.media import (
@@ -25,7 +26,6 @@ from training.video.media import (
 )
 
 MB = 1024 * 1024
-DATA_DIR = Path(__file__).resolve().parent / "data"
 LS_TOKEN = "test-token-8f3a1c77d2"  # what the label_studio fixture accepts (conftest.LS_TOKEN)
 
 

@@ -1,5 +1,6 @@
 """training/labelstudio/client.py through the real label-studio-sdk against the fake Label Studio
-(tests/fake_label_studio.py) over real HTTP, and training/labelstudio/tasks.py on what it reads."""
+(tests/support/fake_label_studio.py) over real HTTP, and training/labelstudio/tasks.py on what it
+reads."""
 
 from __future__ import annotations
 

@@ -12,12 +12,12 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from conftest import DATA_DIR as DATA
 
 from training.video import decoder as sampler
 from training.video.clip import SamplingConfig
 from training.video.decoder import VideoDecodeError, frame_indices, sample_clip
 
-DATA = Path(__file__).parent / "data"
 CONFIG = SamplingConfig(frames=16, height=112, width=112)
 GRAY_FPS = 20
 

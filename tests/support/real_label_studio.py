@@ -17,18 +17,18 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 import requests
 from conftest import REPO, free_port
+from fake_label_studio import LoopbackServer
 
 VERSION = "1.23.2"
 SKIP_ENV = "VIDEOLOOP_SKIP_LABEL_STUDIO"
@@ -264,10 +264,29 @@ class LabelStudioAPI:
 
     # -- the ML backend -----------------------------------------------------------------------
 
-    def connect_backend(self, project: int, url: str, title: str = "videoloop") -> dict:
-        """Project → Settings → Model → Connect Model."""
+    def connect_backend(
+        self,
+        project: int,
+        url: str,
+        title: str = "videoloop",
+        basic_auth: tuple[str, str] | None = None,
+    ) -> dict:
+        """Project → Settings → Model → Connect Model, with "Use basic auth" when given."""
         body = {"url": url, "project": project, "title": title, "is_interactive": True}
+        if basic_auth is not None:
+            body.update(
+                auth_method="BASIC_AUTH",
+                basic_auth_user=basic_auth[0],
+                basic_auth_pass=basic_auth[1],
+            )
         return self.call("POST", "/api/ml", json=body)
+
+    def set_webhook_headers(self, project: int, url: str, headers: dict[str, str]) -> dict:
+        """Put ``headers`` on the project webhook Label Studio created for the backend at
+        ``url`` (``<url>/webhook``), as the README's security section says to."""
+        hooks = self.call("GET", "/api/webhooks/", params={"project": project})
+        (hook,) = [h for h in hooks if h["url"] == url.rstrip("/") + "/webhook"]
+        return self.call("PATCH", f"/api/webhooks/{hook['id']}/", json={"headers": headers})
 
     def ml_backend(self, ml_id: int) -> dict:
         """The backend as its settings card shows it (Label Studio calls /health and /setup)."""
@@ -289,6 +308,8 @@ class TimingProxy:
     def __init__(self, target: str) -> None:
         self.target = target.rstrip("/")
         self.seconds: dict[str, list[float]] = {}
+        self.bodies: list[str] = []
+        """Every answer's body, as Label Studio received it."""
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -301,21 +322,22 @@ class TimingProxy:
             def do_POST(self) -> None:
                 proxy._forward(self)
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
-        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+        self._httpd = LoopbackServer.start(Handler)
+        self.url = self._httpd.url
 
     def _forward(self, req: BaseHTTPRequestHandler) -> None:
         body = req.rfile.read(int(req.headers.get("Content-Length") or 0))
         headers = {
-            k: v for k, v in req.headers.items() if k.lower() in ("content-type", "authorization")
+            k: v
+            for k, v in req.headers.items()
+            if k.lower() in ("content-type", "authorization", "x-webhook-secret")
         }
         started = time.perf_counter()
         answer = requests.request(
             req.command, self.target + req.path, data=body, headers=headers, timeout=120
         )
         self.seconds.setdefault(req.path.split("?", 1)[0], []).append(time.perf_counter() - started)
+        self.bodies.append(answer.content.decode(errors="replace"))
         req.send_response(answer.status_code)
         req.send_header("Content-Type", answer.headers.get("Content-Type", "application/json"))
         req.send_header("Content-Length", str(len(answer.content)))
@@ -323,8 +345,7 @@ class TimingProxy:
         req.wfile.write(answer.content)
 
     def close(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        self._httpd.close()
 
 
 def poll(

@@ -1,9 +1,10 @@
 """Retraining from annotators' labels, end to end on real parts.
 
-Real Redis, real ``videoloop worker`` processes (RQ forks a work horse per job), the backend
-under gunicorn in its own process, real HTTP. Label Studio's task API and media URLs are the
-local stand-in in ``tests/fake_label_studio.py`` (the real Label Studio suite is a separate
-issue); the clips are synthetic H.264 videos made by ``training/video/synth.py``.
+Real Redis, real ``videoloop worker`` processes (each runs its jobs itself, TensorFlow loaded
+once), the backend under gunicorn in its own process, real HTTP. Label Studio's task API and
+media URLs are the local stand-in in ``tests/support/fake_label_studio.py`` (the suite against
+a real Label Studio is tests/loop/test_label_studio_e2e.py); the clips are synthetic H.264
+videos made by ``training/video/synth.py``.
 """
 
 from __future__ import annotations
@@ -97,9 +98,9 @@ def worker_env(workdir: Path, redis_url: str, ls: FakeLabelStudio, **extra: str)
         TRAIN_FRAMES="8",
         TRAIN_FRAME_SIZE="64",
         TRAIN_EPOCHS="2",  # a test that needs a good model, not just one, asks for more
-        # The product's default. A short lease lets a loaded machine lose it while the work
-        # horse imports TensorFlow (its renewals starve): the run is recovered as dead and
-        # trained twice. Only the test that kills a worker shortens it, for that worker.
+        # The product's default. A short lease can be lost on a loaded machine (renewals
+        # starve): the job then stops before publishing and the run is trained again. Only
+        # the test that kills a worker shortens it, for that worker.
         TRAIN_LEASE_S=str(LEASE_S),
         RECOVER_EVERY_S="1",
         LOG_LEVEL="INFO",
@@ -126,7 +127,7 @@ def kill_tree(pid: int) -> None:
     for victim in found:
         with suppress(ProcessLookupError):
             os.kill(victim, signal.SIGKILL)
-    assert len(found) >= 2, "expected the worker to have a work horse"
+    assert found
 
 
 @dataclass
@@ -331,20 +332,28 @@ def test_retraining_on_more_labels_beats_the_previous_version_and_is_served(loop
             "the retrained version",
         )["last"]
     assert second["status"] == "trained", second
-    assert second["parent"] == first["version"]  # fine-tuned from the first, same labels
-
     store = ModelStore(loop.workdir / "models")
+    # Fine-tuned from the first, same labels (directly, or through a follow-up run when the
+    # later events arrived after the run they asked for had started).
+    lineage, version = [], second["version"]
+    while version is not None:
+        lineage.append(version)
+        version = store.get_version(str(loop.project), version).meta.get("parent")
+    assert lineage[-1] == first["version"] and len(lineage) <= 3, lineage
+
     before = accuracy(store.get_version(str(loop.project), first["version"]).path, pool.heldout)
     after = accuracy(store.get_version(str(loop.project), second["version"]).path, pool.heldout)
     print(f"held-out accuracy: {first['version']} {before:.3f} -> {second['version']} {after:.3f}")
     assert after > before
 
-    task = {"id": 1, "data": {"video": f"/data/upload/{loop.project}/{pool.clips[CLASSES[0]][-1]}"}}
+    clip = pool.clips[CLASSES[0]][-1]
+    task = {"id": 100_001, "data": {"video": f"/data/upload/{loop.project}/{clip}"}}
     deadline = time.monotonic() + 60  # the server loads it in the background
     while True:
         body = {"tasks": [task], "project": f"{loop.project}.1", "label_config": CONFIG}
         result = requests.post(f"{loop.url}/predict", json=body, timeout=100).json()["results"][0]
-        if result["model_version"] == second["version"] or time.monotonic() > deadline:
+        served = result and result["model_version"] == second["version"]
+        if served or time.monotonic() > deadline:
             break
         time.sleep(0.5)
     assert result["model_version"] == second["version"]
@@ -401,12 +410,13 @@ def test_a_version_trained_on_wrong_labels_is_rejected_and_the_current_one_keeps
     assert rejection["gate"]["current"] == gate["current"]
     assert [p["model_version"] for p in loop.ls.predictions(unlabelled)] == [first["version"]]
 
-    task = {"id": unlabelled, "data": {"video": name}}
+    # Another id: the refresh job wrote `unlabelled`'s prediction, so /predict answers [] there
+    task = {"id": 100_000 + unlabelled, "data": {"video": name}}
     body = {"tasks": [task], "project": f"{loop.project}.1", "label_config": CONFIG}
     deadline = time.monotonic() + 120
     while True:
         result = requests.post(f"{loop.url}/predict", json=body, timeout=100).json()["results"][0]
-        if result["model_version"] != "untrained" or time.monotonic() > deadline:
+        if result or time.monotonic() > deadline:  # [] until the server has loaded a model
             break
         time.sleep(0.5)
     assert result["model_version"] == first["version"]
@@ -425,7 +435,7 @@ def test_killing_the_worker_mid_training_publishes_nothing_and_the_next_run_succ
             "training to be under way",
         )
         killed_job = state["running"]["id"]
-        kill_tree(doomed.pid)  # the worker and its work horse (RQ gives it its own session)
+        kill_tree(doomed.pid)  # the worker, which runs the job itself, and anything it started
         doomed.wait()
     assert loop.versions() == []
     assert ModelStore(loop.workdir / "models").get_current(str(loop.project)) is None

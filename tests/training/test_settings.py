@@ -60,3 +60,12 @@ def test_a_bad_value_names_the_variable(clean_env, name, value, message):
     clean_env.setenv(name, value)
     with pytest.raises(ValueError, match=message):
         Settings.from_env()
+
+
+def test_several_serving_processes_need_redis(clean_env):
+    clean_env.setenv("WORKERS", "2")
+    clean_env.delenv("REDIS_URL", raising=False)
+    with pytest.raises(ValueError, match="WORKERS=2 needs REDIS_URL"):
+        Settings.from_env()
+    clean_env.setenv("REDIS_URL", "redis://127.0.0.1:6379/0")
+    assert Settings.from_env().workers == 2

@@ -10,7 +10,7 @@ job makes), then rolls back to an older one.
 One tiny real model is trained per session (conftest ``trained_model``) and each new version
 is a copy of it under a new name: what is tested is the swap machinery (notice, background
 load and warm-up, the agreed swap instant, the reference swap), not training, and a real RQ
-worker producing versions is covered by tests/test_training_loop.py.
+worker producing versions is covered by tests/loop/test_training_loop.py.
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 from conftest import run_videoloop
-from model_versions import publish_copy
 
 from backend.app import PID_HEADER
 from backend.serving import SWAP_DELAY_S
+from training.versions.copies import publish_copy
 from training.versions.current import VersionPointer
 from training.versions.store import ModelStore
 
@@ -193,7 +193,7 @@ class Clients:
             return Call(client, started, ended, response.status_code, pid, (), False, response.text)
         results = response.json().get("results")
         ok = isinstance(results, list) and len(results) == len(self.tasks)
-        ok = ok and all(r.get("result") for r in results)  # every clip is readable
+        ok = ok and all(isinstance(r, dict) and r.get("result") for r in results)  # readable
         versions = tuple(r.get("model_version", "") for r in results) if ok else ()
         return Call(client, started, ended, 200, pid, versions, ok, "" if ok else response.text)
 

@@ -1,8 +1,10 @@
-"""Publishing a copy of a model version: the one helper the tests share for it.
+"""Copies of a model version: a new version with the same weights and meta.
 
-A copy is a new version (a new name, the same weights and meta): what the hot swap, the
-``models`` CLI, the refresh job and the serving tests need, without training anything.
-Importable as ``from model_versions import publish_copy`` (tests/ is on sys.path).
+Why: a swap, a rollback or a promotion needs a second version to move to, and training one
+takes minutes; a copy takes a file copy. The benchmarks (``bench/swap_latency.py``) and the
+tests use copies to exercise the hot swap, the ``models`` CLI, the refresh job and serving
+without training anything. A copy is also how a project's model is reused in another project:
+publish it there under a new name, with that project's history, and make it current or not.
 """
 
 from __future__ import annotations
@@ -27,10 +29,10 @@ def publish_copy(
 ) -> VersionInfo:
     """Publish ``info``'s model again, into ``store`` under ``project``, as a new version.
 
-    ``make_current=False`` publishes it aside (``VersionPointer.set`` or a promotion makes it
-    current later); ``extra_meta`` is merged over the copied meta (a gate, say);
-    ``with_pictures`` copies the version's PNG files too (the ``models show`` output names
-    them).
+    ``info`` may come from another store or another project. ``make_current=False``
+    publishes it aside (``VersionPointer.set`` or a promotion makes it current later);
+    ``extra_meta`` is merged over the copied meta (a gate, say); ``with_pictures`` copies the
+    version's PNG files too (the ``models show`` output names them).
     """
 
     def write(folder: Path) -> dict:

@@ -2,7 +2,7 @@
 
 Real parts as in test_training_loop.py: a real Redis, a real ``videoloop worker`` process, the
 backend under gunicorn, real HTTP, real H.264 clips. Label Studio's API is the local stand-in
-(tests/fake_label_studio.py); the suite against a real Label Studio is
+(tests/support/fake_label_studio.py); the suite against a real Label Studio is
 test_label_studio_e2e.py.
 
 The clips (training/video/synth.py ``render_segmented_clip``) show a shape moving one way and then,
@@ -235,8 +235,10 @@ def test_timeline_annotations_train_a_model_that_predicts_segments(trained):
     assert (info.path / "timeline_confusion_matrix.png").is_file()
 
     config = parse_label_config(CONFIG if with_choice else TIMELINE_ONLY)
+    # Ids Label Studio never gave: its own tasks are the refresh job's to predict now, and
+    # /predict answers [] for those (one prediction per task and version).
     tasks = [
-        {"id": tid, "data": {"video": f"/data/upload/{trained.project}/{clip.name}"}}
+        {"id": 100_000 + tid, "data": {"video": f"/data/upload/{trained.project}/{clip.name}"}}
         for tid, clip in trained.heldout_tasks.items()
     ]
     setup = requests.post(

@@ -50,3 +50,37 @@ def test_events_kept_while_redis_is_down_are_replayed_and_one_landing_meanwhile_
     assert requests.replay_kept() == 1
     assert sent_events == [2, 1] and requests.get_kept() == {}
     assert up.get_state("7")["pending_events"] == 3
+
+
+def test_events_kept_while_redis_is_down_survive_a_restart_of_the_backend(redis_conn, tmp_path):
+    """The kept requests live in a journal under CACHE_DIR, not in the process: a backend
+    started after the one that accepted them (a deploy, a crash) queues them."""
+    settings = Settings(cache_dir=tmp_path / "cache")
+    down = redis.Redis.from_url(UNREACHABLE, socket_connect_timeout=0.2)
+    before = TrainingRequests(make_coordinator(down, settings), settings)
+    start = {"action": "START_TRAINING", "project": {"id": 8}}
+    annotation = {"action": "ANNOTATION_CREATED", "project": {"id": 9}, "annotation": {"id": 1}}
+    for event in (start, annotation, annotation):
+        try:
+            before.handle(event)
+        except Exception as exc:  # TrainingUnavailable: answered 503 by /webhook
+            assert "kept" in str(exc)
+    del before  # the process is gone; only the journal file remains
+
+    after = TrainingRequests(make_coordinator(redis_conn, settings), settings)
+    assert after.get_kept() == {"8": 1, "9": 2}
+    assert after.replay_kept() == 2
+    assert after.get_kept() == {}
+    state = after.coordinator.get_state("8")
+    assert state["queued"] and state["pending_events"] == 1
+    assert after.coordinator.get_state("9")["pending_events"] == 2
+
+
+def test_a_damaged_journal_is_replaced_not_fatal(tmp_path, caplog):
+    from backend.request_journal import RequestJournal
+
+    journal = RequestJournal(tmp_path / "kept.json")
+    (tmp_path / "kept.json").write_text("{not json")
+    journal.add("3", force=True)
+    assert journal.snapshot() == {"3": {"events": 1, "force": True}}
+    assert any("cannot read" in r.getMessage() for r in caplog.records)

@@ -17,11 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import DATA_DIR
 
 from backend import serving
 from backend.predictor import TaskPredictor
 from backend.serving import ModelServer
 from backend.version_watch import VersionWatch
+from training.jobs.prediction_claims import PREDICT_OWNER, REFRESH_OWNER, PredictionClaims
 from training.labelstudio.labelconfig import VideoControls
 from training.labelstudio.results import choices_result
 from training.settings import Settings
@@ -31,7 +33,6 @@ from training.video.clip import SamplingConfig
 from training.video.decoder import sample_clip
 from training.video.media import MediaResolver
 
-DATA_DIR = Path(__file__).resolve().parent / "data"
 SAMPLING = SamplingConfig(frames=4, height=32, width=32)
 LABELS = ["bright", "dark"]
 CONTROLS = VideoControls("video", "video", "label", ("bright", "dark", "unknown"))
@@ -127,12 +128,12 @@ def predictor_of():
     """A TaskPredictor over a server, reading local files."""
     predictors: list[TaskPredictor] = []
 
-    def make(server: ModelServer) -> TaskPredictor:
+    def make(server: ModelServer, claims: PredictionClaims | None = None) -> TaskPredictor:
         # The videos here are local files: only a resolver built for that reads them.
         media = MediaResolver(
             server.settings.cache_dir / "media", max_bytes=1 << 30, allow_local_files=True
         )
-        predictors.append(TaskPredictor(server, server.settings, media))
+        predictors.append(TaskPredictor(server, server.settings, media, claims=claims))
         return predictors[-1]
 
     return make
@@ -221,9 +222,7 @@ def test_failed_load_means_no_model_logged_once(tmp_path, store, make_server, pr
     predictor = predictor_of(server)
     with caplog.at_level(logging.WARNING, logger="backend"):
         for _ in range(3):
-            assert predictor.predict("1", [task], CONTROLS) == [
-                {"result": [], "score": 0.0, "model_version": NO_MODEL_VERSION}
-            ]
+            assert predictor.predict("1", [task], CONTROLS) == [[]]
     assert server.get_version("1") == NO_MODEL_VERSION
     assert loader.versions == [info.version]  # not retried on every request
     failures = [r for r in caplog.records if "loading version" in r.getMessage()]
@@ -231,7 +230,7 @@ def test_failed_load_means_no_model_logged_once(tmp_path, store, make_server, pr
     assert len(failures) == 1 and len(no_model) == 1
 
 
-def test_project_without_versions_answers_empty_predictions(
+def test_project_without_versions_answers_no_predictions(
     tmp_path, store, make_server, predictor_of, caplog
 ):
     server = make_server(store, Loader())
@@ -240,7 +239,7 @@ def test_project_without_versions_answers_empty_predictions(
     with caplog.at_level(logging.WARNING, logger="backend"):
         results = predictor.predict("9", tasks, CONTROLS)
         predictor.predict("9", tasks, CONTROLS)
-    assert results == [{"result": [], "score": 0.0, "model_version": NO_MODEL_VERSION}] * 3
+    assert results == [[]] * 3  # Label Studio stores nothing and asks again later
     assert server.get_version("9") == NO_MODEL_VERSION
     assert len([r for r in caplog.records if "no model" in r.getMessage()]) == 1
 
@@ -271,11 +270,11 @@ def test_predict_batches_clips_and_isolates_failing_tasks(
     assert len(results) == len(tasks)
     good = 0
     for task, name, result in zip(tasks, [*videos, "missing"], results, strict=True):
-        assert result["model_version"] == info.version
         if name in (None, "corrupt", "missing"):
-            assert result == {"result": [], "score": 0.0, "model_version": info.version}
+            assert result == []  # no prediction stored; the log says which task and why
             assert any(str(task["id"]) in r.getMessage() for r in caplog.records)
             continue
+        assert result["model_version"] == info.version
         good += 1
         clip = sample_clip(DATA_DIR / name, SAMPLING)
         probs = bright(clip.frames, clip.mask)
@@ -289,10 +288,10 @@ def test_predict_batches_clips_and_isolates_failing_tasks(
     assert len(warnings) == 3
 
 
-def test_labels_missing_from_the_config_give_empty_results_logged_once(
+def test_labels_missing_from_the_config_give_no_predictions_logged_once(
     tmp_path, store, make_server, predictor_of, caplog
 ):
-    info = publish(store, "1")
+    publish(store, "1")
     loader = Loader()
     loader.release.set()
     server = make_server(store, loader)
@@ -301,9 +300,7 @@ def test_labels_missing_from_the_config_give_empty_results_logged_once(
     predictor = predictor_of(server)
     with caplog.at_level(logging.WARNING, logger="backend"):
         for _ in range(2):
-            assert predictor.predict("1", [task], other) == [
-                {"result": [], "score": 0.0, "model_version": info.version}
-            ]
+            assert predictor.predict("1", [task], other) == [[]]
     assert len([r for r in caplog.records if "labels" in r.getMessage()]) == 1
     assert server.get_loaded("1").batches == []  # nothing decoded or predicted
 
@@ -470,3 +467,28 @@ def publish_aside(store: ModelStore, project: str) -> VersionInfo:
         return {"labels": LABELS, "sampling": SAMPLING.to_dict()}
 
     return store.publish(project, write, make_current=False)
+
+
+def test_tasks_the_refresh_is_writing_get_no_prediction_from_predict(
+    store, make_server, predictor_of, redis_conn
+):
+    """One prediction per task and version: a task whose prediction the refresh job claimed
+    gets [] (Label Studio stores nothing); the others are claimed for /predict and answered,
+    again if Label Studio asks again (it asks only when the first answer was not stored)."""
+    info = publish(store, "1")
+    loader = Loader()
+    loader.release.set()
+    server = make_server(store, loader, predict_batch_size=2)
+    claims = PredictionClaims(redis_conn)
+    claims.claim("1", info.version, [2], owner=f"{REFRESH_OWNER}job", ttl_s=60)
+    tasks = [{"id": i, "data": {"video": str(DATA_DIR / "b.mp4")}} for i in (1, 2, 3)]
+    predictor = predictor_of(server, claims)
+
+    first = predictor.predict("1", tasks, CONTROLS)
+    again = predictor.predict("1", tasks, CONTROLS)
+
+    assert first[1] == [] and again[1] == []
+    for results in (first, again):
+        assert results[0]["model_version"] == results[2]["model_version"] == info.version
+    owners = claims.claim("1", info.version, [1, 2, 3], owner=f"{REFRESH_OWNER}other", ttl_s=60)
+    assert owners == {1: PREDICT_OWNER, 2: f"{REFRESH_OWNER}job", 3: PREDICT_OWNER}

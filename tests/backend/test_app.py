@@ -7,15 +7,14 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from backend.app import create_app
 from training.settings import Settings
 from training.versions.store import NO_MODEL_VERSION
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIG = """<View>
   <Video name="video" value="$video"/>
   <Choices name="label" toName="video"><Choice value="A"/><Choice value="B"/></Choices>
@@ -108,15 +107,14 @@ def test_predict_rejects_bad_requests_with_a_message(client, body, message):
     assert message in response.get_json()["error"]
 
 
-def test_predict_without_a_model_answers_one_empty_result_per_task(client):
+def test_predict_without_a_model_answers_no_prediction_per_task(client):
     tasks = [{"id": i, "data": {"video": f"/data/upload/3/{i}.mp4"}} for i in range(5)]
     response = client.post(
         "/predict", json={"project": "3.1700000000", "label_config": CONFIG, "tasks": tasks}
     )
     assert response.status_code == 200
-    assert response.get_json() == {
-        "results": [{"result": [], "score": 0.0, "model_version": NO_MODEL_VERSION}] * 5
-    }
+    # [] per task: Label Studio stores nothing (no empty pre-annotation) and asks again later
+    assert response.get_json() == {"results": [[]] * 5}
 
 
 def test_unknown_routes_and_methods_answer_json_errors(client):
@@ -162,7 +160,12 @@ def test_annotations_created_in_bulk_ask_for_training(client):
 
 
 def test_new_tasks_ask_for_predictions_of_the_current_version(tmp_path, trained_model):
-    app = make_app(tmp_path, model_dir=trained_model.store_root)
+    app = make_app(
+        tmp_path,
+        model_dir=trained_model.store_root,
+        label_studio_url="http://127.0.0.1:9",  # never reached here: the job is only queued
+        label_studio_api_key="key",
+    )
     client = app.test_client()
     try:
         event = {"action": "TASKS_CREATED", "tasks": [{"id": 5}], "project": {"id": 9}}
@@ -172,6 +175,15 @@ def test_new_tasks_ask_for_predictions_of_the_current_version(tmp_path, trained_
         assert answer["status"] in ("refresh_queued", "refresh_pending"), answer
     finally:
         app.extensions["videoloop"].close()
+        app.extensions["videoloop.training"].close()
+    # Without Label Studio a refresh could write nothing: none is queued.
+    alone = make_app(tmp_path, model_dir=trained_model.store_root)
+    try:
+        answer = alone.test_client().post("/webhook", json=event).get_json()
+        assert answer["status"] == "refresh_no_label_studio", answer
+    finally:
+        alone.extensions["videoloop"].close()
+        alone.extensions["videoloop.training"].close()
 
 
 def test_basic_auth_protects_all_but_health_and_webhook(tmp_path):

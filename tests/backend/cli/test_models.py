@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 from conftest import run_videoloop
-from model_versions import publish_copy
 
+from training.versions.copies import publish_copy
 from training.versions.current import CURRENT_CHANNEL, CURRENT_KEY
 from training.versions.store import ModelStore, VersionStatus
 

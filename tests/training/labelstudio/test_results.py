@@ -11,7 +11,6 @@ import pytest
 from training.labelstudio.labelconfig import TimelineLabels, VideoControls
 from training.labelstudio.results import (
     choices_result,
-    empty_prediction,
     make_prediction,
     video_prediction,
 )
@@ -66,10 +65,6 @@ def test_make_prediction_clips_score_into_unit_interval():
     assert type(prediction["score"]) is float  # JSON-serialisable, not numpy
 
 
-def test_empty_prediction_keeps_the_version():
-    assert empty_prediction("v2") == {"result": [], "score": 0.0, "model_version": "v2"}
-
-
 def test_best_label_is_the_argmax_among_offered_labels_with_its_own_probability():
     prediction = predicted(classes=[0.7, 0.2, 0.1], labels=["jump", "run", "sit"])
     label, score = prediction.best_label(CONTROLS.choice_values)
@@ -94,9 +89,9 @@ def test_classification_prediction_builds_the_result():
         assert prediction["model_version"] == "v5-20250101-000000"
 
 
-def test_classification_prediction_is_empty_when_no_label_fits():
+def test_no_prediction_when_no_label_fits():  # never an empty one stored with score 0
     prediction = video_prediction(predicted(classes=[0.5, 0.5], labels=["fly", "swim"]), CONTROLS)
-    assert prediction == empty_prediction("v1")
+    assert prediction is None
 
 
 TIMELINE = VideoControls(

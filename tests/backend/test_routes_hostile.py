@@ -7,7 +7,9 @@ person on the network can reach: /predict, /setup, /webhook. hypothesis generate
 
 from __future__ import annotations
 
+import base64
 import json
+import logging
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -129,6 +131,27 @@ def test_webhook_secret_is_required_when_set(tmp_path):
     right = client.post("/webhook", json=event, headers={"X-Webhook-Secret": "s3cret"})
     assert right.status_code == 200 and right.get_json()["status"] == "ignored"
     app.extensions["videoloop"].close()
+
+
+def test_start_training_through_the_model_connection_needs_its_basic_auth(tmp_path, caplog):
+    """Label Studio sends "Start training" to /webhook through the model connection: with its
+    basic auth credentials, never the webhook's header. Either one lets a request in."""
+    app = make_app(tmp_path, webhook_secret="s3cret", basic_auth_user="ls", basic_auth_pass="pw")
+    client = app.test_client()
+    event = {"action": "SOMETHING_ELSE", "project": {"id": 3}}
+    good = {"Authorization": "Basic " + base64.b64encode(b"ls:pw").decode()}
+    bad = {"Authorization": "Basic " + base64.b64encode(b"ls:nope").decode()}
+    assert client.post("/webhook", json=event, headers=good).status_code == 200
+    assert client.post("/webhook", json=event, headers=bad).status_code == 401
+    assert client.post("/webhook", json=event).status_code == 401
+    app.extensions["videoloop"].close()
+    app.extensions["videoloop.training"].close()
+
+    with caplog.at_level(logging.WARNING, logger="backend.app"):
+        alone = make_app(tmp_path, webhook_secret="s3cret")
+    assert any("cannot carry the secret header" in r.getMessage() for r in caplog.records)
+    alone.extensions["videoloop"].close()
+    alone.extensions["videoloop.training"].close()
 
 
 def test_forced_runs_of_one_project_are_rate_limited(app):

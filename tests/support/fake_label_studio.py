@@ -18,8 +18,9 @@ Every route checks ``Authorization: Token <token>`` (legacy token) or ``Bearer <
 Tests add projects, tasks and annotations at any time, from any thread, also while a
 worker process is reading.
 
-This module is imported by ``conftest.py`` (which puts ``tests/`` on ``sys.path``) and can be
-imported by tests as ``from fake_label_studio import FakeLabelStudio``.
+This module is imported by ``conftest.py`` and can be imported by tests as ``from
+fake_label_studio import FakeLabelStudio`` (``tests/support/`` is on ``sys.path``: ``pythonpath``
+in pyproject.toml).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -53,6 +55,52 @@ DEFAULT_PAGE_SIZE = 100
 
 _CLOUD_PREFIXES = ("s3://", "gs://", "azure-blob://")
 _EPOCH = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
+
+
+class LoopbackServer(ThreadingHTTPServer):
+    """The HTTP server behind every stand-in here: a thread per request, and a listen backlog
+    that a loaded parallel run cannot fill.
+
+    socketserver listens with a backlog of 5: while that many connections wait to be accepted
+    (the serving thread starved on a machine busy with a parallel run), the kernel drops the
+    next ones silently and the client waits on retransmissions, long enough to fail with "no
+    answer within 30 s". Handler threads are daemons, so a request still being answered (a
+    trickle) never holds up ``close``; the port can be bound again at once. ``on_connect`` is
+    called for each accepted connection, before its request is read.
+    """
+
+    request_queue_size = 128
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(
+        self,
+        handler: type[BaseHTTPRequestHandler],
+        host: str = "127.0.0.1",
+        on_connect: Callable[[], None] | None = None,
+    ) -> None:
+        self._on_connect = on_connect
+        super().__init__((host, 0), handler)
+        self.port = self.server_address[1]
+        self.url = f"http://{host}:{self.port}"
+
+    @classmethod
+    def start(cls, handler: type[BaseHTTPRequestHandler], **kwargs: Any) -> LoopbackServer:
+        """A server on a free port, serving on a daemon thread of its own."""
+        server = cls(handler, **kwargs)
+        threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        ).start()
+        return server
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        if self._on_connect is not None:
+            self._on_connect()
+        return True
+
+    def close(self) -> None:
+        self.shutdown()
+        self.server_close()
 
 
 @dataclass
@@ -97,20 +145,18 @@ class MediaHost:
                 host.seen.append(Seen(self.path, dict(self.headers.items()), "PATCH"))
                 host._route_patch(self)
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
+            def do_DELETE(self) -> None:
+                host.seen.append(Seen(self.path, dict(self.headers.items()), "DELETE"))
+                host._route_delete(self)
+
+        self._httpd = LoopbackServer.start(Handler)
+        self.url = self._httpd.url
 
     def paths(self) -> list[str]:
         return [s.path for s in self.seen]
 
     def close(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        self._httpd.close()
 
     def _authorized(self, req: BaseHTTPRequestHandler) -> bool:
         return req.headers.get("Authorization") == f"Token {self.token}"
@@ -143,6 +189,9 @@ class MediaHost:
         return self._send(req, 405, b'{"detail": "Method not allowed."}')
 
     def _route_patch(self, req: BaseHTTPRequestHandler) -> None:
+        return self._send(req, 405, b'{"detail": "Method not allowed."}')
+
+    def _route_delete(self, req: BaseHTTPRequestHandler) -> None:
         return self._send(req, 405, b'{"detail": "Method not allowed."}')
 
     def _send_file(self, req: BaseHTTPRequestHandler, name: str) -> None:
@@ -183,6 +232,10 @@ class FakeLabelStudio(MediaHost):
         self._tasks: dict[int, dict] = {}
         self._annotations: dict[int, dict] = {}
         self._predictions: dict[int, dict] = {}
+        # the same dicts by task (id -> dict, in id order: ids only grow), so that listing
+        # tasks costs the tasks listed, not every annotation and prediction for each task
+        self._annotations_by_task: dict[int, dict[int, dict]] = {}
+        self._predictions_by_task: dict[int, dict[int, dict]] = {}
         self._next_id = {"project": 1, "task": 1, "annotation": 1, "prediction": 1}
         self._ml_backends: list[dict] = []
         self._faults: list[tuple[str, dict[str, str], int]] = []
@@ -271,7 +324,7 @@ class FakeLabelStudio(MediaHost):
                 result = self._choices_result(task["project"], label) if label is not None else []
             aid = self._new_id("annotation", None)
             now = self._now()
-            self._annotations[aid] = {
+            self._annotations[aid] = self._annotations_by_task.setdefault(task_id, {})[aid] = {
                 "id": aid,
                 "task": task_id,
                 "project": task["project"],
@@ -312,14 +365,15 @@ class FakeLabelStudio(MediaHost):
 
     def delete_annotation(self, annotation_id: int) -> None:
         with self._lock:
-            del self._annotations[annotation_id]
+            ann = self._annotations.pop(annotation_id)
+            del self._annotations_by_task[ann["task"]][annotation_id]
 
     def delete_task(self, task_id: int) -> None:
         with self._lock:
             del self._tasks[task_id]
-            for aid in [a for a, ann in self._annotations.items() if ann["task"] == task_id]:
+            for aid in self._annotations_by_task.pop(task_id, {}):
                 del self._annotations[aid]
-            for pid in [p for p, pred in self._predictions.items() if pred["task"] == task_id]:
+            for pid in self._predictions_by_task.pop(task_id, {}):
                 del self._predictions[pid]
 
     def add_prediction(
@@ -419,6 +473,26 @@ class FakeLabelStudio(MediaHost):
         if project is None:
             return self._send_json(req, 404, {"detail": "Not found."})
         return self._send_json(req, 200, payload)
+
+    def _route_delete(self, req: BaseHTTPRequestHandler) -> None:
+        """``DELETE /api/predictions/<id>/``: 204, or 404 for an unknown id."""
+        if self._take_fault(req):
+            return None
+        if not self._authorized(req):
+            return self._send_json(req, 401, {"detail": "Invalid token."})
+        parts = [p for p in urlparse(req.path).path.split("/") if p]
+        if len(parts) != 3 or parts[:2] != ["api", "predictions"] or not parts[2].isdigit():
+            return self._send_json(req, 404, {"detail": "Not found."})
+        with self._lock:
+            prediction = self._predictions.pop(int(parts[2]), None)
+            if prediction is not None:
+                del self._predictions_by_task[prediction["task"]][prediction["id"]]
+        if prediction is None:
+            return self._send_json(req, 404, {"detail": "No Prediction matches the given query."})
+        req.send_response(204)
+        req.send_header("Content-Length", "0")
+        req.end_headers()
+        return None
 
     def _route_post(self, req: BaseHTTPRequestHandler) -> None:
         parsed = urlparse(req.path)
@@ -535,8 +609,12 @@ class FakeLabelStudio(MediaHost):
                 chunk = tasks[(page - 1) * page_size : page * page_size]
                 payload = {
                     "total": len(tasks),
-                    "total_annotations": sum(len(self._annotations_of(t["id"])) for t in tasks),
-                    "total_predictions": sum(len(self._predictions_of(t["id"])) for t in tasks),
+                    "total_annotations": sum(
+                        len(self._annotations_by_task.get(t["id"], ())) for t in tasks
+                    ),
+                    "total_predictions": sum(
+                        len(self._predictions_by_task.get(t["id"], ())) for t in tasks
+                    ),
                     "tasks": [self._task_json(t, with_annotations, resolve_uri) for t in chunk],
                 }
         if payload is None:
@@ -564,7 +642,7 @@ class FakeLabelStudio(MediaHost):
         task = self._tasks[task_id]
         pid = self._new_id("prediction", None)
         now = self._now()
-        self._predictions[pid] = {
+        self._predictions[pid] = self._predictions_by_task.setdefault(task_id, {})[pid] = {
             "id": pid,
             "task": task_id,
             "project": task["project"],
@@ -583,14 +661,10 @@ class FakeLabelStudio(MediaHost):
         return pid
 
     def _predictions_of(self, task_id: int) -> list[dict]:
-        return sorted(
-            (p for p in self._predictions.values() if p["task"] == task_id), key=lambda p: p["id"]
-        )
+        return sorted(self._predictions_by_task.get(task_id, {}).values(), key=lambda p: p["id"])
 
     def _annotations_of(self, task_id: int) -> list[dict]:
-        return sorted(
-            (a for a in self._annotations.values() if a["task"] == task_id), key=lambda a: a["id"]
-        )
+        return sorted(self._annotations_by_task.get(task_id, {}).values(), key=lambda a: a["id"])
 
     def _task_json(self, task: dict, with_annotations: bool, resolve_uri: bool = False) -> dict:
         annotations = self._annotations_of(task["id"])
@@ -692,19 +766,12 @@ class ScriptedHost:
                 else:
                     route(self)
 
-        class Server(ThreadingHTTPServer):
-            def verify_request(self, request, client_address) -> bool:
-                owner.connections += 1
-                return True
+        def count_connection() -> None:  # called on the serving thread only: no race
+            owner.connections += 1
 
-        self._httpd = Server((self.host, 0), Handler)
-        self._httpd.daemon_threads = True
-        self.port = self._httpd.server_address[1]
-        self.url = f"http://{self.host}:{self.port}"
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
+        self._httpd = LoopbackServer.start(Handler, host=self.host, on_connect=count_connection)
+        self.port = self._httpd.port
+        self.url = self._httpd.url
 
     @property
     def host_port(self) -> str:
@@ -712,8 +779,7 @@ class ScriptedHost:
         return f"{self.host}:{self.port}"
 
     def close(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        self._httpd.close()
 
     def redirect(self, path: str, location: str, status: int = 302) -> None:
         """``path`` answers ``status`` with ``Location: location``."""

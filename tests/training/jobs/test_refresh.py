@@ -4,6 +4,7 @@ in this process (burst), a real model from the session fixture."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from dataclasses import dataclass
 
@@ -15,6 +16,7 @@ from rq import SimpleWorker
 from rq.job import Job
 
 from training.jobs.coordinator import make_coordinator
+from training.jobs.prediction_claims import PREDICT_OWNER, REFRESH_OWNER, PredictionClaims
 from training.jobs.refresh import order_tasks
 from training.jobs.refresh_queue import enqueue_refresh
 from training.labelstudio.tasks import TaskRefreshState
@@ -221,3 +223,46 @@ def test_no_model_no_refresh(setup, redis_conn):
     from training.jobs.refresh_queue import request_refresh
 
     assert request_refresh(redis_conn, "999", Settings.from_env()) == "no_model"
+    # Without Label Studio there is nothing a refresh could write to: no job at all.
+    settings = dataclasses.replace(Settings.from_env(), label_studio_url="")
+    assert request_refresh(redis_conn, str(setup.project), settings) == "no_label_studio"
+    assert make_coordinator(redis_conn, settings).queue.count == 0
+
+
+def test_tasks_answered_by_predict_are_left_to_label_studio(setup, redis_conn):
+    """/predict claimed two tasks (Label Studio is storing its answers): the refresh writes
+    the others and counts those as already there, so no task gets two predictions."""
+    answered = setup.unlabelled[:2]
+    PredictionClaims(redis_conn).claim(
+        str(setup.project), setup.version, answered, owner=PREDICT_OWNER, ttl_s=60
+    )
+
+    result = run_refresh(redis_conn, setup).return_value()
+
+    assert result["written"] == len(setup.unlabelled) - 2
+    assert result["already"] == 2
+    assert all(setup.ls.predictions(task) == [] for task in answered)
+    owners = PredictionClaims(redis_conn).claim(
+        str(setup.project), setup.version, setup.unlabelled, owner=PREDICT_OWNER, ttl_s=60
+    )
+    written = setup.unlabelled[2:]
+    assert all(owners[t].startswith(REFRESH_OWNER) for t in written)  # /predict answers []
+
+
+def test_duplicates_of_the_version_are_deleted_at_the_end(setup, redis_conn):
+    """Whatever got past the claims (Redis down during a /predict, another tool): the oldest
+    prediction of the version stays, later copies go; other versions are left alone."""
+    task = setup.labelled[0]
+    region = [{"from_name": "label", "to_name": "video", "type": "choices",
+               "value": {"choices": ["left_to_right"]}}]  # fmt: skip
+    first = setup.ls.add_prediction(task, region, score=0.9, model_version=setup.version)
+    setup.ls.add_prediction(task, region, score=0.8, model_version=setup.version)
+    setup.ls.add_prediction(task, region, score=0.7, model_version=setup.version)
+    other = setup.ls.add_prediction(task, region, score=0.5, model_version="someone-else")
+
+    result = run_refresh(redis_conn, setup).return_value()
+
+    assert result["duplicates_deleted"] == 2
+    assert [p["id"] for p in setup.ls.predictions(task)] == [first, other]
+    for unlabelled in setup.unlabelled:
+        assert len(setup.ls.predictions(unlabelled)) == 1

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import http.server
 import io
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -13,6 +12,8 @@ from types import SimpleNamespace
 import av
 import numpy as np
 import pytest
+from conftest import DATA_DIR as DATA
+from fake_label_studio import LoopbackServer
 
 from training.settings import Settings
 from training.video import decode_limits, decoder
@@ -21,7 +22,6 @@ from training.video.clipcache import ClipCache
 from training.video.decode_limits import ALLOWED_CONTAINERS, DecodeLimits
 from training.video.decoder import VideoDecodeError, decode_many, sample_clip
 
-DATA = Path(__file__).parent / "data"
 CONFIG = SamplingConfig(frames=16, height=32, width=32)
 FPS = 25
 MB = 1024 * 1024
@@ -283,14 +283,11 @@ def server() -> Iterator[tuple[str, list[str]]]:
     """A loopback HTTP server: ``(host:port, the paths requested)``."""
     requests: list[str] = []
     handler = type("Handler", (Recorder,), {"requests": requests})
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
+    httpd = LoopbackServer.start(handler)
     try:
-        yield f"127.0.0.1:{httpd.server_address[1]}", requests
+        yield f"127.0.0.1:{httpd.port}", requests
     finally:
-        httpd.shutdown()
-        httpd.server_close()
+        httpd.close()
 
 
 def playlist(path: Path, segment: str) -> Path:

@@ -1,11 +1,11 @@
 """videoloop against a real Label Studio 1.23.2, end to end, as an annotation team uses it.
 
-Real parts only: Label Studio from PyPI in its own virtual environment (tests/real_label_studio.py,
-started once per session), the backend under gunicorn, a ``videoloop worker`` process, a real
-Redis (an empty database, flushed), real clips (tests/data) and synthetic ones imported both as
-uploads and as local files. The tests speak to Label Studio as its UI and an annotator do
-(connect the model, turn on training on submit, submit annotations, "Retrieve predictions",
-"Start training") and check what Label Studio stored.
+Real parts only: Label Studio from PyPI in its own virtual environment
+(tests/support/real_label_studio.py, started once per session), the backend under gunicorn, a
+``videoloop worker`` process, a real Redis (an empty database, flushed), real clips (tests/data)
+and synthetic ones imported both as uploads and as local files. The tests speak to Label Studio
+as its UI and an annotator do (connect the model, turn on training on submit, submit
+annotations, "Retrieve predictions", "Start training") and check what Label Studio stored.
 
 A :class:`ProjectKind` holds what differs between kinds of video project (label config,
 synthetic clips, an annotator's result for a clip); every test runs once per kind in ``KINDS``.
@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
+import redis
 import requests
 from conftest import DATA_DIR, REAL_CLIPS, REPO, SYNTH_CLASSES, ServerProcess, worker_process
 from real_label_studio import (
@@ -67,6 +68,10 @@ which takes tens of seconds here. Held to the median (measured 0.13-0.15 s alone
 beside the rest of the suite on 2 cores, whose slowest Submit took 0.9 s: Label Studio's share
 grows with the machine's load) and to one Start training press (0.08-0.11 s). That a Submit
 returns before its run publishes a version is asserted as an order, which no load changes."""
+BACKEND_AUTH = ("label-studio", "e2e-basic-auth-pass")
+"""Basic auth on the backend (BASIC_AUTH_USER/PASS) and on Label Studio's model connection."""
+WEBHOOK_SECRET = "e2e-webhook-secret-5d1f"
+"""WEBHOOK_SECRET, put on the project webhook through Label Studio's webhooks API."""
 POLL_S = 1.0
 """Between two looks at Label Studio's task list while waiting: each is a Django request with
 every task's predictions, which costs CPU the processes under test need."""
@@ -239,7 +244,34 @@ class Project:
     proxy: TimingProxy
     """Between Label Studio and the backend: how long Label Studio waited for each answer."""
     workdir: Path
+    redis: redis.Redis
     submit_s: list[float] = field(default_factory=list)
+
+    def assert_key_stayed_home(self) -> None:
+        """Label Studio's API key shows nowhere videoloop writes: its logs, its jobs' meta
+        and every other value in Redis, the versions' JSON files, the answers it gave."""
+        key = self.ls.server.token
+        places = {
+            "backend log": self.backend.log_text(),
+            "worker log": (self.workdir / "worker.log").read_text(errors="replace"),
+            "answers": "\n".join(self.proxy.bodies),
+        }
+        for path in (self.workdir / "models").rglob("*.json"):
+            places[str(path)] = path.read_text(errors="replace")
+        read = {
+            "string": lambda r, name: r.get(name),
+            "hash": lambda r, name: r.hgetall(name),
+            "list": lambda r, name: r.lrange(name, 0, -1),
+            "set": lambda r, name: r.smembers(name),
+            "zset": lambda r, name: r.zrange(name, 0, -1),
+        }
+        for name in self.redis.scan_iter():
+            kind = self.redis.type(name).decode()
+            value = read[kind](self.redis, name) if kind in read else b""
+            places[f"redis {name!r}"] = repr(value)
+        assert len(places) > 10, places.keys()  # job hashes and version files were searched
+        leaked = [where for where, text in places.items() if key in text]
+        assert not leaked, f"the API key appears in {leaked}"
 
     def per_label(self, tasks: list[int]) -> dict[str, int]:
         """Annotated tasks per class, as a run's ``per_label`` reports them."""
@@ -268,7 +300,9 @@ class Project:
         return Counter(found)
 
     def status(self) -> dict:
-        response = requests.get(f"{self.backend.url}/training/{self.id}", timeout=10)
+        response = requests.get(
+            f"{self.backend.url}/training/{self.id}", auth=BACKEND_AUTH, timeout=10
+        )
         assert response.status_code == 200, response.text
         return response.json()
 
@@ -346,6 +380,8 @@ class Project:
         tasks = self.ls.tasks(self.id)
         stored = []
         for task in tasks:
+            empty = [p for p in task["predictions"] if not p["result"]]
+            assert not empty, f"task {task['id']}: empty predictions stored: {empty}"
             versions = Counter(p["model_version"] for p in task["predictions"])
             twice = {v: n for v, n in versions.items() if n > 1}
             assert not twice, f"task {task['id']} has duplicate predictions: {twice}"
@@ -410,12 +446,24 @@ def open_project(kind, real_ls, tmp_path, redis_url, start_server) -> Iterator[C
             )
             shared = ("REDIS_URL", "LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY", "TRAIN_LEASE_S")
             backend = stack.enter_context(
-                start_server(tmp_path, **{k: env[k] for k in (*shared, "RECOVER_EVERY_S")})
+                start_server(
+                    tmp_path,
+                    **{k: env[k] for k in (*shared, "RECOVER_EVERY_S")},
+                    BASIC_AUTH_USER=BACKEND_AUTH[0],
+                    BASIC_AUTH_PASS=BACKEND_AUTH[1],
+                    WEBHOOK_SECRET=WEBHOOK_SECRET,
+                )
             )
             stack.enter_context(worker_process(tmp_path, env, "worker"))
             proxy = TimingProxy(backend.url)
             stack.callback(proxy.close)
-            ml = real_ls.connect_backend(created["id"], proxy.url)
+            # As docs/security.md says: basic auth on the connection ("Start training",
+            # /setup, /predict), the secret on the project webhook Label Studio created.
+            ml = real_ls.connect_backend(created["id"], proxy.url, basic_auth=BACKEND_AUTH)
+            hook = real_ls.set_webhook_headers(
+                created["id"], proxy.url, {"X-Webhook-Secret": WEBHOOK_SECRET}
+            )
+            assert hook["headers"] == {"X-Webhook-Secret": WEBHOOK_SECRET}, hook
             return Project(
                 real_ls,
                 kind,
@@ -426,6 +474,7 @@ def open_project(kind, real_ls, tmp_path, redis_url, start_server) -> Iterator[C
                 backend,
                 proxy,
                 tmp_path,
+                redis.Redis.from_url(redis_url),
             )
 
         yield open_
@@ -509,6 +558,10 @@ def test_annotations_train_versions_whose_predictions_label_studio_stores(open_p
         "a version trained on the new annotations",
     )
     assert latest["per_label"] == project.per_label(order[:6]), latest
+    # "Retrieve predictions", pressed again and again while the refresh writes the new
+    # version's predictions: still one prediction of it per task (checked below).
+    for _ in range(3):
+        ls.retrieve_predictions(project.id)
     refreshed = project.wait_refreshed(latest["version"])
     refresh_s = time.monotonic() - submitted_at
     assert refreshed.isdisjoint(set(order[:6])), "labelled tasks were refreshed"
@@ -525,6 +578,7 @@ def test_annotations_train_versions_whose_predictions_label_studio_stores(open_p
     assert project.events_received() == Counter(
         START_TRAINING=submits, ANNOTATION_CREATED=submits, TASKS_CREATED=1
     ), project.diagnostics()
+    project.assert_key_stayed_home()
     median, worst = statistics.median(project.submit_s), max(project.submit_s)
     webhook = project.proxy.seconds["/webhook"]
     figures[f"{project.kind.name}"] = {

@@ -1,0 +1,84 @@
+"""training/jobs/run.py ``fetch_videos`` with training/video/pinned.py: a training run keeps
+every labelled video it fetched until it ends, even when the project's media outgrows the
+media cache (CACHE_MAX_MB), over real HTTP from the fake Label Studio."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from training.jobs.run import fetch_labelled_tasks, fetch_videos
+from training.settings import Settings
+from training.video.media import MEDIA_SUBDIR
+from training.video.pinned import RUNS_SUBDIR, PinnedFiles
+
+CONFIG = """<View>
+  <Video name="video" value="$video"/>
+  <Choices name="label" toName="video"><Choice value="a"/><Choice value="b"/></Choices>
+</View>"""
+
+VIDEOS = ["bigbuckbunny.mp4", "carphone_pristine.mp4", "bikes.mp4", "b.mp4", "muted_b.mp4"]
+"""2.5 MB together: more than a 1 MB media cache holds."""
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def test_a_run_keeps_every_video_when_the_project_outgrows_the_cache(
+    tmp_path, label_studio, ls_token, media_root
+):
+    project = label_studio.add_project(CONFIG)
+    for i, name in enumerate(VIDEOS):
+        task = label_studio.add_task(project, {"video": f"/data/upload/{project}/{name}"})
+        label_studio.annotate(task, "ab"[i % 2])
+    settings = Settings(
+        label_studio_url=label_studio.url,
+        label_studio_api_key=ls_token,
+        cache_dir=tmp_path / "cache",
+        cache_max_mb=1,
+        min_per_label=1,
+    )
+    tasks = fetch_labelled_tasks(str(project), settings)
+    stages = []
+
+    with PinnedFiles(tmp_path / "cache" / RUNS_SUBDIR, stale_after_s=3600) as pinned:
+        videos = fetch_videos(str(project), tasks, settings, stages.append, pinned)
+        kept = [Path(v.path) for v in videos.data.videos]
+        cached = list((tmp_path / "cache" / MEDIA_SUBDIR).iterdir())
+        assert len(cached) < len(VIDEOS), "the cache evicted nothing: the test proves nothing"
+        assert videos.skipped == []
+        assert sorted(digest(p) for p in kept) == sorted(digest(media_root / n) for n in VIDEOS)
+        assert pinned.bytes == sum((media_root / n).stat().st_size for n in VIDEOS)
+        assert stages[-1] == {"stage": "fetch_videos", "done": len(VIDEOS), "total": len(VIDEOS)}
+
+    assert not any(p.exists() for p in kept)  # the run's folder went with it
+    assert list((tmp_path / "cache" / RUNS_SUBDIR).iterdir()) == []
+
+
+def test_a_file_the_run_keeps_outlives_its_cache_entry(tmp_path):
+    cached = tmp_path / "entry" / "clip.mp4"
+    cached.parent.mkdir()
+    cached.write_bytes(b"video bytes")
+
+    with PinnedFiles(tmp_path / "runs", stale_after_s=3600) as pinned:
+        kept = pinned.keep(cached, "task-3.mp4")
+        cached.unlink()  # evicted
+        assert kept.read_bytes() == b"video bytes"
+        assert kept.name.endswith("task-3.mp4")
+
+
+def test_folders_of_dead_runs_are_removed_once_stale(tmp_path):
+    runs = tmp_path / "runs"
+    with PinnedFiles(runs, stale_after_s=3600) as alive:
+        (alive.folder / "x.mp4").write_bytes(b"x")
+        with PinnedFiles(runs, stale_after_s=3600):
+            assert alive.folder.exists()  # recent: another run in progress
+        dead = runs / "run-dead"
+        dead.mkdir()
+        old = 1_000_000_000
+        os.utime(dead, (old, old))
+        with PinnedFiles(runs, stale_after_s=3600):
+            assert not dead.exists()
+            assert alive.folder.exists()
