@@ -405,6 +405,11 @@ class FakeLabelStudio(MediaHost):
         with self._lock:
             self._faults.extend([(path_prefix, dict(query or {}), status)] * times)
 
+    def clear_faults(self) -> None:
+        """Forget the faults ``fail_next`` queued and no request has taken yet."""
+        with self._lock:
+            self._faults.clear()
+
     def task_json(self, task_id: int, *, with_annotations: bool = True) -> dict:
         """The task as ``GET /api/tasks/?fields=all`` shows it."""
         with self._lock:

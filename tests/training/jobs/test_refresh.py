@@ -266,3 +266,23 @@ def test_duplicates_of_the_version_are_deleted_at_the_end(setup, redis_conn):
     assert [p["id"] for p in setup.ls.predictions(task)] == [first, other]
     for unlabelled in setup.unlabelled:
         assert len(setup.ls.predictions(unlabelled)) == 1
+
+
+def test_a_refresh_that_label_studio_fails_writes_the_rest_when_run_again(setup, redis_conn):
+    """Label Studio answering 500 to the predictions API: the job fails (RQ keeps it as
+    failed), giving back the claims of what it could not write; run again, it writes every
+    task once."""
+    setup.ls.fail_next(500, path_prefix="/api/predictions/", times=12)  # past the sdk's retries
+    settings = Settings.from_env()
+    job_id = enqueue_refresh(redis_conn, str(setup.project), setup.version, settings)
+    SimpleWorker([make_coordinator(redis_conn, settings).queue], connection=redis_conn).work(
+        burst=True
+    )
+    assert Job.fetch(job_id, connection=redis_conn).get_status() == "failed"
+    setup.ls.clear_faults()  # Label Studio answers again
+
+    result = run_refresh(redis_conn, setup).return_value()
+
+    assert result["written"] + result["already"] == len(setup.unlabelled)
+    for task in setup.unlabelled:
+        assert [p["model_version"] for p in setup.ls.predictions(task)] == [setup.version]
