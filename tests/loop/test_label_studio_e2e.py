@@ -42,10 +42,15 @@ from real_label_studio import (
     run_label_studio,
     skip_or_fail_without_label_studio,
 )
+from rq.job import Job
 from test_training_loop import worker_env
 
+from training.jobs.refresh_queue import enqueue_refresh
 from training.labelstudio.timeline import Segment, segments_from_labels
 from training.learn.labelled_files import read_manifest
+from training.settings import Settings
+from training.versions.copies import publish_copy
+from training.versions.current import VersionPointer
 from training.versions.store import ModelStore
 from training.video.synth import clip_rng, generate_dataset, render_segmented_clip, write_video
 
@@ -650,3 +655,45 @@ def test_start_training_trains_while_annotation_events_wait_for_enough_labels(
     }
     assert press_s < SUBMIT_BOUND_S, f"Start training took {press_s:.2f} s"
     assert statistics.median(webhook) < WEBHOOK_BOUND_S, webhook
+
+
+@pytest.mark.parametrize("kind", [CLASSIFICATION], ids=["classification"])
+def test_retrieving_predictions_during_a_refresh_leaves_one_per_task(
+    open_project, trained_model, figures
+):
+    """One prediction per task and version when Label Studio's "Retrieve predictions" (which
+    asks /predict for every task without one) is pressed again and again while the refresh
+    job writes the same version's predictions to 120+ tasks."""
+    project = open_project()
+    ls = project.ls
+    synthetic = sorted(  # small clips: many tasks, little decoding
+        t["data"]["video"] for t in ls.tasks(project.id) if project.clips[t["id"]] is not None
+    )
+    ls.import_tasks(project.id, [{"video": url} for url in synthetic * 12])
+    tasks = ls.tasks(project.id)
+    assert len(tasks) >= 120, len(tasks)
+    store = ModelStore(project.workdir / "models")
+    version = publish_copy(store, str(project.id), trained_model.info, make_current=False).version
+    VersionPointer(store, project.redis).set(str(project.id), version)
+    project.wait_served(version)
+
+    job_id = enqueue_refresh(project.redis, str(project.id), version, Settings())
+    assert job_id is not None
+    retrieved = [ls.retrieve_predictions(project.id) for _ in range(3)]
+    job = Job.fetch(job_id, connection=project.redis)
+    project.wait(lambda: job.get_status(refresh=True) == "finished" or None, "the refresh")
+
+    stored = project.check_stored(version)  # one per task, none empty, valid for the config
+    result = job.return_value()
+    figures["retrieve_during_refresh"] = {
+        "tasks": len(tasks),
+        "retrieve_presses": len(retrieved),
+        "refresh_written": result["written"],
+        "refresh_already_there": result["already"],
+        "duplicates_deleted_by_the_clean_up_pass": result["duplicates_deleted"],
+    }
+    print(f"retrieve during refresh: {json.dumps(figures['retrieve_during_refresh'])}")
+    assert len(stored) == len(tasks)
+    assert result["written"] + result["already"] + result["skipped"] == len(tasks)
+    # The claims kept the two writers apart: the clean-up pass had nothing to delete.
+    assert result["duplicates_deleted"] == 0, result

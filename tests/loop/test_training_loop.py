@@ -27,6 +27,7 @@ import redis
 import requests
 from conftest import LS_TOKEN, built_once, free_port, run_videoloop, worker_process
 from fake_label_studio import FakeLabelStudio
+from rq.job import Job
 
 from training.learn.labelled_files import read_manifest
 from training.versions.store import ModelStore
@@ -449,6 +450,48 @@ def test_killing_the_worker_mid_training_publishes_nothing_and_the_next_run_succ
     assert loop.versions() == [state["last"]["version"]]
     info = ModelStore(loop.workdir / "models").get_current_info(str(loop.project))
     assert info is not None and info.model_path.is_file()
+
+
+@pytest.mark.slow
+def test_a_worker_frozen_past_its_lease_publishes_nothing_when_it_wakes(loop):
+    """One run per project: a worker stopped (SIGSTOP) longer than its lease loses the run to
+    a second worker; woken (SIGCONT), it finishes training but publishes nothing, and the
+    project's record stays the second run's."""
+    loop.env["TRAIN_EPOCHS"] = "30"
+    loop.annotate(per_label=4)
+    frozen_env = {**loop.env, "TRAIN_LEASE_S": str(KILLED_LEASE_S)}
+    connection = redis.Redis.from_url(loop.env["REDIS_URL"])
+    with worker_process(loop.workdir, frozen_env, "frozen") as frozen:
+        loop.webhook("START_TRAINING")
+        state = loop.wait(
+            lambda s: s["running"] and (s["running"].get("progress") or {}).get("stage") == "train",
+            "training to be under way",
+        )
+        frozen_job = state["running"]["id"]
+        os.killpg(frozen.pid, signal.SIGSTOP)
+        try:
+            loop.wait(  # the lease expires; recovery queues the run again
+                lambda s: s["queued"] or (s["running"] and s["running"]["id"] != frozen_job),
+                "the frozen run to be recovered",
+                timeout_s=120,
+            )
+            with worker_process(loop.workdir, {**loop.env, "TRAIN_EPOCHS": "2"}, "second"):
+                state = loop.wait(
+                    lambda s: s["last"] and s["last"].get("status") == "trained",
+                    "the second worker's run",
+                )
+        finally:
+            os.killpg(frozen.pid, signal.SIGCONT)
+        deadline = time.monotonic() + 180  # it wakes, trains on, and stops before publishing
+        while Job.fetch(frozen_job, connection=connection).get_status() != "failed":
+            assert time.monotonic() < deadline, (frozen.pid, loop.status())
+            time.sleep(0.5)
+    second = state["last"]
+    assert second["job_id"] != frozen_job
+    assert loop.versions() == [second["version"]]  # nothing from the frozen run
+    assert loop.status()["last"]["job_id"] == second["job_id"]
+    log = (loop.workdir / "frozen.log").read_text(errors="replace")
+    assert "LeaseLost" in log and "publishes nothing" in log
 
 
 # -- Redis going away -------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from rq import get_current_job
 
 from training.jobs.coordinator import TrainingCoordinator, make_coordinator
 from training.jobs.prediction_claims import PredictionClaims
-from training.jobs.progress import JobProgress, LeaseKeeper
+from training.jobs.progress import JobProgress, LeaseKeeper, LeaseLost
 from training.jobs.refresh_queue import REFRESH_AGAIN_KEY
 from training.settings import Settings
 
@@ -52,6 +52,8 @@ def train_project(project: str) -> dict:
                 progress=progress,
                 ensure_owner=lease.ensure_held,
             )
+    except LeaseLost:
+        raise  # the project's run is another job's now: its record is not this job's to write
     except Exception as exc:
         _record_failure(coordinator, project, job.id, exc, started)
         raise
