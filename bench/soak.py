@@ -14,9 +14,12 @@ new task id and, unless ``--reuse-urls``, its video under a URL the server has n
 query string), so each call downloads, decodes and predicts; every answer must be a prediction
 with a non-empty ``result`` (``[]`` or an error counts as an error). At ``--publish-at`` seconds
 (default 1:30 and 3:00) a separate process, ``python -m backend.cli train --promote-anyway``,
-trains from scratch on 24 other synthetic clips (``--epochs``) and publishes into the backend's
+trains from scratch on 24 other synthetic clips (``--epochs``, default 5: the default 40 take
+minutes on 2 cores under this load), shares the backend's CACHE_DIR and publishes into its
 MODEL_DIR, making its version current; each serving process then swaps it in under load.
-Prints a progress line a minute, then errors and p50/p99/max per window: "before" (warm-up end
+Prints a progress line a minute (calls, errors, p50/p99, the versions answered, the media
+cache's entries and how long one scan of them takes, the eviction pass each download makes, and
+resident memory), then errors and p50/p99/max per window: "before" (warm-up end
 to the first training), "during" (from the start of each training process to 20 s after its
 version was answered by every worker), "after" (the rest), and their ratios; the swaps each
 worker logged; the resident memory of the gunicorn master and each worker every minute, and
@@ -70,6 +73,8 @@ from backend.serving import SWAP_DELAY_S
 from training.jobs.prediction_claims import CLAIM_KEY
 from training.versions.current import CURRENT_KEY
 from training.versions.store import VersionInfo
+from training.video.diskcache import evict_lru
+from training.video.media import MEDIA_SUBDIR
 
 SETTLE_S = 20.0
 """A "during" window ends this long after every worker answered with the new version."""
@@ -177,6 +182,7 @@ class Training:
     served_at: float | None = None
     """When every worker had answered with its version."""
     log_path: Path | None = None
+    announced: bool = False
     _reader: threading.Thread | None = None
 
     def start(self, args: argparse.Namespace, work: Path, env: dict[str, str]) -> None:
@@ -244,6 +250,18 @@ def percentile(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
+def media_cache(work: Path) -> tuple[int, float]:
+    """Entries in the server's media cache, and the milliseconds one scan of it takes here:
+    the scan each download's eviction pass makes (training.video.diskcache.evict_lru)."""
+    folder = work / "cache" / MEDIA_SUBDIR
+    if not folder.is_dir():
+        return 0, 0.0
+    entries = sum(1 for _ in folder.iterdir())
+    started = time.perf_counter()
+    evict_lru(folder, 1 << 62, what="bench scan")  # a bound it never reaches: nothing goes
+    return entries, (time.perf_counter() - started) * 1000
+
+
 def clock(seconds: float) -> str:
     return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
 
@@ -282,7 +300,7 @@ def main() -> None:
         default=[90.0, 180.0],
         help="seconds into the run at which a training process starts (it publishes when done)",
     )
-    parser.add_argument("--epochs", type=int, default=15, help="epochs of each training")
+    parser.add_argument("--epochs", type=int, default=5, help="epochs of each training")
     parser.add_argument("--train-per-class", type=int, default=12, help="training clips a class")
     parser.add_argument("--reuse-urls", action="store_true", help="no query string per call")
     parser.add_argument("--project", default="1")
@@ -315,7 +333,7 @@ def main() -> None:
             f"run: {clock(args.minutes * 60)}, warm-up {clock(args.warmup_s)}; training "
             f"processes (videoloop train --epochs {args.epochs}, "
             f"{2 * args.train_per_class} clips, --promote-anyway) start at "
-            + ", ".join(clock(s) for s in args.publish_at)
+            + (", ".join(clock(s) for s in sorted(args.publish_at)) or "none")
         )
         with serve_folder(work / "media") as media_url:
             env = {"MEDIA_ALLOWED_HOSTS": host_port(media_url)}
@@ -393,19 +411,28 @@ def soak(
             if not training.started and now >= t0 + training.at_s and now < end:
                 training.start(args, work, train_env)
                 print(f"[{clock(now - t0)}] training {training.number} starts", flush=True)
-            if training.poll():
+            ended = training.poll()
+            if training.summary and not training.announced:
+                training.announced = True
                 s = training.summary
                 gate = (s.get("gate") or {}).get("passed")
-                what = (
-                    f"{s['version']} current ({s['epochs_run']} epochs, test accuracy "
-                    f"{s['test_accuracy']:.2f}, quality gate {'passed' if gate else 'forced'})"
-                    if training.version
-                    else f"no version made current (exit {training.process.returncode}, "
-                    f"see {training.log_path})"
-                )
                 print(
-                    f"[{clock(training.ended - t0)}] training {training.number} ends after "
-                    f"{training.ended - training.started:.0f} s: {what}",
+                    f"[{clock(training.current_at - t0)}] training {training.number} publishes "
+                    f"after {training.current_at - training.started:.0f} s: {s['version']}, "
+                    + (
+                        f"current ({s['epochs_run']} epochs, test accuracy "
+                        f"{s['test_accuracy']:.2f}, quality gate {'passed' if gate else 'forced'})"
+                        if training.version
+                        else "not current"
+                    ),
+                    flush=True,
+                )
+            if ended and not training.summary:
+                print(
+                    f"[{clock(training.ended - t0)}] training {training.number} exits "
+                    f"{training.process.returncode} after {training.ended - training.started:.0f}"
+                    f" s without publishing; its log ends:\n"
+                    + training.log_path.read_text(errors="replace")[-1500:],
                     flush=True,
                 )
             if training.version and training.served_at is None:
@@ -420,6 +447,7 @@ def soak(
         if now >= t0 + 60 * (minute + 1) or now >= end:
             minute += 1
             rss[minute] = sample_rss()
+            entries, scan_ms = media_cache(work)
             calls = clients.snapshot()
             recent = calls[last_count:]
             last_count = len(calls)
@@ -430,10 +458,11 @@ def soak(
                 f"[{clock(now - t0)}] last minute: {len(recent)} calls, {errors} errors, p50 "
                 f"{percentile(ms, 50):.0f} ms, p99 {percentile(ms, 99):.0f} ms; versions "
                 + ", ".join(f"{v} x{n}" for v, n in sorted(versions.items()))
+                + f"; media cache {entries} entries (one scan {scan_ms:.0f} ms)"
                 + "; RSS MB "
                 + ", ".join(f"{k} {v:.0f}" for k, v in rss[minute].items())
                 + "".join(
-                    f"; training {t.number} running for {now - t.started:.0f} s"
+                    f"; training {t.number} running for {max(0.0, now - t.started):.0f} s"
                     for t in trainings
                     if t.running
                 ),
@@ -553,12 +582,16 @@ def report(
         print(line)
 
     minutes = sorted(rss)
+
+    def at(m: int) -> str:  # the last sample is at the end, which may fall inside a minute
+        return clock(min(m * 60, args.minutes * 60))
+
     base = next((m for m in minutes if m * 60 >= args.warmup_s), minutes[-1])
     names = ["master", *all_pids]
     print(
         f"\n{'RSS MB':<14} "
-        + " ".join(f"{clock(m * 60):>6}" for m in minutes)
-        + f"   change {clock(base * 60)} to {clock(minutes[-1] * 60)}"
+        + " ".join(f"{at(m):>6}" for m in minutes)
+        + f"   change {at(base)} to {at(minutes[-1])}"
     )
     for name in names:
         values = [rss[m].get(name) for m in minutes]

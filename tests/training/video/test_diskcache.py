@@ -64,3 +64,29 @@ def test_temporary_entries_are_left_alone_until_stale(tmp_path):
 def test_a_missing_folder_and_vanished_entries_are_fine(tmp_path):
     assert evict_lru(tmp_path / "nope", 10) == 0
     assert not touch(tmp_path / "gone")
+
+
+def test_a_process_scans_again_only_when_its_estimate_passes_the_bound(tmp_path, monkeypatch):
+    """Scanning every entry after every download slowed a long soak down as the cache grew:
+    between scans each process adds what it wrote to the last scan's total."""
+    import training.video.diskcache as diskcache
+
+    scans = []
+    real_entries = diskcache._entries
+    monkeypatch.setattr(diskcache, "_entries", lambda root: scans.append(1) or real_entries(root))
+    now = time.time()
+    make_entry(tmp_path, "first", 100, now - 100)
+    assert evict_lru(tmp_path, 1_000, keep=tmp_path / "first") == 100
+    for i in range(8):  # 900 bytes in all: within the bound, no scan
+        entry = make_entry(tmp_path, f"e{i}", 100, now - 50 + i)
+        assert evict_lru(tmp_path, 1_000, keep=entry) == 200 + 100 * i
+    assert len(scans) == 1
+
+    entry = make_entry(tmp_path, "e8", 200, now)  # 1,100 bytes: past the bound, scan and evict
+    assert evict_lru(tmp_path, 1_000, keep=entry) == 1_000
+    assert len(scans) == 2
+    assert not (tmp_path / "first").exists() and entry.exists()
+
+    monkeypatch.setattr(diskcache, "RESCAN_EVERY_S", 0.0)  # an old estimate is not trusted
+    assert evict_lru(tmp_path, 1_000, keep=entry) == 1_000
+    assert len(scans) == 3
