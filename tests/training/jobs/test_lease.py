@@ -12,7 +12,8 @@ from rq import Queue
 from training.jobs.coordinator import QUEUE_NAME, TrainingCoordinator
 from training.jobs.progress import LeaseKeeper, LeaseLost
 
-LEASE_S = 2.0
+LEASE_S = 4.0
+"""Renewed every second: only a stall of 3 s or more in the renewing thread loses it."""
 
 
 @pytest.fixture
