@@ -40,7 +40,6 @@ import json
 import os
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -61,6 +60,7 @@ from support import (
     find_redis,
     host_port,
     machine_header,
+    percentile,
     rss_mb,
     serve_folder,
     start_backend,
@@ -242,12 +242,6 @@ class Training:
     @property
     def version(self) -> str | None:
         return self.summary.get("version") if self.summary.get("current") else None
-
-
-def percentile(values: list[float], q: int) -> float:
-    if len(values) < 2:
-        return values[0] if values else float("nan")
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
 def media_cache(work: Path) -> tuple[int, float]:

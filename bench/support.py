@@ -14,6 +14,7 @@ import functools
 import os
 import platform
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -125,6 +126,13 @@ def rss_mb(pid: int | None = None) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def percentile(values: list[float], q: int) -> float:
+    """The q-th percentile (1-99) of ``values``; NaN for none."""
+    if len(values) < 2:
+        return values[0] if values else float("nan")
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
 def host_port(url: str) -> str:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import threading
@@ -38,6 +37,7 @@ from support import (
     find_redis,
     host_port,
     machine_header,
+    percentile,
     rss_mb,
     serve_folder,
     start_backend,
@@ -111,10 +111,6 @@ class Clients:
             call = Call(wall, time.perf_counter() - started, ok, pid, version)
             with self._lock:
                 self.calls.append(call)
-
-
-def percentile(values: list[float], q: float) -> float:
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if values else 0.0
 
 
 def summarize(name: str, calls: list[Call]) -> tuple[float, float]:

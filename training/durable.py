@@ -37,12 +37,12 @@ def write_atomically(path: Path, text: str, *, prefix: str) -> None:
 
 def fsync_tree(folder: Path) -> None:
     """fsync every file under ``folder`` and the folders themselves (before renaming it)."""
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
+    for path in [*folder.rglob("*"), folder]:
+        if path.is_dir():
+            fsync_dir(path)
+        else:
             with open(path, "rb") as fh:
                 os.fsync(fh.fileno())
-    for sub in [p for p in folder.rglob("*") if p.is_dir()] + [folder]:
-        fsync_dir(sub)
 
 
 def fsync_dir(folder: Path) -> None:

@@ -8,7 +8,6 @@ Run by the job :func:`training.jobs.training.train_project` in a worker process
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -69,8 +68,8 @@ def run_training(
         Path(settings.cache_dir) / RUNS_SUBDIR, stale_after_s=2 * settings.train_timeout_s
     ) as pinned:
         videos = fetch_videos(project, tasks, settings, progress, pinned)
-        run = training_run(settings, store.get_current_info(project), cache, tasks, videos, force)
-        run = dataclasses.replace(run, before_publish=ensure_owner)
+        parent = store.get_current_info(project)
+        run = training_run(settings, parent, cache, tasks, videos, force, ensure_owner)
         try:
             info = train_and_publish(store, project, videos.data, run, progress=progress)
         except TrainingError as exc:
@@ -217,6 +216,7 @@ def training_run(
     tasks: LabelledTasks,
     videos: FetchedVideos,
     force: bool,
+    before_publish: Callable[[], None] | None = None,
 ) -> TrainingRun:
     """How the job trains: fine-tuning the current version with its own settings, or a first
     model with the settings' sampling and temporal head; published without becoming current
@@ -244,6 +244,7 @@ def training_run(
         gate_tolerance=settings.gate_tolerance,
         make_current=False,
         extra_meta={"source": source},
+        before_publish=before_publish,
     )
 
 

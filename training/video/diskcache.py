@@ -129,12 +129,23 @@ def _set_estimate(root: Path, total: int) -> None:
         _estimates[os.path.abspath(root)] = (time.monotonic(), total)
 
 
+def _stats_of(entry: Path) -> list[os.stat_result] | None:
+    """The stats of an entry's files (a file, or a folder of files); None if neither.
+
+    Raises:
+        FileNotFoundError: it vanished meanwhile.
+    """
+    if entry.is_dir():
+        return [f.stat() for f in entry.iterdir() if f.is_file()]
+    if entry.is_file():
+        return [entry.stat()]
+    return None
+
+
 def _size_of(entry: Path) -> int:
-    """Bytes of an entry (a file, or a folder of files); 0 if it vanished."""
+    """Bytes of an entry; 0 if it vanished."""
     try:
-        if entry.is_dir():
-            return sum(f.stat().st_size for f in entry.iterdir() if f.is_file())
-        return entry.stat().st_size
+        return sum(s.st_size for s in _stats_of(entry) or ())
     except FileNotFoundError:
         return 0
 
@@ -159,13 +170,10 @@ def _entries(root: Path) -> list[tuple[float, int, Path]]:
                 if now - path.stat().st_mtime > STALE_TMP_S:
                     _remove(path)
                 continue
-            if path.is_dir():
-                stats = [f.stat() for f in path.iterdir() if f.is_file()]
-            elif path.is_file():
-                stats = [path.stat()]
-            else:
-                continue
+            stats = _stats_of(path)
         except FileNotFoundError:
+            continue
+        if stats is None:
             continue
         used = max((s.st_mtime for s in stats), default=0.0)
         entries.append((used, sum(s.st_size for s in stats), path))

@@ -71,6 +71,7 @@ def test_a_process_scans_again_only_when_its_estimate_passes_the_bound(tmp_path,
     between scans each process adds what it wrote to the last scan's total."""
     import training.video.diskcache as diskcache
 
+    monkeypatch.setattr(diskcache, "RESCAN_EVERY_S", 3600.0)  # a stalled machine: same scans
     scans = []
     real_entries = diskcache._entries
     monkeypatch.setattr(diskcache, "_entries", lambda root: scans.append(1) or real_entries(root))
