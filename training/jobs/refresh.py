@@ -112,7 +112,7 @@ def refresh_predictions(
                 ls, store, info, controls, todo, summary, claims, settings
             )
         if status == "done":
-            summary.duplicates_deleted = ls.delete_duplicate_predictions(project, version)
+            summary.duplicates_deleted = _delete_duplicates(ls, project, version)
         if status == "done" and settings.select_new_version:
             summary.selected = _select(ls, store, project, version)
     log.info(
@@ -168,6 +168,18 @@ def _list_tasks(
     summary.total = len(todo)
     summary.report()
     return controls, todo
+
+
+def _delete_duplicates(ls: LabelStudioSession, project: str, version: str) -> int:
+    """The clean-up pass behind the claims; a failure is logged, not raised (the predictions
+    are written, and the next refresh runs the pass again)."""
+    try:
+        return ls.delete_duplicate_predictions(project, version)
+    except LabelStudioError as exc:
+        log.warning(
+            "project %s: duplicate predictions of %s not checked: %s", project, version, exc
+        )
+        return 0
 
 
 def _select(ls: LabelStudioSession, store: ModelStore, project: str, version: str) -> bool:

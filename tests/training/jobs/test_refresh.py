@@ -286,3 +286,13 @@ def test_a_refresh_that_label_studio_fails_writes_the_rest_when_run_again(setup,
     assert result["written"] + result["already"] == len(setup.unlabelled)
     for task in setup.unlabelled:
         assert [p["model_version"] for p in setup.ls.predictions(task)] == [setup.version]
+
+
+def test_a_failed_clean_up_pass_does_not_fail_the_written_refresh(setup, redis_conn):
+    """The duplicates pass is a safety net: Label Studio refusing it leaves the refresh done."""
+    setup.ls.fail_next(
+        500, path_prefix="/api/predictions/", query={"project": str(setup.project)}, times=12
+    )
+    result = run_refresh(redis_conn, setup).return_value()
+    assert result["status"] == "done" and result["duplicates_deleted"] == 0
+    assert result["written"] == len(setup.unlabelled)
