@@ -13,10 +13,10 @@ import os
 import time
 
 import redis
-from flask import Blueprint, Flask, current_app, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from backend import protocol
+from backend import metrics, metrics_export, protocol
 from backend.predictor import TaskPredictor
 from backend.serving import ModelServer
 from backend.training_queue import open_training
@@ -24,6 +24,7 @@ from backend.training_requests import TrainingRequests, TrainingUnavailable
 from backend.version_watch import VersionWatch
 from training.jobs.prediction_claims import PredictionClaims
 from training.jobs.refresh_queue import request_refresh
+from training.jobs.status import project_state
 from training.labelstudio.labelconfig import LabelConfigError, parse_label_config
 from training.settings import Settings
 
@@ -95,6 +96,7 @@ def create_app(
     app.config[SETTINGS_KEY] = settings
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_mb * 1024 * 1024  # else 413
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    metrics.instrument(app)  # first: requests refused by basic auth are counted too
     own_server = server is None
     if server is None:
         server = ModelServer(settings)
@@ -262,14 +264,24 @@ def webhook():
         given = request.headers.get(WEBHOOK_SECRET_HEADER, "")
         secret_ok = hmac.compare_digest(given.encode(), settings.webhook_secret.encode())
         if not secret_ok and not _has_basic_auth(settings):
+            metrics.count_webhook(None, "unauthorized")
             return _error(f"missing or wrong {WEBHOOK_SECRET_HEADER} header", 401)
-    body = _json_body()
     try:
-        return jsonify(get_training().handle(body))
+        body = _json_body()
+    except RequestError:
+        metrics.count_webhook(None, "bad_request")
+        raise
+    action = body.get("action")
+    try:
+        answer = get_training().handle(body)
     except TrainingUnavailable as exc:
+        metrics.count_webhook(action, "redis_down")
         return _error(str(exc), 503)
     except ValueError as exc:
+        metrics.count_webhook(action, "bad_request")
         raise RequestError(f"bad webhook event: {exc}") from None
+    metrics.count_webhook(action, answer["status"])
+    return jsonify(answer)
 
 
 @bp.get("/training/<project>")
@@ -281,11 +293,19 @@ def training_status(project: str):
         raise RequestError(str(exc)) from None
     training = get_training()
     try:
-        state = training.coordinator.get_state(project)
+        state = project_state(training.coordinator, project)
     except redis.RedisError as exc:
         return _error(f"Redis is unreachable ({type(exc).__name__})", 503)
     state["kept_while_redis_down"] = training.get_kept().get(project, 0)
     return jsonify(state)
+
+
+@bp.get("/metrics")
+def prometheus_metrics():
+    """Prometheus' text format: every serving process's families, and the training queue and
+    the jobs' counters read from Redis (docs/operations.md). Behind basic auth when it is on."""
+    body = metrics_export.render(get_training().coordinator.queue)
+    return Response(body, content_type=metrics_export.CONTENT_TYPE)
 
 
 def get_training() -> TrainingRequests:

@@ -16,14 +16,17 @@ refresh job already claimed the task's prediction of this version
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import redis
 
+from backend import metrics
 from backend.serving import FIRST_LOAD_WAIT_S, ModelServer
 from training.jobs.prediction_claims import (
     PREDICT_CLAIM_S,
@@ -33,12 +36,16 @@ from training.jobs.prediction_claims import (
 )
 from training.labelstudio.labelconfig import VideoControls
 from training.labelstudio.results import fillable_controls, video_prediction
+from training.logs import log_context
 from training.model.inference import Failure, predict_clips
 from training.settings import Settings
 from training.video.clip import Clip, SamplingConfig
 from training.video.decoder import DecodeLimits, sample_clip
 from training.video.media import MediaError, MediaResolver, get_video_url
 from training.warn_once import WarnOnce
+
+if TYPE_CHECKING:
+    from training.model.loaded import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +90,27 @@ class TaskPredictor:
     def predict(
         self, project: str, tasks: Sequence[object], controls: VideoControls
     ) -> list[dict | list]:
-        """One entry per task, in order: its prediction, or ``[]`` (see the module docstring)."""
-        deadline = time.monotonic() + self.settings.predict_deadline_s
+        """One entry per task, in order: its prediction, or ``[]`` (see the module docstring).
+
+        Each task is counted in the metrics (backend/metrics.py): predicted, or why not.
+        """
+        with log_context(project=project):
+            deadline = time.monotonic() + self.settings.predict_deadline_s
+            model = self._usable_model(project, controls, deadline, len(tasks))
+            if model is None:
+                return [NO_PREDICTION for _ in tasks]
+            results = self._predict(project, model, tasks, controls, deadline)
+            metrics.count_predicted(sum(1 for r in results if r))
+            return results
+
+    def _usable_model(
+        self, project: str, controls: VideoControls, deadline: float, tasks: int
+    ) -> LoadedModel | None:
+        """The project's model if it fills a control of the config; else None, counted."""
         model = self.server.get_model(project, wait_s=min(FIRST_LOAD_WAIT_S, self._left(deadline)))
         if model is None:
-            return [NO_PREDICTION for _ in tasks]
+            metrics.count_failed("no_model", tasks)
+            return None
         if not fillable_controls(model, controls):
             self._warn_once(
                 ("no overlap", project, model.version, controls),
@@ -100,14 +123,37 @@ class TaskPredictor:
                 list(controls.choice_values),
                 list(controls.timeline.labels) if controls.timeline else None,
             )
-            return [NO_PREDICTION for _ in tasks]
-        sources = [functools.partial(self._clip, task, controls, model.sampling) for task in tasks]
+            metrics.count_failed("no_matching_control", tasks)
+            return None
+        return model
+
+    def _predict(
+        self,
+        project: str,
+        model: LoadedModel,
+        tasks: Sequence[object],
+        controls: VideoControls,
+        deadline: float,
+    ) -> list[dict | list]:
+        sources = [
+            functools.partial(
+                contextvars.copy_context().run, self._clip, task, controls, model.sampling
+            )
+            for task in tasks
+        ]
         window = max(2 * model.batch_size, 2 * self._threads)
         results: list[dict | list] = [NO_PREDICTION for _ in tasks]
         unfinished = 0
         pool = ThreadPoolExecutor(self._threads, thread_name_prefix="decode")
         try:
-            outcomes = predict_clips(model, sources, pool, window=window, deadline=deadline)
+            outcomes = predict_clips(
+                model,
+                sources,
+                pool,
+                window=window,
+                deadline=deadline,
+                on_batch=metrics.observe_model,
+            )
             for i, outcome in outcomes:
                 if isinstance(outcome, Failure):
                     unfinished += outcome.unfinished
@@ -119,6 +165,8 @@ class TaskPredictor:
                     frame_rate=controls.task_frame_rate(_task_data(tasks[i])),
                     measure=self.settings.uncertainty_measure,
                 )
+                if formatted is None:
+                    metrics.count_failed("no_result")
                 results[i] = NO_PREDICTION if formatted is None else formatted
         finally:  # never wait for a slow download: it ends at its own deadline
             pool.shutdown(wait=False, cancel_futures=True)
@@ -143,6 +191,7 @@ class TaskPredictor:
             self._warn_once(("claims", project), "project %s: cannot claim tasks: %s", project, exc)
             return results
         refreshing = {t for t, owner in owners.items() if owner.startswith(REFRESH_OWNER)}
+        metrics.count_failed("refresh_claimed", sum(t in refreshing for t in claimable.values()))
         if refreshing:
             log.info(
                 "project %s: %d tasks get their prediction of %s from the refresh job: []",
@@ -160,6 +209,7 @@ class TaskPredictor:
 
     def _failed(self, project: str, task: object, failure: Failure, version: str) -> list:
         """A task without a prediction; why is logged unless the deadline cut it short."""
+        metrics.count_failed(failure.kind)
         if not failure.unfinished:
             log.warning(
                 "project %s task %s: no prediction of %s: %s",
@@ -167,6 +217,7 @@ class TaskPredictor:
                 _task_id(task),
                 version,
                 failure.reason,
+                extra={"task": _task_id(task)},
             )
         return NO_PREDICTION
 
@@ -186,13 +237,20 @@ class TaskPredictor:
                 log.exception("project %s: could not queue the refresh", project)
 
     def _clip(self, task: object, controls: VideoControls, sampling: SamplingConfig) -> Clip:
-        """Fetch and sample one task's video (runs on the decode pool)."""
+        """Fetch and sample one task's video (runs on the decode pool, in the request's log
+        context); each step is timed for the metrics."""
         data = _task_data(task)
         if data is None:
             raise MediaError("task has no data")
-        url = get_video_url(data, controls.video_value_key)
-        path = self.media.resolve(url, task_id=_task_id(task))
-        return sample_clip(path, sampling, limits=DecodeLimits.from_settings(self.settings))
+        with log_context(task=_task_id(task)):
+            url = get_video_url(data, controls.video_value_key)
+            started = time.perf_counter()
+            path = self.media.resolve(url, task_id=_task_id(task))
+            fetched = time.perf_counter()
+            metrics.observe_fetch(fetched - started)
+            clip = sample_clip(path, sampling, limits=DecodeLimits.from_settings(self.settings))
+            metrics.observe_decode(time.perf_counter() - fetched)
+            return clip
 
 
 def _task_id(task: object) -> object:

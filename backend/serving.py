@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from backend import metrics
 from training.settings import Settings
 from training.versions.current import CurrentVersion, VersionPointer
 from training.versions.store import NO_MODEL_VERSION, ModelStore, VersionInfo
@@ -275,9 +276,10 @@ class ModelServer:
     ) -> None:
         """The swap: one assignment under the lock; the old model is dropped with it."""
         version = current.version
-        evicted: list[str] = []
+        evicted: list[tuple[str, str]] = []
         with self._lock:
             state = self._states[project]
+            old = state.model.version if state.model is not None else None
             if model is None:
                 state.failed[version] = time.monotonic()
             else:
@@ -288,7 +290,11 @@ class ModelServer:
             state.loading = None
             state.done.set()
         if model is None:
+            metrics.count_load_failure()
             return
+        metrics.record_served(project, old, version)
+        for dropped, dropped_version in evicted:
+            metrics.record_served(dropped, dropped_version, None)
         log.info(
             "project %s: serving version %s (loaded and warmed up in %.2f s; swapped in "
             "%.2f s after it became current)",
@@ -300,14 +306,15 @@ class ModelServer:
         if evicted:
             log.info(
                 "dropped the models of %s (least recently used; MAX_MODELS_IN_MEMORY=%d)",
-                ", ".join(evicted),
+                ", ".join(p for p, _ in evicted),
                 self.max_models,
             )
         # The pointer may have moved while we loaded.
         self._schedule(project, self._read_pointer(project))
 
-    def _evict_locked(self, keep: str) -> list[str]:
-        """Drop least recently used projects beyond max_models; never one being loaded."""
+    def _evict_locked(self, keep: str) -> list[tuple[str, str]]:
+        """Drop least recently used projects beyond max_models; never one being loaded.
+        Returns the (project, version) pairs dropped."""
         loaded = sum(s.model is not None for s in self._states.values())
         candidates = sorted(
             (s.used_at, p)
@@ -315,9 +322,11 @@ class ModelServer:
             if p != keep and s.model is not None and s.loading is None
         )
         victims = [p for _, p in candidates[: max(0, loaded - self.max_models)]]
+        dropped = []
         for project in victims:
-            del self._states[project]  # its model goes once in-flight requests end
-        return victims
+            model = self._states.pop(project).model  # it goes once in-flight requests end
+            dropped.append((project, model.version if model is not None else ""))
+        return dropped
 
     def get_model(self, project: str, wait_s: float = FIRST_LOAD_WAIT_S) -> LoadedModel | None:
         """The project's model for a request, waiting up to ``wait_s`` for a first load.

@@ -7,11 +7,18 @@ other temporal heads), ``frame average`` (no temporal model) and ``origin`` (the
 TimeDistributed Conv2D/MaxPool + Flatten + LSTM(128), trained at ``--origin-frames`` x
 ``--origin-size``; at the guide's own input, row ``guide``, it is only built, saved and
 timed). Data sets: ``synth`` (direction of motion), ``real`` (panned stretches of the clips
-in tests/data) and ``timeline`` (labelled per frame: frame accuracy, segmental F1). Prints
+in tests/data), ``timeline`` (labelled per frame: frame accuracy, segmental F1) and ``motion``
+(the ``motion4`` set: left/right, approaching/receding, each pair time-reversed copies of
+each other; trained from scratch on 60 clips a class from data seed 1, tested on 30 a class
+from seed 2; the rows of ``VARIANTS`` compare per-frame networks side by side). Prints
 accuracy, size, time per clip and peak memory, with ratios; each (model, data set) trains in
 a spawned process of its own. Run from the repository root (not imported by the packages):
 
     .venv/bin/python bench/quality.py [--datasets ...] [--models ...]
+    .venv/bin/python bench/quality.py --datasets motion --models compact "v1 grid" \
+        "separable no t-conv" --seeds 0 --epochs 40 --patience 10 --min-epochs 12
+
+(the last three: the product's TrainConfig defaults, what the RQ job trains with).
 
 Results: bench/RESULTS.md.
 """
@@ -35,7 +42,27 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADS = {"lstm": "lstm", "bilstm": "bilstm", "attention": "attention", "frame average": "average"}
-MODELS = (*HEADS, "origin")
+V1_GRID = {
+    "frame_net": "grid",
+    "temporal_kernel": 0,
+    "conv_filters": (16, 32, 64, 64),
+    "lstm_units": 128,
+}
+"""videoloop's first default per-frame network (0.31 M parameters), for comparison."""
+COMPACT = {"frame_net": "separable", "temporal_kernel": 3, "lstm_units": 64}
+"""The compact option (0.16 M parameters): not the default, it labels timeline frames worse."""
+VARIANTS: dict[str, dict] = {
+    "v1 grid": V1_GRID,
+    "compact": COMPACT,
+    "compact bilstm": {**COMPACT, "temporal": "bilstm"},
+    "separable no t-conv": {"frame_net": "separable", "temporal_kernel": 0, "lstm_units": 64},
+    "v1 grid bilstm": {**V1_GRID, "temporal": "bilstm"},
+}
+"""Per-frame networks compared on the ``motion`` set (``compact``: depthwise-separable convs,
+a temporal conv over 3 frames, LSTM(64); ``v1 grid``: the default, spelled out), and with the
+``bilstm`` head on ``timeline``: ModelConfig fields."""
+MODELS = (*HEADS, *VARIANTS, "origin")
+MOTION_CLASSES = "motion4"
 SEGMENT = 16
 MOTIONS = ("left_to_right", "right_to_left")
 
@@ -99,10 +126,10 @@ def _train_one(job: dict) -> dict:
     from training.learn.dataset import NO_CLASS, ClipArrays, stratified_split
     from training.learn.evaluate import predict_outputs
     from training.learn.fit import fit
-    from training.model.config import ModelConfig
     from training.video.clip import SamplingConfig
 
     arrays = np.load(job["data"])
+    held_out = np.load(job["test"]) if job.get("test") else None
     frame_y = arrays.get("frame_y", None)
     timeline = frame_y is not None
     y = np.full(len(arrays["strata"]), NO_CLASS, np.int32) if timeline else arrays["y"]
@@ -112,8 +139,14 @@ def _train_one(job: dict) -> dict:
     scores, f1s, train_s, epochs_run = [], [], [], []
     model = None
     for seed in job["seeds"]:
-        train_idx, test_idx, val_idx = stratified_split(arrays["strata"], (0.2, 0.15), seed=seed)
-        train, val, test = data.subset(train_idx), data.subset(val_idx), data.subset(test_idx)
+        if held_out is None:
+            split = stratified_split(arrays["strata"], (0.2, 0.15), seed=seed)
+            train, test, val = (data.subset(part) for part in split)
+        else:  # a test set of its own: all of it is tested; 15 % of the rest validates
+            train_idx, val_idx = stratified_split(arrays["strata"], (0.15,), seed=seed)
+            train, val = data.subset(train_idx), data.subset(val_idx)
+            test_y = held_out["y"]
+            test = ClipArrays(held_out["frames"], held_out["mask"], test_y, [""] * len(test_y))
         started = time.perf_counter()
         config = TrainConfig(
             epochs=job["epochs"], patience=job["patience"], min_epochs=job["min_epochs"], seed=seed
@@ -128,7 +161,7 @@ def _train_one(job: dict) -> dict:
                 val,
                 [] if timeline else labels,
                 SamplingConfig(frames=t, height=size, width=size),
-                ModelConfig(temporal=HEADS[job["model"]]),
+                _model_config(job["model"]),
                 config,
                 timeline_labels=labels if timeline else (),
             )
@@ -156,6 +189,17 @@ def _train_one(job: dict) -> dict:
         "epochs": epochs_run,
         "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
+
+
+def _model_config(name: str):
+    """The ModelConfig of a row: a temporal head of the default model, or a VARIANTS entry."""
+    from training.model.config import ModelConfig
+
+    if name in HEADS:
+        return ModelConfig(temporal=HEADS[name])
+    fields = dict(VARIANTS[name])
+    fields["conv_filters"] = tuple(fields.get("conv_filters", ModelConfig.conv_filters))
+    return ModelConfig(**fields)
 
 
 def _ms_per_clip(model, batch: dict, *, warmups: int, runs: int) -> float:
@@ -276,12 +320,25 @@ def _timeline_clips(out_dir: Path, per_pair: int, seed: int):
     return items, np.asarray(strata, np.int32)
 
 
+def _save_arrays(videos, labels, sampling, path: Path) -> Path:
+    """Decode ``videos`` and save them as the .npz a training process reads."""
+    from training.learn.dataset import decode_labelled
+
+    data, skipped = decode_labelled(videos, labels, sampling)
+    if skipped:
+        print(f"  skipped {skipped}")
+    np.savez(path, frames=data.frames, mask=data.mask, y=data.y, strata=data.y)
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--classes", default="2", help="synthetic classes: 2, 4 or names")
     parser.add_argument("--per-class", type=int, default=30, help="synthetic clips per class")
     parser.add_argument("--real-per-class", type=int, default=30, help="real pans per class")
     parser.add_argument("--timeline-per-pair", type=int, default=15, help="per motion pair")
+    parser.add_argument("--motion-per-class", type=int, default=60, help="motion4 training clips")
+    parser.add_argument("--motion-test-per-class", type=int, default=30, help="motion4 test clips")
     parser.add_argument("--seed", type=int, default=0, help="data seed (every data set)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="split seeds")
     parser.add_argument("--epochs", type=int, default=15)
@@ -305,7 +362,9 @@ def main() -> None:
         "--guide-frames", type=int, default=32, help="the guide's input, measured untrained"
     )
     parser.add_argument("--guide-size", type=int, default=224, help="0: skip that measurement")
-    parser.add_argument("--datasets", nargs="+", default=["synth", "real", "timeline"])
+    parser.add_argument(
+        "--datasets", nargs="+", default=["synth", "real", "timeline"], help="or motion"
+    )
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     args = parser.parse_args()
     started = time.perf_counter()
@@ -346,6 +405,23 @@ def main() -> None:
                     )
                 )
                 what = f"{args.per_class} clips each (data seed {args.seed})"
+            elif dataset == "motion":
+                labels = select_classes(MOTION_CLASSES)
+                videos = read_manifest(
+                    generate_dataset(
+                        folder, classes=labels, per_class=args.motion_per_class, seed=1
+                    )
+                )
+                test_folder = Path(tmp) / "motion_test"
+                test_videos = read_manifest(
+                    generate_dataset(
+                        test_folder, classes=labels, per_class=args.motion_test_per_class, seed=2
+                    )
+                )
+                what = (
+                    f"{args.motion_per_class} clips each (data seed 1), tested on "
+                    f"{args.motion_test_per_class} each (data seed 2)"
+                )
             elif dataset == "real":
                 labels = ["pan_left", "pan_right"]
                 videos = _real_pans(folder, args.real_per_class, args.seed)
@@ -358,10 +434,10 @@ def main() -> None:
                     "pair, labelled per frame"
                 )
             else:
-                raise SystemExit(f"unknown data set {dataset!r}: synth, real or timeline")
+                raise SystemExit(f"unknown data set {dataset!r}: synth, real, timeline or motion")
             print(f"data {dataset}: {list(labels or timeline_labels)}, {what}", flush=True)
             wanted = [m for m in args.models if not (timeline_labels and m == "origin")]
-            files = {}
+            files, test_files = {}, {}
             for sampling in {ours, origin} if "origin" in wanted else {ours}:
                 data, skipped = decode_labelled(
                     videos, labels, sampling, timeline_labels=timeline_labels
@@ -380,6 +456,9 @@ def main() -> None:
                     **extra,
                 )
                 del data
+                if dataset == "motion":
+                    target = test_folder / f"{sampling.key()}.npz"
+                    test_files[sampling] = str(_save_arrays(test_videos, labels, sampling, target))
             for name in wanted:
                 sampling = origin if name == "origin" else ours
                 job = {
@@ -390,6 +469,7 @@ def main() -> None:
                     "patience": args.patience,
                     "min_epochs": args.min_epochs,
                     "origin_batch": args.origin_batch,
+                    "test": test_files.get(sampling),
                 }
                 try:  # a process of its own; killed (out of memory, say), the executor says so
                     with ProcessPoolExecutor(1, mp_context=ctx) as pool:
@@ -419,6 +499,7 @@ def main() -> None:
             except Exception as exc:
                 print(f"  origin at the guide's input: FAILED ({type(exc).__name__}: {exc})")
     print_table(results, args)
+    print_variants(results)
     print(f"total {time.perf_counter() - started:.0f} s")
 
 
@@ -427,13 +508,14 @@ def print_table(results: dict[tuple[str, str], dict], args: argparse.Namespace) 
     speed, memory, and ratios to the origin (as trained here, and at the guide's own input,
     built and timed untrained: row ``guide``) and to frame averaging."""
     guide = results.get(("guide", "origin"))
+    width = max([13, *(len(name) for _, name in results)])
     print(
         f"\nseeds {args.seeds}, epochs {args.min_epochs}-{args.epochs} (patience "
         f"{args.patience}); held-out "
         "20 % per seed; acc = clip accuracy (timeline: frame accuracy), seg F1 = segmental "
         "F1@0.5; vs avg = acc minus frame average's, in points; x origin: ratio to the origin "
         "as trained on the same data; x guide: to the origin at the guide's input (untrained)\n"
-        f"{'data':8} {'model':13} {'input':>11} {'acc mean':>8} {'acc min':>7} {'seg F1':>6} "
+        f"{'data':8} {'model':{width}} {'input':>11} {'acc mean':>8} {'acc min':>7} {'seg F1':>6} "
         f"{'vs avg':>6} {'params':>10} {'MB file':>8} {'ms/clip':>7} {'peak MB':>7} "
         f"{'train s':>7} {'params x origin':>15} {'ms x origin':>11} {'params x guide':>14} "
         f"{'ms x guide':>10}"
@@ -456,10 +538,36 @@ def print_table(results: dict[tuple[str, str], dict], args: argparse.Namespace) 
         f1_text = f"{np.mean(f1):6.3f}" if f1 else f"{'-':>6}"
         on_guide = guide if dataset != "guide" else None
         print(
-            f"{dataset:8} {name:13} {r['input']:>11} {acc} {f1_text} {vs_avg} "
+            f"{dataset:8} {name:{width}} {r['input']:>11} {acc} {f1_text} {vs_avg} "
             f"{r['params']:10d} {r['bytes'] / 1e6:8.2f} {r['ms']:7.1f} {r['peak_mb']:7.0f} "
             f"{r['train_s']:7.0f} {ratio(r, ref, 'params', 15)} {ratio(r, ref, 'ms', 11)} "
             f"{ratio(r, on_guide, 'params', 14)} {ratio(r, on_guide, 'ms', 10)}"
+        )
+
+
+def print_variants(results: dict[tuple[str, str], dict]) -> None:
+    """The ``motion`` rows side by side: test accuracy, parameters and training time, with
+    ratios to the first default (``v1 grid``) where it ran."""
+    rows = {name: r for (dataset, name), r in results.items() if dataset == "motion"}
+    if not rows:
+        return
+    ref = rows.get("v1 grid")
+    print(
+        "\nmotion4 (trained from scratch, tested on another data seed): per-frame networks\n"
+        f"{'model':20} {'test acc':>8} {'acc min':>7} {'params':>8} {'train s':>7} "
+        f"{'epochs':>10} {'params x v1':>11} {'train s x v1':>12} {'acc - v1':>8}"
+    )
+    for name, r in rows.items():
+        scores = r["scores"]
+        ratios = (
+            f"{r['params'] / ref['params']:11.2f} {r['train_s'] / ref['train_s']:12.2f} "
+            f"{100 * (np.mean(scores) - np.mean(ref['scores'])):+8.1f}"
+            if ref
+            else f"{'-':>11} {'-':>12} {'-':>8}"
+        )
+        print(
+            f"{name:20} {np.mean(scores):8.3f} {min(scores):7.3f} {r['params']:8d} "
+            f"{r['train_s']:7.0f} {r['epochs']!s:>10} {ratios}"
         )
 
 

@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from training.logs import LOG_FORMATS
 from training.model.config import AUTO_TEMPORAL, check_temporal
 from training.model.uncertainty import parse_measure
 from training.video.media_policy import parse_allowed_hosts
@@ -97,6 +98,8 @@ class Settings:
     """Seconds between two forced runs ("Start training") of one project; a forced request
     sooner than that counts as an ordinary training request."""
     log_level: str = "INFO"
+    log_format: str = "text"
+    """``text`` (human-readable lines) or ``json`` (one object per line, training/logs.py)."""
     predict_batch_size: int = 8
     decode_threads: int = 2
     max_models_in_memory: int = 8
@@ -119,6 +122,9 @@ class Settings:
     (training/versions/retention.py)."""
     promote_on_start_training: bool = False
     refresh_all_tasks: bool = False
+    refresh_chunk_tasks: int = 200
+    """A refresh of more tasks than this is split into chunk jobs of this many tasks, which
+    idle workers share (training/jobs/refresh_chunks.py); 0 never splits."""
     select_new_version: bool = True
     """After a refresh, make the new version the project's selected predictions version in
     Label Studio (unless another model's is selected there): the score sort follows it."""
@@ -152,6 +158,9 @@ class Settings:
             except ValueError as exc:
                 raise ValueError(f"TRAIN_TEMPORAL: {exc} (or {AUTO_TEMPORAL})") from None
         self._check_media()
+        object.__setattr__(self, "log_format", self.log_format.lower())
+        if self.log_format not in LOG_FORMATS:
+            raise ValueError(f"LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}")
         if self.keep_rejected_versions < 1:
             raise ValueError("KEEP_REJECTED_VERSIONS must be at least 1")
 

@@ -1,6 +1,7 @@
-"""The ``videoloop`` command: serve, synth, train, predict, worker, status, models.
+"""The ``videoloop`` command: serve, synth, train, predict, worker, status, models, connect.
 
-Each subcommand with more than a few lines has a module here (train, predict, models).
+Each subcommand with more than a few lines has a module here (train, predict, models,
+connect).
 
 Each subcommand imports what it needs when it runs, so ``videoloop --help``, ``synth`` and
 ``models`` never pay for importing TensorFlow.
@@ -12,22 +13,26 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import time
 from collections.abc import Sequence
 
 from backend.cli.common import command_redis, quiet_tensorflow
+from backend.cli.connect import add_connect_parser, cmd_connect
 from backend.cli.models import cmd_models
 from backend.cli.predict import cmd_predict
 from backend.cli.train import add_train_parser, cmd_train
+from training.logs import configure_logging
 from training.settings import Settings
 
+WORKER_RESTART_AFTER_S = 2.0
+"""Pause before a worker whose RQ loop quit on an error starts afresh, in seconds."""
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+
+def _configure_logging(settings: Settings) -> None:
+    """LOG_LEVEL and LOG_FORMAT, the one way every process logs (training/logs.py)."""
+    configure_logging(settings.log_level, settings.log_format)
 
 
 def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -61,11 +66,19 @@ def _cmd_synth(args: argparse.Namespace, settings: Settings) -> int:
 
 def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     """Run jobs until stopped; a worker that has run WORKER_MAX_JOBS jobs re-execs itself (same
-    process id, same command line), so supervisors and tests see one long-lived process."""
+    process id, same command line), so supervisors and tests see one long-lived process. So
+    does one whose RQ loop quit on an error (Redis restarting as a job ended), after a pause."""
     quiet_tensorflow()
     from training.jobs.worker import WorkerExit, run_worker
 
-    if run_worker(settings, burst=args.burst, name=args.name) is WorkerExit.RECYCLE:
+    outcome = run_worker(settings, burst=args.burst, name=args.name)
+    if outcome is WorkerExit.STOPPED:
+        return 0
+    if outcome is WorkerExit.RESTART:  # Redis is likely restarting: give it a moment
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # RQ's handlers, still installed, would
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # raise StopRequested out of the sleep
+        time.sleep(WORKER_RESTART_AFTER_S)
+    if outcome in (WorkerExit.RECYCLE, WorkerExit.RESTART):
         sys.stdout.flush()
         sys.stderr.flush()
         os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
@@ -79,8 +92,9 @@ def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     project = normalize_project(args.project)
     if settings.redis_url and not args.url:
         from training.jobs.coordinator import make_coordinator
+        from training.jobs.status import project_state
 
-        state = make_coordinator(command_redis(settings), settings).get_state(project)
+        state = project_state(make_coordinator(command_redis(settings), settings), project)
     else:
         import requests
 
@@ -113,7 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("synth", help="write a synthetic labelled video set (temporal classes)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument(
-        "--classes", default="2", help="a number (first N classes) or names, comma-separated"
+        "--classes",
+        default="2",
+        help="a number (first N classes), names (comma-separated), or motion4 (left/right, "
+        "approaching/receding, each pair time-reversed)",
     )
     p.add_argument("--per-class", type=int, default=40)
     p.add_argument("--seed", type=int, default=0)
@@ -149,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--project", required=True)
     m = models.add_parser("rollback", help="make the version current before this one current")
     m.add_argument("--project", required=True)
+
+    add_connect_parser(sub)
     return parser
 
 
@@ -160,6 +179,7 @@ COMMANDS = {
     "worker": _cmd_worker,
     "status": _cmd_status,
     "models": cmd_models,
+    "connect": cmd_connect,
 }
 
 
@@ -170,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"videoloop: {exc}", file=sys.stderr)
         return 2
-    _configure_logging(settings.log_level)
+    _configure_logging(settings)
     os.environ.setdefault("KERAS_HOME", str(settings.cache_dir / "keras"))
     try:
         return COMMANDS[args.command](args, settings)

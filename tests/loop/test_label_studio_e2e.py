@@ -18,6 +18,7 @@ predictions were refreshed) are printed and written to ``.videoloop/e2e-figures.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import statistics
@@ -32,7 +33,16 @@ from typing import TypeVar
 import pytest
 import redis
 import requests
-from conftest import DATA_DIR, REAL_CLIPS, REPO, SYNTH_CLASSES, ServerProcess, worker_process
+from conftest import (
+    DATA_DIR,
+    REAL_CLIPS,
+    REPO,
+    SYNTH_CLASSES,
+    ServerProcess,
+    free_port,
+    run_videoloop,
+    worker_process,
+)
 from real_label_studio import (
     VERSION,
     LabelStudioAPI,
@@ -45,6 +55,7 @@ from real_label_studio import (
 from rq.job import Job
 from test_training_loop import worker_env
 
+from training.jobs.prediction_claims import CLAIM_KEY, REFRESH_OWNER
 from training.jobs.refresh_queue import enqueue_refresh
 from training.labelstudio.timeline import Segment, segments_from_labels
 from training.learn.labelled_files import read_manifest
@@ -365,6 +376,12 @@ class Project:
             t["id"]: [p["model_version"] for p in t["predictions"]] for t in self.ls.tasks(self.id)
         }
 
+    def claim_owner(self, version: str, task: int) -> str:
+        """Who wrote the task's prediction of ``version``: ``predict`` (Label Studio stored
+        what /predict answered) or ``refresh:...`` (training/jobs/prediction_claims.py)."""
+        raw = self.redis.get(CLAIM_KEY.format(project=self.id, version=version, task=task))
+        return raw.decode() if raw else "none"
+
     def unlabelled(self) -> set[int]:
         return {t["id"] for t in self.ls.tasks(self.id) if not t["annotations"]}
 
@@ -434,10 +451,12 @@ def import_clips(ls: LabelStudioAPI, project: int, kind: ProjectKind) -> dict[in
 @pytest.fixture
 def open_project(kind, real_ls, tmp_path, redis_url, start_server) -> Iterator[Callable]:
     """``open_project(**worker_settings)``: a new Label Studio project of ``kind`` with its
-    clips, videoloop's backend and one worker connected to it; stopped at the end."""
+    clips, videoloop's backend and one worker connected to it; stopped at the end. With
+    ``connect=False`` the backend and the worker run but the project has no model yet
+    (``ml_id`` 0)."""
     with ExitStack() as stack:
 
-        def open_(**worker_settings: str) -> Project:
+        def open_(connect: bool = True, **worker_settings: str) -> Project:
             created = real_ls.create_project(f"{kind.name} {tmp_path.name}", kind.label_config)
             clips = import_clips(real_ls, created["id"], kind)
             env = worker_env(
@@ -462,18 +481,20 @@ def open_project(kind, real_ls, tmp_path, redis_url, start_server) -> Iterator[C
             stack.enter_context(worker_process(tmp_path, env, "worker"))
             proxy = TimingProxy(backend.url)
             stack.callback(proxy.close)
-            # As docs/security.md says: basic auth on the connection ("Start training",
-            # /setup, /predict), the secret on the project webhook Label Studio created.
-            ml = real_ls.connect_backend(created["id"], proxy.url, basic_auth=BACKEND_AUTH)
-            hook = real_ls.set_webhook_headers(
-                created["id"], proxy.url, {"X-Webhook-Secret": WEBHOOK_SECRET}
-            )
-            assert hook["headers"] == {"X-Webhook-Secret": WEBHOOK_SECRET}, hook
+            ml_id = 0
+            if connect:
+                # As docs/security.md says: basic auth on the connection ("Start training",
+                # /setup, /predict), the secret on the project webhook Label Studio created.
+                ml_id = real_ls.connect_backend(
+                    created["id"], proxy.url, BACKEND_AUTH, WEBHOOK_SECRET
+                ).id
+                (hook,) = real_ls.webhooks(created["id"])
+                assert hook["headers"] == {"X-Webhook-Secret": WEBHOOK_SECRET}, hook
             return Project(
                 real_ls,
                 kind,
                 created["id"],
-                ml["id"],
+                ml_id,
                 created["parsed_label_config"],
                 clips,
                 backend,
@@ -569,7 +590,12 @@ def test_annotations_train_versions_whose_predictions_label_studio_stores(open_p
         ls.retrieve_predictions(project.id)
     refreshed = project.wait_refreshed(latest["version"])
     refresh_s = time.monotonic() - submitted_at
-    assert refreshed.isdisjoint(set(order[:6])), "labelled tasks were refreshed"
+    # The refresh writes unlabelled tasks only (REFRESH_ALL_TASKS=false). A labelled task can
+    # still have the new version's prediction: a press of "Retrieve predictions" after the
+    # refresh selected the version asks /predict for it. The claims say who wrote each one.
+    writers = {t: project.claim_owner(latest["version"], t) for t in refreshed}
+    by_refresh = {t for t, owner in writers.items() if owner.startswith(REFRESH_OWNER)}
+    assert by_refresh.isdisjoint(set(order[:6])), f"labelled tasks were refreshed: {writers}"
     project.wait_served(latest["version"])
     wait_selected(ls, project.id, latest["version"])  # followed it
     store = ModelStore(project.workdir / "models")
@@ -604,6 +630,99 @@ def test_annotations_train_versions_whose_predictions_label_studio_stores(open_p
     webhook_median = statistics.median(webhook)
     assert webhook_median < WEBHOOK_BOUND_S, f"/webhook took {webhook_median:.2f} s: {webhook}"
     assert median < SUBMIT_BOUND_S, f"Submits took {median:.2f} s: {project.submit_s}"
+
+
+@pytest.mark.parametrize("kind", [CLASSIFICATION], ids=["classification"])
+def test_videoloop_connect_takes_an_empty_project_to_a_working_loop(open_project, figures):
+    """``videoloop connect``, run as a user runs it, is all a project needs: the model
+    connected with basic auth, training on submit, the webhook's secret; run again it changes
+    nothing; and the annotations that follow train a version whose predictions Label Studio
+    stores and sorts by. Where Label Studio cannot reach the backend, it says so in one line
+    and changes nothing."""
+    # One clip of each class trains: the first Submit's forced run may start before the
+    # second Submit, and the run that follows is not forced (FORCE_TRAINING_EVERY_S).
+    project = open_project(connect=False, MIN_PER_LABEL="1")
+    ls = project.ls
+    url = project.proxy.url
+    env = connect_env(ls)
+    args = ("connect", "--project", str(project.id), "--backend-url", url)
+
+    planned = run_videoloop(*args, "--dry-run", env=env)
+    assert planned.returncode == 0, planned.stderr
+    assert ls.call("GET", "/api/ml", params={"project": project.id}) == [], "a dry run changed"
+    started = time.monotonic()
+    first = run_videoloop(*args, env=env)
+    connect_s = time.monotonic() - started
+    assert first.returncode == 0, first.stderr
+    changes = [
+        f"project {project.id}: connect the model at {url}",
+        f"ML backend: basic auth as {BACKEND_AUTH[0]!r}",
+        f"project {project.id}: train on every submitted annotation on",
+        f"webhook {url}/webhook: secret header set",
+    ]
+    printed = first.stdout.splitlines()
+    assert printed[: len(changes)] == changes, first.stdout
+    assert planned.stdout.splitlines()[: len(changes)] == [f"would: {c}" for c in changes]
+    (ml,) = ls.call("GET", "/api/ml", params={"project": project.id})
+    project.ml_id = ml["id"]
+    assert printed[len(changes)] == f"ML backend {ml['id']} at {url}: connected, serving {NO_MODEL}"
+    assert ml["state"] == "CO" and ml["auth_method"] == "BASIC_AUTH", ml
+    assert ml["basic_auth_user"] == BACKEND_AUTH[0] and ml["auto_update"], ml
+    assert ls.project(project.id)["start_training_on_annotation_update"] is True
+    (hook,) = ls.webhooks(project.id)
+    assert hook["url"] == f"{url}/webhook", hook
+    assert hook["headers"] == {"X-Webhook-Secret": WEBHOOK_SECRET}, hook
+
+    again = run_videoloop(*args, env=env)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.splitlines()[0] == "nothing to change", again.stdout
+
+    # Label Studio cannot reach a backend there: one line says so, the connection stays.
+    nowhere = run_videoloop(*args[:-1], f"http://127.0.0.1:{free_port()}", env=env)
+    assert nowhere.returncode != 0 and nowhere.stdout == ""
+    assert len(nowhere.stderr.strip().splitlines()) == 1, nowhere.stderr
+    assert "Label Studio cannot connect the model at" in nowhere.stderr, nowhere.stderr
+    assert "health check failed" in nowhere.stderr, nowhere.stderr
+    assert ls.ml_backend(project.ml_id)["url"] == url
+    for run in (planned, first, again, nowhere):
+        output = run.stdout + run.stderr
+        assert "Traceback" not in output and ls.server.token not in output, output
+        assert BACKEND_AUTH[1] not in output and WEBHOOK_SECRET not in output, output
+
+    # The loop: one clip of each class, and Label Studio shows the version's predictions.
+    order = project.labelling_order()
+    project.submit(order[0])
+    project.submit(order[1])
+    trained = project.wait_settled(lambda run: run["status"] == "trained", "the first version")
+    project.wait_refreshed(trained["version"])
+    wait_selected(ls, project.id, trained["version"])
+    project.wait_served(trained["version"])
+    assert project.events_received() == Counter(START_TRAINING=2, ANNOTATION_CREATED=2)
+    ordered = [t["predictions_score"] for t in ls.tasks_by_prediction_score(project.id)]
+    scored = [score for score in ordered if score is not None]
+    assert len(scored) >= len(project.unlabelled()) and scored == sorted(scored), ordered
+
+    settled = run_videoloop(*args, env=env)
+    assert settled.returncode == 0, settled.stderr
+    assert settled.stdout.splitlines()[:2] == [
+        "nothing to change",
+        f"ML backend {project.ml_id} at {url}: connected, serving {trained['version']}",
+    ], settled.stdout
+    figures["videoloop_connect"] = {"connect_s": round(connect_s, 2)}
+
+
+def connect_env(ls: LabelStudioAPI) -> dict[str, str]:
+    """``videoloop connect``'s environment: the backend's own settings."""
+    own = ("LABEL_STUDIO_", "BASIC_AUTH_", "WEBHOOK_SECRET", "REDIS_URL", "LOG_LEVEL")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(own)}
+    env.update(
+        LABEL_STUDIO_URL=ls.server.url,
+        LABEL_STUDIO_API_KEY=ls.server.token,
+        BASIC_AUTH_USER=BACKEND_AUTH[0],
+        BASIC_AUTH_PASS=BACKEND_AUTH[1],
+        WEBHOOK_SECRET=WEBHOOK_SECRET,
+    )
+    return env
 
 
 def wait_selected(ls, project_id: int, version: str, timeout_s: float = 120.0) -> None:

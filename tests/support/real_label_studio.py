@@ -5,7 +5,8 @@ clone (first run on a machine ~70 s, then nothing); :func:`run_label_studio` sta
 free port with a fresh data folder, as docs/design.md says (legacy token, local files served,
 loopback ML backends allowed, no Sentry, no version check), and kills its process group at
 the end. :class:`LabelStudioAPI` speaks to it over HTTP the way the Data Manager, the project
-settings and an annotator's Submit do.
+settings and an annotator's Submit do; it connects the model with ``videoloop connect``'s
+code.
 
 Opting out: ``VIDEOLOOP_SKIP_LABEL_STUDIO=1`` skips the suite on a machine that cannot install
 it (no network); in CI (``CI`` set) that is refused, so the suite never passes by being
@@ -29,6 +30,11 @@ import pytest
 import requests
 from conftest import REPO, free_port
 from fake_label_studio import LoopbackServer
+
+from backend.cli.connect import connect_project
+from backend.cli.connect_plan import Wanted, normalize_url
+from training.labelstudio.client import LabelStudioSession
+from training.labelstudio.connection import ConnectionAPI, MLBackendView
 
 VERSION = "1.23.2"
 SKIP_ENV = "VIDEOLOOP_SKIP_LABEL_STUDIO"
@@ -268,25 +274,28 @@ class LabelStudioAPI:
         self,
         project: int,
         url: str,
-        title: str = "videoloop",
         basic_auth: tuple[str, str] | None = None,
-    ) -> dict:
-        """Project → Settings → Model → Connect Model, with "Use basic auth" when given."""
-        body = {"url": url, "project": project, "title": title, "is_interactive": True}
-        if basic_auth is not None:
-            body.update(
-                auth_method="BASIC_AUTH",
-                basic_auth_user=basic_auth[0],
-                basic_auth_pass=basic_auth[1],
-            )
-        return self.call("POST", "/api/ml", json=body)
+        webhook_secret: str = "",
+        interactive: bool = True,
+    ) -> MLBackendView:
+        """Project -> Settings -> Model -> Connect Model (with "Use basic auth" when given) and
+        the secret header on the project webhook Label Studio creates, as ``videoloop
+        connect`` does it (backend/cli/connect.py, the product's code); train on submit is
+        left as the project has it. Returns the connection, once Label Studio shows it
+        connected."""
+        wanted = Wanted(
+            project=project,
+            backend_url=normalize_url(url),
+            basic_auth=basic_auth,
+            webhook_secret=webhook_secret,
+            interactive=interactive,
+            train_on_submit=None,
+        )
+        with LabelStudioSession(self.server.url, self.server.token, max_retries=0) as session:
+            return connect_project(ConnectionAPI(session), wanted, say=lambda line: None)
 
-    def set_webhook_headers(self, project: int, url: str, headers: dict[str, str]) -> dict:
-        """Put ``headers`` on the project webhook Label Studio created for the backend at
-        ``url`` (``<url>/webhook``), as the README's security section says to."""
-        hooks = self.call("GET", "/api/webhooks/", params={"project": project})
-        (hook,) = [h for h in hooks if h["url"] == url.rstrip("/") + "/webhook"]
-        return self.call("PATCH", f"/api/webhooks/{hook['id']}/", json={"headers": headers})
+    def webhooks(self, project: int) -> list[dict]:
+        return self.call("GET", "/api/webhooks/", params={"project": project})
 
     def ml_backend(self, ml_id: int) -> dict:
         """The backend as its settings card shows it (Label Studio calls /health and /setup)."""

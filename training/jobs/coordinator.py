@@ -241,6 +241,16 @@ class TrainingCoordinator:
             return follow_id
         return None
 
+    def requeue_if_forgotten(self, project: str, run: StartedRun) -> RequestOutcome | None:
+        """Ask again for the run of a job that lost its lease because Redis lost its data (a
+        restart of a Redis that keeps nothing on disk): no process would otherwise train the
+        project until its next annotation. Nothing happens when Redis still knows the project:
+        the lease then expired, and recovery has given the run to another job already."""
+        if self.connection.sismember(PROJECTS_KEY, project):
+            return None
+        log.warning("project %s: Redis forgot the project; asking for its run again", project)
+        return self.request(project, force=run.force, events=max(1, run.events))
+
     # --- repair ---------------------------------------------------------------------------
 
     def recover(self) -> list[str]:

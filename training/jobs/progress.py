@@ -21,13 +21,18 @@ META_SAVE_EVERY_S = 1.0
 
 
 class JobProgress:
-    """Writes progress events into the RQ job's meta, throttled, and logs stage changes."""
+    """Writes progress events into the RQ job's meta, throttled, and logs stage changes.
+
+    Progress is for people watching: a write that fails because Redis is restarting is logged
+    once and skipped, never a reason to stop a training run.
+    """
 
     def __init__(self, job, project: str) -> None:
         self.job = job
         self.project = project
         self._stage: str | None = None
         self._saved_at = 0.0
+        self._unsaved = False
 
     def __call__(self, event: dict) -> None:
         stage = event.get("stage")
@@ -39,7 +44,14 @@ class JobProgress:
         self._stage, self._saved_at = stage, now
         if self.job is not None:
             self.job.meta["progress"] = event
-            self.job.save_meta()
+            try:
+                self.job.save_meta()
+            except redis.RedisError as exc:  # Redis restarting: the work goes on, the next write
+                if not self._unsaved:  # shows it (the lease decides whether it may publish)
+                    log.warning("project %s: progress not saved (Redis: %s)", self.project, exc)
+                self._unsaved = True
+            else:
+                self._unsaved = False
 
 
 class LeaseLost(RuntimeError):

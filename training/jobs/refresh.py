@@ -15,7 +15,8 @@ written only after claiming it in Redis, so neither a twin job nor Label Studio 
 Duplicates that got past that anyway are deleted at the end. Tasks go through in
 batches of PREDICT_BATCH_SIZE clips: fetch (MediaResolver), decode (ClipCache), predict, write.
 A video that cannot be fetched or decoded is skipped and counted. The job stops early when the
-version is no longer current (a newer one's refresh takes over).
+version is no longer current (a newer one's refresh takes over). More tasks than
+REFRESH_CHUNK_TASKS are split into chunk jobs that idle workers share (refresh_chunks.py).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Progress = Callable[[dict], None]
+FanOut = Callable[[list[TaskRefreshState], int], list[str]]
 
 SKIPPED_LISTED = 50
 """At most this many skipped tasks are listed (with the reason) in the job's result."""
@@ -78,6 +80,7 @@ def refresh_predictions(
     *,
     progress: Progress = _noop,
     claims: PredictionClaims | None = None,
+    fan_out: FanOut | None = None,
 ) -> dict:
     """Predict the project's tasks with ``version`` and write the predictions to Label Studio.
 
@@ -87,10 +90,14 @@ def refresh_predictions(
         settings: Label Studio, store, cache, batch size, REFRESH_ALL_TASKS.
         progress: called with ``{"stage": "refresh", "done", "total", "written", "skipped"}``.
         claims: where tasks are claimed before writing (None: no claims, a lone writer).
+        fan_out: ``fan_out(todo, already)`` queues chunk jobs for the tasks to predict when
+            they are more than REFRESH_CHUNK_TASKS (training/jobs/refresh_chunks.py), and
+            returns their ids; None: this call predicts every task itself.
 
     Returns:
-        ``{"status": "done"|"superseded"|"skipped", "version", "written", "skipped",
-        "already", "duplicates_deleted", "total", "skipped_tasks": [{"task", "reason"}, ...]}``.
+        ``{"status": "done"|"superseded"|"skipped"|"fanned_out", "version", "written",
+        "skipped", "already", "duplicates_deleted", "total", "skipped_tasks": [{"task",
+        "reason"}, ...]}``, and ``"chunks"`` (how many) when fanned out.
 
     Raises:
         LabelStudioError: Label Studio unreachable or refusing (the job fails; run it again).
@@ -106,27 +113,64 @@ def refresh_predictions(
 
     with LabelStudioSession(settings.label_studio_url, settings.label_studio_api_key) as ls:
         controls, todo = _list_tasks(ls, project, summary, settings.refresh_all_tasks)
+        chunk = settings.refresh_chunk_tasks
+        if fan_out is not None and chunk > 0 and len(todo) > chunk:
+            return {**summary.as_dict("fanned_out"), "chunks": len(fan_out(todo, summary.already))}
         status, reason = "done", None
         if todo:
             status, reason = _predict_and_write(
                 ls, store, info, controls, todo, summary, claims, settings
             )
         if status == "done":
-            summary.duplicates_deleted = _delete_duplicates(ls, project, version)
-        if status == "done" and settings.select_new_version:
-            summary.selected = _select(ls, store, project, version)
-    log.info(
-        "project %s: refreshed predictions with %s in %.1f s: %d written, %d skipped, "
-        "%d already there",
-        project,
-        version,
-        time.perf_counter() - started,
-        summary.written,
-        summary.skipped,
-        summary.already,
-    )
+            _finish(ls, store, summary, settings)
+    summary.log_done(time.perf_counter() - started)
     result = summary.as_dict(status)
     return result if reason is None else {**result, "reason": reason}
+
+
+def refresh_chunk(
+    project: str,
+    version: str,
+    todo: list[TaskRefreshState],
+    settings: Settings,
+    *,
+    progress: Progress = _noop,
+    claims: PredictionClaims | None = None,
+) -> dict:
+    """Predict and write one chunk of a fanned-out refresh (training/jobs/refresh_chunks.py):
+    the same steps and result as :func:`refresh_predictions` over ``todo``, without the end
+    of the refresh (:func:`finish_refresh`, which the last chunk runs)."""
+    store = ModelStore(settings.model_dir)
+    info = store.get_version(project, version)
+    summary = RefreshSummary(project, version, progress, total=len(todo))
+    if store.get_current(project) != version:
+        log.info("project %s: %s is no longer current; chunk not run", project, version)
+        return summary.as_dict("superseded")
+    with LabelStudioSession(settings.label_studio_url, settings.label_studio_api_key) as ls:
+        controls = _label_config(ls, project)
+        status, reason = _predict_and_write(
+            ls, store, info, controls, todo, summary, claims, settings
+        )
+    result = summary.as_dict(status)
+    return result if reason is None else {**result, "reason": reason}
+
+
+def finish_refresh(project: str, version: str, settings: Settings) -> dict:
+    """The end of a fanned-out refresh, run by its last chunk: the duplicates pass and the
+    version selection. Returns ``{"duplicates_deleted", "selected"}``."""
+    store = ModelStore(settings.model_dir)
+    summary = RefreshSummary(project, version, _noop)
+    with LabelStudioSession(settings.label_studio_url, settings.label_studio_api_key) as ls:
+        _finish(ls, store, summary, settings)
+    return {"duplicates_deleted": summary.duplicates_deleted, "selected": summary.selected}
+
+
+def _finish(
+    ls: LabelStudioSession, store: ModelStore, summary: RefreshSummary, settings: Settings
+) -> None:
+    summary.duplicates_deleted = _delete_duplicates(ls, summary.project, summary.version)
+    if settings.select_new_version:
+        summary.selected = _select(ls, store, summary.project, summary.version)
 
 
 def _predict_and_write(
@@ -158,16 +202,20 @@ def _list_tasks(
     ls: LabelStudioSession, project: str, summary: RefreshSummary, include_labelled: bool
 ) -> tuple[VideoControls, list[TaskRefreshState]]:
     """The project's label config and the tasks to predict, in order; counts them."""
-    try:
-        controls = parse_label_config(ls.get_label_config(project))
-    except LabelConfigError as exc:
-        raise LabelStudioError(f"project {project} cannot be predicted: {exc}") from exc
+    controls = _label_config(ls, project)
     tasks = list(ls.iter_task_refresh_states(project, controls))
     summary.already = sum(summary.version in t.model_versions for t in tasks)
     todo = order_tasks(tasks, summary.version, include_labelled=include_labelled)
     summary.total = len(todo)
     summary.report()
     return controls, todo
+
+
+def _label_config(ls: LabelStudioSession, project: str) -> VideoControls:
+    try:
+        return parse_label_config(ls.get_label_config(project))
+    except LabelConfigError as exc:
+        raise LabelStudioError(f"project {project} cannot be predicted: {exc}") from exc
 
 
 def _delete_duplicates(ls: LabelStudioSession, project: str, version: str) -> int:
@@ -225,6 +273,18 @@ class RefreshSummary:
                 "written": self.written,
                 "skipped": self.skipped,
             }
+        )
+
+    def log_done(self, seconds: float) -> None:
+        log.info(
+            "project %s: refreshed predictions with %s in %.1f s: %d written, %d skipped, "
+            "%d already there",
+            self.project,
+            self.version,
+            seconds,
+            self.written,
+            self.skipped,
+            self.already,
         )
 
     def as_dict(self, status: str) -> dict:

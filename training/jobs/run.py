@@ -69,7 +69,9 @@ def run_training(
     ) as pinned:
         videos = fetch_videos(project, tasks, settings, progress, pinned)
         parent = store.get_current_info(project)
-        run = training_run(settings, parent, cache, tasks, videos, force, ensure_owner)
+        run = training_run(
+            settings, parent, cache, tasks, videos, force, ensure_owner, pinned.folder / "clips.u8"
+        )
         try:
             info = train_and_publish(store, project, videos.data, run, progress=progress)
         except TrainingError as exc:
@@ -217,6 +219,7 @@ def training_run(
     videos: FetchedVideos,
     force: bool,
     before_publish: Callable[[], None] | None = None,
+    clips_file: Path | None = None,
 ) -> TrainingRun:
     """How the job trains: fine-tuning the current version with its own settings, or a first
     model with the settings' sampling and temporal head; published without becoming current
@@ -245,6 +248,7 @@ def training_run(
         make_current=False,
         extra_meta={"source": source},
         before_publish=before_publish,
+        clips_file=clips_file,
     )
 
 

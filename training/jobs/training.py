@@ -5,20 +5,29 @@ queued job, so these two stay here, thin, over the steps in run.py and refresh.p
 
 A job receives only ids; it reads settings from the environment and every piece of data from
 Label Studio and the model store, so any worker on any machine can run it (RQ's advice:
-importable functions, no globals). Progress goes to the job's RQ meta and to the log.
+importable functions, no globals). Progress goes to the job's RQ meta and to the log (each
+line naming the project and job: training/logs.py), durations and outcomes to Redis
+(training/jobs/job_metrics.py).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import time
 
+import redis
 from rq import get_current_job
+from rq.job import Job
 
+from training.jobs import refresh_chunks as chunks
 from training.jobs.coordinator import TrainingCoordinator, make_coordinator
+from training.jobs.job_metrics import JobTimer, record_version, timed_job
 from training.jobs.prediction_claims import PredictionClaims
 from training.jobs.progress import JobProgress, LeaseKeeper, LeaseLost
-from training.jobs.refresh_queue import REFRESH_AGAIN_KEY
+from training.jobs.refresh_queue import REFRESH_AGAIN_KEY, enqueue_refresh
+from training.logs import log_context
 from training.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -30,16 +39,26 @@ def train_project(project: str) -> dict:
     Coalescing: the job first takes the project's pending requests; if another run of the
     project is in progress it defers (that run queues the follow-up). Any failure records
     the run as failed; failures worth retrying (Label Studio or the store unreachable) give
-    the events back so the next run takes them.
+    the events back so the next run takes them. Its duration, outcome and the gate's verdict
+    are counted in Redis (training/jobs/job_metrics.py).
     """
+    job = get_current_job()
+    with log_context(project=project, job=job.id), timed_job(job.connection, "training") as timer:
+        result = _train(job, project, timer)
+    if result["status"] in ("trained", "rejected"):
+        record_version(job.connection, published=result["status"] == "trained")
+    return result
+
+
+def _train(job: Job, project: str, timer: JobTimer) -> dict:
     from training.jobs.run import run_training
 
-    job = get_current_job()
     settings = Settings.from_env()
     coordinator = make_coordinator(job.connection, settings)
     run = coordinator.start(project, job.id)
     if run is None:
         log.info("project %s: another training run is in progress; %s defers", project, job.id)
+        timer.outcome = "deferred"
         return {"status": "deferred"}
     progress = JobProgress(job, project)
     started = time.time()
@@ -53,6 +72,9 @@ def train_project(project: str) -> dict:
                 ensure_owner=lease.ensure_held,
             )
     except LeaseLost:
+        timer.outcome = "lease_lost"
+        with contextlib.suppress(redis.RedisError):
+            coordinator.requeue_if_forgotten(project, run)
         raise  # the project's run is another job's now: its record is not this job's to write
     except Exception as exc:
         _record_failure(coordinator, project, job.id, exc, started)
@@ -60,6 +82,7 @@ def train_project(project: str) -> dict:
     result = {**result, "events": run.events, "started_at": started, "finished_at": time.time()}
     coordinator.finish(project, job.id, result=result)
     progress({"stage": "done", **result})
+    timer.outcome = result["status"]
     return result
 
 
@@ -87,9 +110,20 @@ def refresh_predictions(project: str, version: str) -> dict:
     """RQ job: predict the project's tasks with ``version`` and write the predictions to
     Label Studio (see training/jobs/refresh.py). Progress ``{"stage": "refresh", "done",
     "total"}`` is in the job's meta. Tasks imported during a pass get another pass."""
+    job = get_current_job()
+    connection = job.connection if job is not None else None
+    with (
+        log_context(project=project, job=job.id if job is not None else None),
+        timed_job(connection, "refresh") as timer,
+    ):
+        result = _refresh(job, project, version)
+        timer.outcome = result["status"]
+    return result
+
+
+def _refresh(job: Job | None, project: str, version: str) -> dict:
     from training.jobs.refresh import refresh_predictions as refresh
 
-    job = get_current_job()
     progress = JobProgress(job, project)
     settings = Settings.from_env()
     again = REFRESH_AGAIN_KEY.format(project=project, version=version)
@@ -98,11 +132,54 @@ def refresh_predictions(project: str, version: str) -> dict:
     while True:
         if job is not None:
             job.connection.delete(again)  # this pass lists every task there is now
-        result = refresh(project, version, settings, progress=progress, claims=claims)
+        fan_out = None
+        if job is not None:
+            fan_out = functools.partial(chunks.fan_out, job.connection, project, version, settings)
+        result = refresh(
+            project, version, settings, progress=progress, claims=claims, fan_out=fan_out
+        )
         passes += 1
         if job is None or result["status"] != "done" or not job.connection.exists(again):
             break
         log.info("project %s: tasks were added during the refresh; another pass", project)
     result["passes"] = passes
     progress({"stage": "done", **{k: v for k, v in result.items() if k != "skipped_tasks"}})
+    return result
+
+
+def refresh_chunk(project: str, version: str, tasks: list[dict]) -> dict:
+    """RQ job: one chunk of a fanned-out refresh (training/jobs/refresh_chunks.py). Its
+    progress adds to the refresh's; the last chunk to finish ends the refresh, and queues
+    another pass if tasks were imported meanwhile."""
+    job = get_current_job()
+    with log_context(project=project, job=job.id), timed_job(job.connection, "refresh") as timer:
+        result = _refresh_chunk(job, project, version, tasks)
+        timer.outcome = result["status"]
+    return result
+
+
+def _refresh_chunk(job: Job, project: str, version: str, tasks: list[dict]) -> dict:
+    from training.jobs.refresh import finish_refresh
+    from training.jobs.refresh import refresh_chunk as run_chunk
+
+    settings = Settings.from_env()
+    progress = chunks.ChunkProgress(job.connection, project, version, JobProgress(job, project))
+    try:
+        result = run_chunk(
+            project,
+            version,
+            chunks.tasks_of(tasks),
+            settings,
+            progress=progress,
+            claims=PredictionClaims(job.connection),
+        )
+    except Exception:
+        progress.finish(job.id, failed=True)
+        raise
+    progress.add(result)
+    if progress.finish(job.id, failed=False) and result["status"] == "done":
+        result["end"] = finish_refresh(project, version, settings)
+        if job.connection.exists(REFRESH_AGAIN_KEY.format(project=project, version=version)):
+            log.info("project %s: tasks were added during the refresh; another pass", project)
+            enqueue_refresh(job.connection, project, version, settings)
     return result

@@ -38,12 +38,17 @@ class WorkerExit(Enum):
     """Asked to stop (SIGTERM, SIGINT), or the queue is empty in burst mode."""
     RECYCLE = "recycle"
     """It ran WORKER_MAX_JOBS jobs: replace this process with a fresh one."""
+    RESTART = "restart"
+    """RQ's loop quit on an error (Redis restarting as a job ended): start a fresh process
+    after a pause."""
 
 
 class JobWorker(SimpleWorker):
     """Runs jobs in this process, one after another, with RQ's SIGALRM job timeout."""
 
     jobs_run = 0
+    stop_requested = False
+    """Set by SIGTERM or SIGINT (RQ's own flag is private)."""
 
     def execute_job(self, job, queue) -> None:
         self.jobs_run += 1
@@ -51,6 +56,20 @@ class JobWorker(SimpleWorker):
             super().execute_job(job, queue)
         finally:
             _release_models()
+
+    def request_stop(self, signum, frame) -> None:
+        self.stop_requested = True
+        super().request_stop(signum, frame)
+
+    def register_birth(self) -> None:
+        """Register, replacing this very process's own record where a restart found one
+        (same host and pid: the CLI re-execs in place) that Redis kept because the loop quit
+        without registering its death."""
+        hostname, pid, death = self.connection.hmget(self.key, ["hostname", "pid", "death"])
+        mine = hostname == self.hostname.encode() and pid == str(self.pid).encode()
+        if mine and death is None:
+            self.connection.delete(self.key)
+        super().register_birth()
 
 
 def _release_models() -> None:
@@ -90,18 +109,24 @@ def run_worker(settings: Settings, *, burst: bool = False, name: str | None = No
         _import_tensorflow()
         worker = JobWorker([coordinator.queue], connection=connection, name=name)
         max_jobs = settings.worker_max_jobs if settings.worker_max_jobs > 0 else None
-        worker.work(
-            burst=burst,
-            logging_level=settings.log_level,
-            with_scheduler=False,
-            max_jobs=max_jobs,
-        )
+        try:
+            worker.work(
+                burst=burst,
+                logging_level=settings.log_level,
+                with_scheduler=False,
+                max_jobs=max_jobs,
+            )
+        except redis.RedisError as exc:  # its teardown could not reach Redis either
+            log.warning("worker %s: RQ's loop ended on a Redis error: %s", worker.name, exc)
     finally:
         recovery.stop()
     if max_jobs is not None and worker.jobs_run >= max_jobs and not burst:
         log.info("worker %s ran %d jobs: a fresh process replaces it", worker.name, max_jobs)
         return WorkerExit.RECYCLE
-    return WorkerExit.STOPPED
+    if burst or worker.stop_requested:
+        return WorkerExit.STOPPED
+    log.warning("worker %s: RQ's loop quit on an error; a fresh process starts", worker.name)
+    return WorkerExit.RESTART
 
 
 class ThreadWorker(SimpleWorker):

@@ -38,10 +38,10 @@ from typing import Any
 
 import httpx
 from label_studio_sdk import LabelStudio
-from label_studio_sdk.core.api_error import ApiError
 
-from training.labelstudio.errors import LabelStudioError, call_error
+from training.labelstudio.errors import LabelStudioError
 from training.labelstudio.labelconfig import LabelConfigError, VideoControls, parse_label_config
+from training.labelstudio.sdk_reader import SdkReader, check_target, parse_project_id
 from training.labelstudio.tasks import (
     ProjectData,
     TaskRefreshState,
@@ -89,7 +89,7 @@ def fetch_project_data(
             (401 wrong key, 404 no such project, ...), or a label config without a
             <Video> classified by a <Choices>.
     """
-    project_id = _project_id(project)
+    project_id = parse_project_id(project)
     started = time.perf_counter()
     with LabelStudioSession(url, api_key, timeout_s=timeout_s, max_retries=max_retries) as ls:
         base = ls.base
@@ -139,8 +139,8 @@ class LabelStudioSession:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         max_retries: int = DEFAULT_MAX_RETRIES,
     ) -> None:
-        self.base = _check_target(url, api_key)
-        self._reader = _Reader(self.base, api_key, timeout_s=timeout_s, max_retries=max_retries)
+        self.base = check_target(url, api_key)
+        self._reader = SdkReader(self.base, api_key, timeout_s=timeout_s, max_retries=max_retries)
         self._timeout_s = timeout_s
         self._http: httpx.Client | None = None
         self._client: LabelStudio | None = None
@@ -170,14 +170,19 @@ class LabelStudioSession:
             raise RuntimeError("use LabelStudioSession as a context manager")
         return self._client
 
+    def error(self, where: str, exc: Exception, *, verb: str = "read") -> LabelStudioError:
+        """The LabelStudioError for a failed sdk call to ``where`` (errors.call_error: names
+        the URL and the status, never the key), for callers that make their own calls."""
+        return self._reader.error(where, exc, verb=verb)
+
     def get_label_config(self, project: str | int) -> str:
         """The project's label config (XML)."""
-        return self._reader.label_config(self.client, _project_id(project))
+        return self._reader.label_config(self.client, parse_project_id(project))
 
     def iter_tasks(self, project: str | int, page_size: int = DEFAULT_PAGE_SIZE) -> Iterator[dict]:
         """Every task of the project, all pages, as ``GET /api/tasks/?fields=all`` returns it
         (annotations and predictions included); tasks.py reads them."""
-        return self._reader.tasks(self.client, _project_id(project), page_size)
+        return self._reader.tasks(self.client, parse_project_id(project), page_size)
 
     def iter_task_refresh_states(
         self, project: str | int, controls: VideoControls, page_size: int = DEFAULT_PAGE_SIZE
@@ -201,7 +206,7 @@ class LabelStudioSession:
         Returns:
             The version now selected (``version``), or None when left alone.
         """
-        project_id = _project_id(project)
+        project_id = parse_project_id(project)
         where = f"/api/projects/{project_id}/"
         try:
             selected = getattr(self.client.projects.get(project_id), "model_version", None) or ""
@@ -259,7 +264,7 @@ class LabelStudioSession:
         (``GET /api/predictions/?project=``, ``DELETE /api/predictions/<id>/``): the refresh's
         safety net behind the claims of training/jobs/prediction_claims.py. Returns how many
         were deleted."""
-        pid = _project_id(project)
+        pid = parse_project_id(project)
         where = f"/api/predictions/?project={pid}"
         try:
             predictions = self.client.predictions.list(project=pid)
@@ -286,112 +291,3 @@ class LabelStudioSession:
                 "project %s: deleted %d duplicate predictions of %s", pid, len(extra), version
             )
         return len(extra)
-
-
-class _Reader:
-    """The sdk calls, with every failure turned into a LabelStudioError that names the URL."""
-
-    def __init__(self, base: str, api_key: str, *, timeout_s: float, max_retries: int) -> None:
-        self.base = base
-        self._key = api_key
-        self._timeout_s = timeout_s
-        self._max_retries = max_retries
-
-    def connect(self, http: httpx.Client) -> LabelStudio:
-        try:
-            # The trailing slash keeps a path prefix (https://host/ls/) when the sdk joins
-            # "api/token/refresh/" to it with urljoin.
-            return LabelStudio(
-                base_url=self.base + "/",
-                api_key=self._key,
-                httpx_client=http,
-                timeout=self._timeout_s,
-                max_retries=self._max_retries,
-            )
-        except ApiError as exc:  # an expired personal access token, or a JWT without expiry
-            raise self.error("the API key", exc) from None
-
-    def label_config(self, client: LabelStudio, project_id: int) -> str:
-        where = f"/api/projects/{project_id}/"
-        try:
-            project = client.projects.get(project_id)
-        except Exception as exc:
-            raise self.error(where, exc) from None
-        config = getattr(project, "label_config", None)
-        if not isinstance(config, str) or not config.strip():
-            raise LabelStudioError(f"{self.base}{where} has no label config")
-        return config
-
-    def tasks(self, client: LabelStudio, project_id: int, page_size: int) -> Iterator[dict]:
-        """Every task of the project, all pages, as plain dicts (the sdk's models keep the
-        fields they do not declare, so nothing Label Studio sends is lost)."""
-        page_no = 1
-        where = f"/api/tasks/?project={project_id}&page={page_no}"
-        seen = 0
-        try:
-            pager = client.tasks.list(
-                project=project_id, fields="all", page_size=page_size, resolve_uri=False
-            )
-            expected = getattr(pager.response, "total", None)
-            pages = pager.iter_pages()
-            while True:
-                try:
-                    page = next(pages)
-                except StopIteration:
-                    break
-                except ApiError as exc:
-                    if exc.status_code == 404 and page_no > 1:
-                        break  # past the last page: Label Studio says "Invalid page."
-                    raise
-                for item in page.items or ():
-                    seen += 1
-                    yield _as_dict(item)
-                page_no += 1
-                where = f"/api/tasks/?project={project_id}&page={page_no}"
-        except LabelStudioError:
-            raise
-        except Exception as exc:
-            raise self.error(where, exc) from None
-        if isinstance(expected, int) and seen < expected:
-            log.warning(
-                "project %s: Label Studio reported %d tasks but %d were read (tasks deleted "
-                "while reading?)",
-                project_id,
-                expected,
-                seen,
-            )
-
-    def error(self, where: str, exc: Exception, *, verb: str = "read") -> LabelStudioError:
-        """The error for a failed call (errors.call_error: never quotes the key)."""
-        return call_error(self.base, self._key, where, exc, timeout_s=self._timeout_s, verb=verb)
-
-
-def _check_target(url: str, api_key: str) -> str:
-    """Label Studio's base URL without a trailing slash, once url and key are usable."""
-    base = (url or "").strip().rstrip("/")
-    if not base:
-        raise LabelStudioError("cannot reach Label Studio: LABEL_STUDIO_URL is not set")
-    if not base.startswith(("http://", "https://")):
-        raise LabelStudioError(f"cannot reach Label Studio at {base}: the URL must be http(s)://")
-    if not api_key:
-        raise LabelStudioError(
-            f"cannot reach Label Studio at {base}: LABEL_STUDIO_API_KEY is not set"
-        )
-    return base
-
-
-def _project_id(project: str | int) -> int:
-    text = str(project).strip()
-    head = text.split(".", 1)[0]
-    if not head.isdigit() or (head != text and not text.split(".", 1)[1].isdigit()):
-        raise ValueError(f"invalid Label Studio project id {project!r}")
-    return int(head)
-
-
-def _as_dict(item: object) -> dict:
-    if isinstance(item, Mapping):
-        return dict(item)
-    dump = getattr(item, "model_dump", None) or getattr(item, "dict", None)
-    if dump is None:
-        raise TypeError(f"unexpected task item {type(item).__name__}")
-    return dump()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from training.model.config import ModelConfig
@@ -99,6 +100,10 @@ class TrainingRun:
     before_publish: Callable[[], None] | None = None
     """Called right before publishing; raises to publish nothing (a training job that lost
     its lease: training/jobs/progress.py)."""
+    clips_file: Path | None = None
+    """Where the run writes its decoded clips, read back a batch at a time
+    (training/learn/clip_file.py): memory no longer grows with the number of clips. None:
+    they are held in memory."""
 
     def configs(self) -> tuple[SamplingConfig, ModelConfig]:
         """The sampling and model settings this run trains with, defaults resolved."""

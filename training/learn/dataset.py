@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from training.labelstudio.timeline import DEFAULT_FRAME_RATE, IGNORE, Segment, frame_targets
-from training.video.clip import SamplingConfig, stack_clips
+from training.learn.clip_file import ClipFile, ClipFileWriter
+from training.video.clip import Clip, SamplingConfig
 from training.video.clipcache import ClipCache, file_sha256
-from training.video.decoder import VideoDecodeError, decode_many
+from training.video.decoder import VideoDecodeError, iter_decoded
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ class ClipArrays:
     per-frame targets, IGNORE where a frame does not count (training/labelstudio/timeline.py).
     """
 
-    frames: np.ndarray  # (N, T, H, W, 3) uint8
+    frames: np.ndarray | ClipFile  # (N, T, H, W, 3) uint8, in memory or in a file
     mask: np.ndarray  # (N, T) bool
     y: np.ndarray  # (N,) int32 index into the label list, or NO_CLASS
     sources: list[str]
@@ -64,8 +65,10 @@ class ClipArrays:
         return len(self.y)
 
     def subset(self, idx: np.ndarray | Sequence[int]) -> ClipArrays:
+        """The clips ``idx``; those of a ClipFile stay in the file (nothing is read)."""
+        frames = self.frames
         return ClipArrays(
-            self.frames[idx],
+            frames.rows(idx) if isinstance(frames, ClipFile) else frames[idx],
             self.mask[idx],
             self.y[idx],
             [self.sources[i] for i in idx],
@@ -110,13 +113,15 @@ def decode_labelled(
     cache: ClipCache | None = None,
     keys: Sequence[str] | None = None,
     timeline_labels: Sequence[str] = (),
+    clips_file: str | os.PathLike | None = None,
 ) -> tuple[ClipArrays, list[tuple[str, str]]]:
     """Decode labelled videos. Unreadable videos are skipped and returned with the reason.
 
     ``videos`` are LabelledVideo items or ``(path, label)`` pairs. ``cache`` (a ClipCache)
-    spares decoding videos decoded before, e.g. by the last retrain. ``keys`` (one per video)
-    are carried into the result's ``keys`` for the kept clips. With ``timeline_labels``, each
-    clip's sampled frames get their targets from its segments (``frame_y``).
+    spares decoding videos decoded before. ``keys`` (one per video) are carried into the
+    result's ``keys``. With ``timeline_labels``, frames get targets from segments (``frame_y``).
+    With ``clips_file``, frames are written there as they are decoded and ``frames`` is a
+    ClipFile (training/learn/clip_file.py): memory does not grow with the number of clips.
 
     Raises:
         ValueError: a label is not in ``labels``, or ``keys`` is not one per video.
@@ -125,37 +130,47 @@ def decode_labelled(
     if keys is not None and len(keys) != len(items):
         raise ValueError(f"{len(keys)} keys for {len(items)} videos")
     index = _class_index(items, labels)
-    results = decode_many(
-        [v.path for v in items], sampling, threads=threads, progress=progress, cache=cache
-    )
-    clips, ys, frame_ys, sources, kept_keys, skipped = [], [], [], [], [], []
-    for n, (video, result) in enumerate(zip(items, results, strict=True)):
+    decoded = iter_decoded([v.path for v in items], sampling, threads=threads, cache=cache)
+    clip_shape = (sampling.frames, sampling.height, sampling.width, 3)
+    writer = ClipFileWriter(clips_file, clip_shape) if clips_file is not None else None
+    frames, masks, ys, frame_ys, sources, kept_keys, skipped = [], [], [], [], [], [], []
+    for n, (video, result) in enumerate(zip(items, decoded, strict=True)):
+        if progress:
+            progress(n + 1, len(items))
         if isinstance(result, VideoDecodeError):
             log.warning("skipping %s: %s", video.path, result)
             skipped.append((str(video.path), str(result)))
             continue
-        clips.append(result)
+        if writer is not None:
+            writer.append(result.frames)
+        else:
+            frames.append(result.frames)
+        masks.append(result.mask)
         ys.append(index[video.label] if video.label is not None else NO_CLASS)
         if timeline_labels:
-            frame_ys.append(
-                frame_targets(
-                    video.segments,
-                    timeline_labels,
-                    result.indices,
-                    result.fps,
-                    video.frame_rate,
-                    sampling.frames,
-                )
-            )
+            frame_ys.append(_frame_targets(video, result, timeline_labels, sampling))
         sources.append(str(video.path))
         kept_keys.append(str(keys[n]) if keys is not None else str(video.path))
-    if not clips:
+    stored = writer.close() if writer is not None else None
+    if not masks:
         return _no_clips(sampling, timeline=bool(timeline_labels)), skipped
-    frames, mask = stack_clips(clips)
-    frame_y = np.stack(frame_ys).astype(np.int32) if timeline_labels else None
-    return (
-        ClipArrays(frames, mask, np.asarray(ys, np.int32), sources, kept_keys, frame_y),
-        skipped,
+    arrays = ClipArrays(
+        stored if stored is not None else np.stack(frames).astype(np.uint8, copy=False),
+        np.stack(masks).astype(bool, copy=False),
+        np.asarray(ys, np.int32),
+        sources,
+        kept_keys,
+        np.stack(frame_ys).astype(np.int32) if timeline_labels else None,
+    )
+    return arrays, skipped
+
+
+def _frame_targets(
+    video: LabelledVideo, clip: Clip, timeline_labels: Sequence[str], sampling: SamplingConfig
+) -> np.ndarray:
+    """The targets of the clip's sampled frames, from the video's timeline segments."""
+    return frame_targets(
+        video.segments, timeline_labels, clip.indices, clip.fps, video.frame_rate, sampling.frames
     )
 
 

@@ -169,6 +169,7 @@ def _decode(
         progress=lambda done, total: progress({"stage": "decode", "done": done, "total": total}),
         keys=keys,
         timeline_labels=timeline_labels,
+        clips_file=run.clips_file,
     )
     counts = np.bincount(arrays.y[arrays.has_class], minlength=len(labels))
     if labels and (counts == 0).any():

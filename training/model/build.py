@@ -7,7 +7,10 @@ features keep a coarse spatial grid instead:
 
 * the input is the frame **and its difference from the previous frame** (6 channels), so
   motion is visible to the CNN from the first layer at no extra cost;
-* a small strided conv stack brings 112x112 down to a 7x7 grid;
+* a small strided conv stack brings 112x112 down to a 7x7 grid (by default depthwise-separable
+  after the first conv, then a (2+1)D temporal conv over 3 frames at each grid cell, residual:
+  0.16 M parameters in all, against the first default's 0.31 M, and as accurate on the
+  ``motion4`` set: bench/RESULTS.md "Motion set");
 * a 1x1 convolution projects that grid to a few channels, which are flattened (keeping
   position) and passed through one narrow dense layer: 7*7*8 -> 128;
 * time is folded into the batch (B*T frames through the CNN once), not wrapped in
@@ -32,6 +35,7 @@ from keras import layers, ops
 from training.model.config import (
     APPEARANCE_MODES,
     BACKBONES,
+    FRAME_NETS,
     ModelConfig,
     check_temporal,
 )
@@ -130,14 +134,28 @@ class AttentionPooling(layers.Layer):
         return {**super().get_config(), "units": self.units}
 
 
-def _small_cnn(x, filters: tuple[int, ...], prefix: str = ""):
+def _small_cnn(x, filters: tuple[int, ...], prefix: str = "", separable: bool = False):
+    """Strided 3x3 convs with BatchNorm and ReLU; ``separable``: depthwise-separable after
+    the first (which sees few channels, so a plain conv costs little there)."""
     for i, n in enumerate(filters):
-        x = layers.Conv2D(n, 3, strides=2, padding="same", use_bias=False, name=f"{prefix}conv{i}")(
-            x
-        )
+        conv = layers.SeparableConv2D if separable and i else layers.Conv2D
+        x = conv(n, 3, strides=2, padding="same", use_bias=False, name=f"{prefix}conv{i}")(x)
         x = layers.BatchNormalization(momentum=0.9, name=f"{prefix}bn{i}")(x)
         x = layers.ReLU(name=f"{prefix}relu{i}")(x)
     return x
+
+
+def _temporal_conv(x, frames: int, kernel: int):
+    """(2+1)D: a convolution over ``kernel`` frames at each grid cell of (B*T, h, w, C)
+    features, added to them (residual), so each cell sees motion over several frames."""
+    channels = x.shape[-1]
+    y = UnfoldTime(frames, name="grid_unfold_time")(x)
+    y = layers.Conv3D(
+        channels, (kernel, 1, 1), padding="same", use_bias=False, name="temporal_conv"
+    )(y)
+    y = layers.BatchNormalization(momentum=0.9, name="temporal_bn")(y)
+    y = FoldTime(name="grid_fold_time")(y)
+    return layers.ReLU(name="temporal_relu")(layers.Add(name="temporal_residual")([x, y]))
 
 
 def _mobilenet(x, config: ModelConfig, sampling: SamplingConfig):
@@ -185,6 +203,8 @@ def build_model(
         raise ValueError(f"unknown backbone {config.backbone!r}; choose one of {BACKBONES}")
     if config.appearance not in APPEARANCE_MODES:
         raise ValueError(f"unknown appearance {config.appearance!r}; one of {APPEARANCE_MODES}")
+    if config.frame_net not in FRAME_NETS:
+        raise ValueError(f"unknown frame_net {config.frame_net!r}; one of {FRAME_NETS}")
     check_temporal(config.temporal)
     if num_classes == 1 or num_classes < 0 or (num_classes == 0 and timeline_labels < 1):
         raise ValueError(
@@ -215,7 +235,12 @@ def _frame_features(scaled, sampling: SamplingConfig, config: ModelConfig):
     if config.frame_differences:
         x = FrameDifferences(keep_frames=not split_streams, name="frame_differences")(x)
     x = FoldTime(name="fold_time")(x)
-    x = _small_cnn(x, config.conv_filters) if small else _mobilenet(x, config, sampling)
+    if small:
+        x = _small_cnn(x, config.conv_filters, separable=config.frame_net == "separable")
+        if config.temporal_kernel > 0:
+            x = _temporal_conv(x, sampling.frames, config.temporal_kernel)
+    else:  # frame_net and temporal_kernel are the small backbone's
+        x = _mobilenet(x, config, sampling)
     # Keep the spatial grid: project channels, flatten positions, narrow dense.
     grid = layers.Conv2D(config.grid_channels, 1, activation="relu", name="grid_projection")(x)
     grid = layers.Flatten(name="grid_flatten")(grid)

@@ -14,6 +14,14 @@ BACKBONES = ("small", "mobilenet_v3_small")
 APPEARANCE_MODES = ("pooled", "full", "none")
 """How the small backbone sees the frames themselves (ModelConfig.appearance)."""
 
+FRAME_NETS = ("grid", "separable")
+"""The small backbone's per-frame network (ModelConfig.frame_net)."""
+
+LEGACY_FIELDS = {"frame_net": "grid", "temporal_kernel": 0}
+"""What a version saved before these fields existed was built with: ModelConfig.from_dict
+fills them in when a stored config lacks them, so a fine-tune of an old version rebuilds the
+old architecture (its meta.json names every other field)."""
+
 TEMPORAL_HEADS = ("lstm", "bilstm", "attention", "average")
 """What reads the per-frame features over time (ModelConfig.temporal)."""
 
@@ -49,10 +57,22 @@ class ModelConfig:
     backbone_weights: str | None = None
     """For mobilenet_v3_small: None (random init), 'imagenet' (downloads), or a .weights.h5 path."""
     conv_filters: tuple[int, ...] = (16, 32, 64, 64)
+    frame_net: str = "grid"
+    """The small backbone's motion stream (mobilenet_v3_small ignores it): 'grid' (plain 3x3
+    convs, the default) or 'separable' (a plain first conv, then depthwise-separable ones,
+    about a tenth of the weights; not the default yet: it labels timeline frames worse,
+    bench/RESULTS.md#motion-set)."""
+    temporal_kernel: int = 0
+    """> 0: a (2+1)D-style temporal convolution of this many frames over each grid cell of
+    the motion stream, after the spatial convs and before the grid is flattened, so motion
+    over several frames (a speed, a growth) is seen at each position; 0: none (as versions
+    saved before this field existed were built). The small backbone only."""
     grid_channels: int = 8
     """Channels of the 1x1 projection whose spatial grid is flattened (keeps position)."""
     frame_features: int = 128
     lstm_units: int = 128
+    """128 (0.31 M parameters in all); the compact option of bench/RESULTS.md#motion-set
+    (frame_net='separable', temporal_kernel=3, lstm_units=64) has 0.16 M."""
     dropout: float = 0.3
     recurrent_dropout: float = 0.0
     frame_differences: bool = True
@@ -84,7 +104,12 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        """A stored config (meta.json's ``model``); unknown keys are ignored, and the fields
+        of LEGACY_FIELDS that it lacks take their legacy values, not today's defaults."""
+        known = {
+            **LEGACY_FIELDS,
+            **{k: v for k, v in data.items() if k in cls.__dataclass_fields__},
+        }
         if "conv_filters" in known:
             known["conv_filters"] = tuple(known["conv_filters"])
         return cls(**known)

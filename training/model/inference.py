@@ -25,7 +25,7 @@ from training.model.loaded import LoadedModel
 from training.model.uncertainty import Measure, confidence
 from training.video.clip import Clip, stack_clips
 from training.video.decoder import VideoDecodeError
-from training.video.media import MediaError
+from training.video.media import HttpStatusError, MediaError, MediaRefused
 
 log = logging.getLogger(__name__)
 
@@ -33,19 +33,59 @@ ClipSource = Callable[[], Clip]
 """Fetches and decodes one video; runs on the decode pool. Raises MediaError or
 VideoDecodeError for a video that cannot be read (that video fails alone)."""
 
+BatchObserver = Callable[[int, float], object]
+"""Called with a batch's clip count and its forward pass's seconds (/predict's metrics)."""
+
+
+LIMIT_SETTINGS = (
+    "MAX_VIDEO_MB",
+    "DOWNLOAD_DEADLINE_S",
+    "MAX_VIDEO_PIXELS",
+    "MAX_VIDEO_SECONDS",
+    "MAX_VIDEO_FRAMES",
+    "DECODE_DEADLINE_S",
+)
+"""The per-video limits (docs/security.md); a video over one fails with the setting's name in
+its message, and its Failure's ``kind`` is that name in lower case."""
+
 
 @dataclass(frozen=True)
 class Failure:
     """A video that got no prediction, and why (logged and reported, never raised).
 
-    ``unfinished``: not a fault of the video: the caller's deadline came first.
+    ``unfinished``: not a fault of the video: the caller's deadline came first. ``kind``: the
+    reason as one of a few fixed words (a limit of LIMIT_SETTINGS in lower case,
+    ``media_refused``, ``http_status``, ``media_error``, ``decode_error``, ``internal_error``
+    or ``deadline``), for counting; ``reason`` is the sentence for people.
     """
 
     reason: str
     unfinished: bool = False
+    kind: str = "internal_error"
 
 
-DEADLINE_REACHED = Failure("the request's deadline came before this video was ready", True)
+DEADLINE_REACHED = Failure(
+    "the request's deadline came before this video was ready", True, kind="deadline"
+)
+
+
+def failure_kind(exc: BaseException) -> str:
+    """The Failure ``kind`` of what a clip source raised: the limit it is over (named in its
+    message by design: training/video/decode_limits.py, download.py), else its family."""
+    if isinstance(exc, MediaError | VideoDecodeError):
+        message = str(exc)
+        for setting in LIMIT_SETTINGS:
+            if setting in message:
+                return setting.lower()
+    if isinstance(exc, MediaRefused):
+        return "media_refused"
+    if isinstance(exc, HttpStatusError):
+        return "http_status"
+    if isinstance(exc, MediaError):
+        return "media_error"
+    if isinstance(exc, VideoDecodeError):
+        return "decode_error"
+    return "internal_error"
 
 
 @dataclass(frozen=True)
@@ -132,6 +172,7 @@ def predict_clips(
     *,
     window: int | None = None,
     deadline: float | None = None,
+    on_batch: BatchObserver | None = None,
 ) -> Iterator[tuple[int, ClipPrediction | Failure]]:
     """Predict every source's clip with ``model``; yields ``(index, outcome)`` once per source.
 
@@ -141,7 +182,8 @@ def predict_clips(
     soon as it is known (so before the batch it would have joined); the others go on. Past
     ``deadline`` (a time.monotonic() value), the clips already decoded are still predicted and
     every other source yields DEADLINE_REACHED; sources still running are left to finish on
-    ``pool`` (the caller decides whether to wait for them).
+    ``pool`` (the caller decides whether to wait for them). ``on_batch(clips, seconds)`` is
+    told how long each forward pass took.
     """
     batch_size = max(1, model.batch_size)
     window = max(1, window or 2 * batch_size)
@@ -155,7 +197,7 @@ def predict_clips(
         index, future = pending[0]
         outcome = _clip_or_failure(future, deadline)
         if outcome is DEADLINE_REACHED:
-            yield from _run_batch(model, batch)
+            yield from _run_batch(model, batch, on_batch)
             for late, _ in pending:
                 yield late, DEADLINE_REACHED
             for late in range(next_source, len(sources)):
@@ -167,9 +209,9 @@ def predict_clips(
             continue
         batch.append((index, outcome))
         if len(batch) >= batch_size:
-            yield from _run_batch(model, batch)
+            yield from _run_batch(model, batch, on_batch)
             batch.clear()
-    yield from _run_batch(model, batch)
+    yield from _run_batch(model, batch, on_batch)
 
 
 def _clip_or_failure(future: Future[Clip], deadline: float | None) -> Clip | Failure:
@@ -182,18 +224,22 @@ def _clip_or_failure(future: Future[Clip], deadline: float | None) -> Clip | Fai
     try:
         return future.result()
     except (MediaError, VideoDecodeError) as exc:
-        return Failure(str(exc))
+        return Failure(str(exc), kind=failure_kind(exc))
     except Exception as exc:
         log.exception("a video could not be prepared")
-        return Failure(f"internal error: {type(exc).__name__}")
+        return Failure(f"internal error: {type(exc).__name__}", kind="internal_error")
 
 
 def _run_batch(
-    model: LoadedModel, batch: list[tuple[int, Clip]]
+    model: LoadedModel, batch: list[tuple[int, Clip]], on_batch: BatchObserver | None
 ) -> Iterator[tuple[int, ClipPrediction]]:
     if not batch:
         return
-    outputs = model.predict(*stack_clips([clip for _, clip in batch]))
+    inputs = stack_clips([clip for _, clip in batch])
+    started = time.perf_counter()
+    outputs = model.predict(*inputs)
+    if on_batch is not None:
+        on_batch(len(batch), time.perf_counter() - started)
     labels, timeline_labels = tuple(model.labels), tuple(model.timeline_labels)
     for row, (index, clip) in enumerate(batch):
         classes = outputs.get("classes")

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from training.durable import fsync_dir, fsync_tree, write_atomically
 from training.versions import retention
+from training.versions.names import VERSION_RE as _VERSION_RE
 from training.versions.retention import KEEP_REJECTED_VERSIONS
 
 MODEL_FILE = "model.keras"
@@ -45,7 +46,6 @@ HISTORY_FILE = "history.jsonl"
 NO_MODEL_VERSION = "untrained"
 """The version string reported for a project that has no trained model yet."""
 
-_VERSION_RE = re.compile(r"^v(\d+)-\d{8}-\d{6}$")
 _PROJECT_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 

@@ -12,9 +12,10 @@ opened and what one decode may cost (DecodeLimits); over a cap is a VideoDecodeE
 from __future__ import annotations
 
 import bisect
+import collections
 import os
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -346,6 +347,25 @@ def decode_many(
     new ones are added; its ``hits``/``misses`` say how many were decoded. ``limits``
     default to the cache's, else to DecodeLimits().
     """
+    results: list[Clip | VideoDecodeError] = []
+    for result in iter_decoded(paths, sampling, threads=threads, cache=cache, limits=limits):
+        results.append(result)
+        if progress:
+            progress(len(results), len(paths))
+    return results
+
+
+def iter_decoded(
+    paths: Sequence[str | os.PathLike],
+    sampling: SamplingConfig,
+    *,
+    threads: int = 2,
+    cache: ClipCache | None = None,
+    limits: DecodeLimits | None = None,
+) -> Iterator[Clip | VideoDecodeError]:
+    """What :func:`decode_many` returns, one at a time and in order, decoding at most
+    ``4 * threads`` videos ahead of the consumer: memory stays bounded however many there are
+    (a training run writes each clip to a file as it comes, training/learn/clip_file.py)."""
 
     def one(path: str | os.PathLike) -> Clip | VideoDecodeError:
         try:
@@ -355,17 +375,15 @@ def decode_many(
         except VideoDecodeError as exc:
             return exc
 
-    results: list[Clip | VideoDecodeError] = []
-    total = len(paths)
-    if threads <= 1 or total <= 1:
-        for path in paths:
-            results.append(one(path))
-            if progress:
-                progress(len(results), total)
-        return results
+    if threads <= 1 or len(paths) <= 1:
+        yield from map(one, paths)
+        return
+    ahead = 4 * threads
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode") as pool:
-        for result in pool.map(one, paths):
-            results.append(result)
-            if progress:
-                progress(len(results), total)
-    return results
+        pending: collections.deque[Future] = collections.deque()
+        for path in paths:
+            pending.append(pool.submit(one, path))
+            if len(pending) >= ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()

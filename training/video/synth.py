@@ -9,6 +9,12 @@ its pair:
 - ``left_to_right`` / ``right_to_left``: a shape moves horizontally over the same range.
 - ``grow`` / ``shrink``: a shape's size changes over the same range of sizes.
 - ``red_then_blue`` / ``blue_then_red``: a shape changes colour once; both colours show.
+- ``approaching`` / ``receding``: a shape comes closer in perspective (grows as 1 / depth and
+  slides away from a vanishing point) or goes away.
+
+Named sets (``select_classes("motion4")``) are rendered *paired*: clip i of a pair's second
+class is clip i of its first class, whole scene included, played backwards, so a clip and its
+partner hold exactly the same frames and only their order tells the class.
 
 Each clip varies: a textured background (low-frequency pattern, stripes, a fixed fine
 texture and per-frame noise), 0-2 small greyish distractors moving on their own, the main
@@ -30,6 +36,7 @@ import numpy as np
 from training.learn.labelled_files import MANIFEST_NAME
 from training.video.synth_scene import (
     KINDS,
+    REVERSED_OF,
     Track,
     continue_track,
     draw_scene,
@@ -44,8 +51,17 @@ CLASSES: tuple[str, ...] = (
     "shrink",
     "red_then_blue",
     "blue_then_red",
+    "approaching",
+    "receding",
 )
 """Every class, in the order ``select_classes(n)`` takes them (pairs stay together)."""
+
+SETS: dict[str, tuple[str, ...]] = {
+    "motion4": ("left_to_right", "right_to_left", "approaching", "receding"),
+}
+"""Named class sets, rendered paired (see the module's docstring). ``motion4`` is the set the
+default model is measured on (bench/quality.py ``--datasets motion``): 60 training clips a
+class from seed 1, 30 test clips a class from seed 2."""
 
 CLIP_SECONDS = (1.5, 4.0)
 """Range of a clip's length, in seconds (uniform)."""
@@ -55,12 +71,12 @@ SEGMENTED_CLIP_SECONDS = (3.0, 6.0)
 
 
 def select_classes(spec: str | int | None) -> list[str]:
-    """Pick the classes to generate: None (all), the first n, or comma-separated names.
+    """Pick the classes to generate: None (all), the first n, a named set, or names.
 
     Args:
         spec: None for every class; an int n for ``CLASSES[:n]`` (2 gives the left/right pair,
-            4 adds grow/shrink); or a string such as ``"grow,shrink"`` (a digit string counts
-            as n).
+            4 adds grow/shrink); a name of SETS (``"motion4"``); or a string such as
+            ``"grow,shrink"`` (a digit string counts as n).
 
     Returns:
         Class names, in the order given (CLASSES order for None or n).
@@ -77,9 +93,11 @@ def select_classes(spec: str | int | None) -> list[str]:
         if not 1 <= spec <= len(CLASSES):
             raise ValueError(f"number of classes must be 1..{len(CLASSES)}, got {spec}")
         return list(CLASSES[:spec])
+    if spec.strip() in SETS:
+        return list(SETS[spec.strip()])
     names = [name.strip() for name in spec.split(",") if name.strip()]
     if not names:
-        raise ValueError(f"no class names given; valid names: {valid}")
+        raise ValueError(f"no class names given; valid names: {valid}; sets: {', '.join(SETS)}")
     unknown = [name for name in names if name not in CLASSES]
     if unknown:
         raise ValueError(f"unknown class name(s) {', '.join(unknown)}; valid names: {valid}")
@@ -95,6 +113,27 @@ def clip_rng(seed: int, class_index: int, i: int) -> np.random.Generator:
     not depend on which other classes are generated with it.
     """
     return np.random.default_rng(np.random.SeedSequence([seed, class_index, i]))
+
+
+def is_paired_set(classes: list[str] | tuple[str, ...]) -> bool:
+    """Whether ``classes`` are exactly one of SETS (in any order): rendered paired."""
+    return any(set(classes) == set(named) for named in SETS.values())
+
+
+def paired_clip(
+    label: str, seed: int, i: int, *, width: int = 160, height: int = 120, fps: int = 25
+) -> np.ndarray:
+    """Clip i of ``label`` in a paired set: a pair's second class plays clip i of the first
+    class backwards, frame for frame (background, noise and distractors included).
+
+    Returns:
+        (N, height, width, 3) uint8 RGB frames; ``paired_clip(second, s, i)`` equals
+        ``paired_clip(first, s, i)[::-1]``.
+    """
+    forward = REVERSED_OF.get(label, label)
+    rng = clip_rng(seed, CLASSES.index(forward), i)
+    frames = render_clip(forward, rng, width=width, height=height, fps=fps)
+    return np.ascontiguousarray(frames[::-1]) if label in REVERSED_OF else frames
 
 
 def render_clip(
@@ -227,7 +266,8 @@ def generate_dataset(
     Layout: ``out_dir/<label>/<label>_<i:04d>.mp4`` and ``out_dir/manifest.csv`` (header
     ``path,label``, paths relative to out_dir, written last and atomically, so a manifest
     never names a clip that is not there). Clip i of a class uses ``clip_rng(seed,
-    CLASSES.index(label), i)``.
+    CLASSES.index(label), i)``; classes that are exactly a named set (SETS) are rendered
+    paired (:func:`paired_clip`).
 
     Args:
         out_dir: created if missing; existing clips with the same names are overwritten.
@@ -249,13 +289,16 @@ def generate_dataset(
     out = Path(out_dir)
     rows: list[tuple[str, str]] = []
     total = len(classes) * per_class
+    paired = is_paired_set(classes)
+    size = {"width": width, "height": height, "fps": fps}
     for label in classes:
         (out / label).mkdir(parents=True, exist_ok=True)
-        class_index = CLASSES.index(label)
         for i in range(per_class):
             rel = f"{label}/{label}_{i:04d}.mp4"
-            rng = clip_rng(seed, class_index, i)
-            frames = render_clip(label, rng, width=width, height=height, fps=fps)
+            if paired:
+                frames = paired_clip(label, seed, i, **size)
+            else:
+                frames = render_clip(label, clip_rng(seed, CLASSES.index(label), i), **size)
             write_video(out / rel, frames, fps)
             rows.append((rel, label))
             if progress is not None:

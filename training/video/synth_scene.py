@@ -12,10 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-_REVERSED_OF = {
+REVERSED_OF = {
     "right_to_left": "left_to_right",
     "shrink": "grow",
     "blue_then_red": "red_then_blue",
+    "receding": "approaching",
 }
 """Second class of a pair -> the first class, whose track it plays backwards."""
 
@@ -53,11 +54,16 @@ def main_track(
     label: str, rng: np.random.Generator, n: int, width: int, height: int, fps: int, kind: str
 ) -> Track:
     """The main shape's track; a pair's second class plays the first one's track backwards."""
-    forward = _REVERSED_OF.get(label, label)
+    forward = REVERSED_OF.get(label, label)
     scale = min(width, height) / 120
-    make = {"left_to_right": _track_move, "grow": _track_grow, "red_then_blue": _track_colour}
+    make = {
+        "left_to_right": _track_move,
+        "grow": _track_grow,
+        "red_then_blue": _track_colour,
+        "approaching": _track_approach,
+    }
     track = make[forward](rng, n, width, height, fps, scale, kind)
-    return track.reversed() if label in _REVERSED_OF else track
+    return track.reversed() if label in REVERSED_OF else track
 
 
 def continue_track(before: Track, after: Track, width: int, height: int) -> Track:
@@ -106,6 +112,24 @@ def _track_grow(
     r = r_small + (r_large - r_small) * f
     cx0, cy0, dx, dy = _drifting_start(rng, 8.0 * scale, r_large + _MARGIN_PX, width, height)
     return Track(kind, cx0 + dx * f, cy0 + dy * f, r, _constant(_vivid(rng), n))
+
+
+def _track_approach(
+    rng: np.random.Generator, n: int, width: int, height: int, fps: int, scale: float, kind: str
+) -> Track:
+    """Coming closer in perspective, from 3.5-5x farther away than its nearest: the size grows
+    as 1 / depth (slowly, then fast) and the shape slides away from a vanishing point (down,
+    as on a floor, and sideways by its lateral offset)."""
+    depth = 1.0 + rng.uniform(2.5, 4.0) * (1.0 - _progress(rng, n))  # far -> 1 (nearest)
+    f = 1.0 / depth
+    r_near = min(rng.uniform(16.0, 26.0) * scale, min(width, height) / 2 - _MARGIN_PX - 1)
+    vx, vy = rng.uniform(0.35, 0.65) * width, rng.uniform(0.2, 0.45) * height
+    room = r_near + _MARGIN_PX
+    # where it is at its nearest, inside the frame; farther away it lies nearer (vx, vy)
+    x_near = rng.uniform(max(room, vx - 0.3 * width), min(width - room, vx + 0.3 * width))
+    y_near = rng.uniform(max(room, vy), height - room)
+    colour = _constant(_vivid(rng), n)
+    return Track(kind, vx + (x_near - vx) * f, vy + (y_near - vy) * f, r_near * f, colour)
 
 
 def _drifting_start(

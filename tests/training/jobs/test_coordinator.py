@@ -135,3 +135,32 @@ def test_a_queued_id_whose_job_vanished_is_requeued(coordinator, monkeypatch):
     [requeued] = coordinator.recover()
     assert requeued != job_id
     assert queued_jobs(coordinator) == [requeued]
+
+
+def test_a_run_whose_lease_redis_forgot_is_asked_for_again(coordinator):
+    """A Redis that keeps nothing on disk restarted under a run: the job finds its lease gone
+    and Redis knowing nothing of the project, and asks for the run again with its events."""
+    coordinator.request("7", events=3)
+    [job_id] = queued_jobs(coordinator)
+    Queue(QUEUE_NAME, connection=coordinator.connection).remove(job_id)
+    run = coordinator.start("7", job_id)
+    coordinator.connection.flushdb()  # the restart
+
+    assert not coordinator.renew_lease("7", job_id)
+    assert coordinator.requeue_if_forgotten("7", run) is RequestOutcome.QUEUED
+    [again] = queued_jobs(coordinator)
+    assert coordinator.start("7", again) == StartedRun(events=3, force=False)
+
+
+def test_a_run_whose_lease_expired_is_not_asked_for_twice(coordinator):
+    """The lease ran out (a frozen worker) while Redis kept its data: recovery gives the run to
+    another job, and the woken job asks for nothing more."""
+    coordinator.request("7")
+    [job_id] = queued_jobs(coordinator)
+    Queue(QUEUE_NAME, connection=coordinator.connection).remove(job_id)
+    run = coordinator.start("7", job_id)
+    coordinator.connection.delete("videoloop:train:7:running")  # as if the lease ran out
+    [recovered] = coordinator.recover()
+
+    assert coordinator.requeue_if_forgotten("7", run) is None
+    assert queued_jobs(coordinator) == [recovered]

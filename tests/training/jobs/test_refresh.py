@@ -5,20 +5,26 @@ in this process (burst), a real model from the session fixture."""
 from __future__ import annotations
 
 import dataclasses
+import functools
+import os
 import shutil
+import time
 from dataclasses import dataclass
 
 import numpy as np
 import pytest
-from conftest import LS_TOKEN, publish_copy
+from conftest import LS_TOKEN, publish_copy, worker_process
 from fake_label_studio import FakeLabelStudio
-from rq import SimpleWorker
+from rq import SimpleWorker, Worker
 from rq.job import Job
 
+from training.jobs import refresh_chunks as chunks
 from training.jobs.coordinator import make_coordinator
 from training.jobs.prediction_claims import PREDICT_OWNER, REFRESH_OWNER, PredictionClaims
-from training.jobs.refresh import order_tasks
+from training.jobs.refresh import order_tasks, refresh_predictions
+from training.jobs.refresh_chunks import chunk_job_id
 from training.jobs.refresh_queue import enqueue_refresh
+from training.jobs.status import project_state
 from training.labelstudio.tasks import TaskRefreshState
 from training.settings import Settings
 from training.versions.store import ModelStore
@@ -268,18 +274,29 @@ def test_duplicates_of_the_version_are_deleted_at_the_end(setup, redis_conn):
         assert len(setup.ls.predictions(unlabelled)) == 1
 
 
-def test_a_refresh_that_label_studio_fails_writes_the_rest_when_run_again(setup, redis_conn):
-    """Label Studio answering 500 to the predictions API: the job fails (RQ keeps it as
-    failed), giving back the claims of what it could not write; run again, it writes every
-    task once."""
-    setup.ls.fail_next(500, path_prefix="/api/predictions/", times=12)  # past the sdk's retries
+@pytest.mark.parametrize("status", [500, 401, None], ids=["500", "401", "unreachable"])
+def test_a_refresh_that_label_studio_fails_writes_the_rest_when_run_again(
+    status, setup, redis_conn, monkeypatch
+):
+    """Label Studio answering 500 or 401 to the predictions API, or not listening at all: the
+    job fails (RQ keeps it as failed, with the reason), giving back the claims of what it
+    could not write; run again, it writes every task once."""
+    if status is None:  # nothing listens there: port 1 refuses at once
+        monkeypatch.setenv("LABEL_STUDIO_URL", "http://127.0.0.1:1")
+    else:
+        setup.ls.fail_next(status, path_prefix="/api/predictions/", times=12)  # past retries
     settings = Settings.from_env()
     job_id = enqueue_refresh(redis_conn, str(setup.project), setup.version, settings)
     SimpleWorker([make_coordinator(redis_conn, settings).queue], connection=redis_conn).work(
         burst=True
     )
-    assert Job.fetch(job_id, connection=redis_conn).get_status() == "failed"
+    failed = Job.fetch(job_id, connection=redis_conn)
+    assert failed.get_status() == "failed"
+    reason = failed.latest_result().exc_string
+    assert (f"HTTP {status}" if status else "cannot connect") in reason, reason
+    assert LS_TOKEN not in reason
     setup.ls.clear_faults()  # Label Studio answers again
+    monkeypatch.setenv("LABEL_STUDIO_URL", setup.ls.url)
 
     result = run_refresh(redis_conn, setup).return_value()
 
@@ -296,3 +313,98 @@ def test_a_failed_clean_up_pass_does_not_fail_the_written_refresh(setup, redis_c
     result = run_refresh(redis_conn, setup).return_value()
     assert result["status"] == "done" and result["duplicates_deleted"] == 0
     assert result["written"] == len(setup.unlabelled)
+
+
+# -- a refresh split into chunks (training/jobs/refresh_chunks.py) ------------------------------
+
+
+def chunk_jobs(redis_conn, project: Project, version: str) -> list[Job]:
+    ids = [chunk_job_id(str(project.project), version, i) for i in range(10)]
+    return [job for job in Job.fetch_many(ids, connection=redis_conn) if job is not None]
+
+
+def test_a_large_refresh_is_split_into_chunks_that_write_each_task_once(
+    setup, redis_conn, monkeypatch
+):
+    """Six tasks to predict, two per chunk: three chunk jobs, every task written once, the
+    refresh's progress summed over the chunks, and the last chunk ending the refresh (the
+    duplicates pass). Run again, nothing is written twice."""
+    monkeypatch.setenv("REFRESH_CHUNK_TASKS", "2")
+    parent = run_refresh(redis_conn, setup).return_value()
+    assert parent["status"] == "fanned_out" and parent["chunks"] == 3
+
+    jobs = chunk_jobs(redis_conn, setup, setup.version)
+    assert [job.get_status() for job in jobs] == ["finished"] * 3
+    results = [job.return_value() for job in jobs]
+    assert sum(r["written"] for r in results) == len(setup.unlabelled)
+    assert sum(r["skipped"] for r in results) == 2  # the broken video and the missing one
+    assert ["end" in r for r in results].count(True) == 1  # the last one ends the refresh
+    for task in setup.unlabelled:
+        assert [p["model_version"] for p in setup.ls.predictions(task)] == [setup.version]
+
+    coordinator = make_coordinator(redis_conn, Settings.from_env())
+    refresh = project_state(coordinator, str(setup.project))["refresh"]
+    assert refresh["version"] == setup.version and refresh["status"] == "done"
+    assert refresh["total"] == refresh["done"] == len(setup.unlabelled) + 2
+    assert (refresh["written"], refresh["skipped"], refresh["chunks_done"]) == (4, 2, 3)
+
+    again = run_refresh(redis_conn, setup).return_value()  # two left (both fail): no split
+    assert again["status"] == "done" and again["written"] == 0
+    assert len(setup.ls.predictions()) == len(setup.unlabelled)
+
+
+def test_a_newer_version_cancels_the_queued_chunks_of_an_older_one(
+    setup, redis_conn, trained_model, monkeypatch
+):
+    monkeypatch.setenv("REFRESH_CHUNK_TASKS", "1")
+    settings = Settings.from_env()
+    project = str(setup.project)
+
+    def fan_out(version: str) -> dict:  # what the refresh job does, without running chunks
+        split = functools.partial(chunks.fan_out, redis_conn, project, version, settings)
+        return refresh_predictions(project, version, settings, fan_out=split)
+
+    assert fan_out(setup.version)["chunks"] == 6
+    newer = publish_copy(setup.store, project, trained_model.info).version
+    assert fan_out(newer)["chunks"] == 6
+
+    assert {job.get_status() for job in chunk_jobs(redis_conn, setup, setup.version)} == {
+        "canceled"
+    }
+    SimpleWorker([make_coordinator(redis_conn, settings).queue], connection=redis_conn).work(
+        burst=True
+    )
+    for task in setup.unlabelled:
+        assert [p["model_version"] for p in setup.ls.predictions(task)] == [newer]
+    state = project_state(make_coordinator(redis_conn, settings), project)["refresh"]
+    assert state["version"] == newer and state["chunks_done"] == 6
+
+
+def test_idle_workers_share_the_chunks_of_a_refresh(setup, redis_conn, redis_url, tmp_path):
+    """Two ``videoloop worker`` processes, waiting, then one refresh of six tasks in chunks of
+    one: both workers take chunks, and every task is written once."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("REDIS_URL")},
+        "REDIS_URL": redis_url,
+        "REFRESH_CHUNK_TASKS": "1",
+        "LOG_LEVEL": "INFO",
+    }
+    with worker_process(tmp_path, env, "one"), worker_process(tmp_path, env, "two"):
+        deadline = time.monotonic() + 120
+        while len(Worker.all(connection=redis_conn)) < 2:  # both started and waiting
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        settings = Settings.from_env()
+        enqueue_refresh(redis_conn, str(setup.project), setup.version, settings)
+        coordinator = make_coordinator(redis_conn, settings)
+        while True:
+            state = project_state(coordinator, str(setup.project))["refresh"]
+            if state is not None and state["status"] == "done":
+                break
+            assert time.monotonic() < deadline + 120, state
+            time.sleep(0.2)
+    jobs = chunk_jobs(redis_conn, setup, setup.version)
+    assert len(jobs) == 6
+    assert {job.worker_name for job in jobs} == {"one", "two"}
+    for task in setup.unlabelled:
+        assert [p["model_version"] for p in setup.ls.predictions(task)] == [setup.version]

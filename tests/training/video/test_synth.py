@@ -72,7 +72,7 @@ def test_select_classes() -> None:
     assert synth.select_classes(" grow, red_then_blue ") == ["grow", "red_then_blue"]
     with pytest.raises(ValueError, match="valid names: left_to_right, right_to_left"):
         synth.select_classes("grow,sideways")
-    for bad in (0, 7, "grow,grow", ""):
+    for bad in (0, len(synth.CLASSES) + 1, "grow,grow", "", "motion5"):
         with pytest.raises(ValueError):
             synth.select_classes(bad)
 

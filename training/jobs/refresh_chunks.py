@@ -1,0 +1,193 @@
+"""A refresh split into chunks of tasks, each its own RQ job, so that every idle worker takes a
+share of a large project.
+
+The refresh job of a version (``refresh-<project>-<version>``) lists the tasks to predict. When
+they are more than REFRESH_CHUNK_TASKS it queues one chunk job per REFRESH_CHUNK_TASKS of them
+(``refresh-<project>-<version>-c<n>``) and ends. Chunks are idempotent: a task is written only
+under its claim (prediction_claims.py), so a chunk run twice, or beside /predict, writes
+nothing twice. The refresh's progress is one Redis hash the chunks add to as they go, read by
+``videoloop status`` and ``GET /training/<project>``; the chunk that finishes last (failed
+chunks count as finished) runs the end of the refresh: the duplicates pass and the version
+selection. A newer version's refresh cancels the chunks of older ones that have not started;
+one already running stops at its next batch, when it sees its version is no longer current.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+
+import redis
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.job import Job, JobStatus
+
+from training.jobs.coordinator import make_coordinator
+from training.labelstudio.tasks import TaskRefreshState
+from training.settings import Settings
+
+log = logging.getLogger(__name__)
+
+CHUNK_FUNCTION = "training.jobs.training.refresh_chunk"
+PROGRESS_KEY = "videoloop:refresh:{project}:{version}:progress"
+"""Hash: version, total, chunks, chunks_done, chunks_failed, done, written, skipped, already,
+started_at, finished_at."""
+LATEST_KEY = "videoloop:refresh:{project}:latest"
+"""The version of the project's latest fanned-out refresh (whose progress status shows)."""
+CHUNK_JOBS_KEY = "videoloop:refresh:{project}:chunk-jobs"
+"""Set of the project's chunk job ids not yet finished, every version's."""
+KEEP_S = 7 * 24 * 3600
+"""How long the progress of a refresh is kept, in seconds (as long as RQ keeps results)."""
+COUNTS = ("done", "written", "skipped", "already")
+
+
+def chunk_job_id(project: str, version: str, index: int) -> str:
+    return f"refresh-{project}-{version}-c{index}"
+
+
+def fan_out(
+    connection: redis.Redis,
+    project: str,
+    version: str,
+    settings: Settings,
+    todo: list[TaskRefreshState],
+    already: int,
+) -> list[str]:
+    """Queue the chunk jobs of a refresh of ``todo`` (the ordered tasks to predict); returns
+    their ids. Cancels the older versions' chunks that have not started."""
+    cancel_older_chunks(connection, project, version)
+    size = max(1, settings.refresh_chunk_tasks)
+    chunks = [todo[i : i + size] for i in range(0, len(todo), size)]
+    key = PROGRESS_KEY.format(project=project, version=version)
+    pipe = connection.pipeline(transaction=True)
+    pipe.delete(key)
+    pipe.hset(
+        key,
+        mapping={
+            "version": version,
+            "total": len(todo),
+            "chunks": len(chunks),
+            "chunks_done": 0,
+            "chunks_failed": 0,
+            "started_at": time.time(),
+            **dict.fromkeys(COUNTS, 0),
+            "already": already,
+        },
+    )
+    pipe.expire(key, KEEP_S)
+    pipe.set(LATEST_KEY.format(project=project), version, ex=KEEP_S)
+    pipe.execute()
+    queue = make_coordinator(connection, settings).queue
+    ids = []
+    for index, chunk in enumerate(chunks):
+        job_id = chunk_job_id(project, version, index)
+        connection.sadd(CHUNK_JOBS_KEY.format(project=project), job_id)
+        queue.enqueue_call(
+            CHUNK_FUNCTION,
+            args=(project, version, [dataclasses.asdict(t) for t in chunk]),
+            job_id=job_id,
+            timeout=settings.train_timeout_s,
+            result_ttl=KEEP_S,
+            failure_ttl=KEEP_S,
+            description=f"refresh {len(chunk)} tasks of project {project} with {version}",
+            meta={"project": project, "version": version, "progress": {"stage": "queued"}},
+        )
+        ids.append(job_id)
+    log.info("project %s: refresh of %s in %d chunks of %d tasks", project, version, len(ids), size)
+    return ids
+
+
+def cancel_older_chunks(connection: redis.Redis, project: str, version: str) -> int:
+    """Cancel the project's queued chunks of other versions; returns how many."""
+    key = CHUNK_JOBS_KEY.format(project=project)
+    cancelled = 0
+    for raw in connection.smembers(key):
+        job_id = raw.decode()
+        if job_id.startswith(f"refresh-{project}-{version}-c"):
+            continue
+        try:
+            job = Job.fetch(job_id, connection=connection)
+            if job.get_status() == JobStatus.QUEUED:
+                job.cancel()
+                cancelled += 1
+            elif job.get_status() == JobStatus.STARTED:
+                continue  # it stops by itself at its next batch
+        except (NoSuchJobError, InvalidJobOperation):
+            pass
+        connection.srem(key, job_id)
+    if cancelled:
+        log.info("project %s: cancelled %d queued chunks of older versions", project, cancelled)
+    return cancelled
+
+
+def tasks_of(chunk: list[dict]) -> list[TaskRefreshState]:
+    """The chunk job's argument back as TaskRefreshState."""
+    return [
+        TaskRefreshState(**{**task, "model_versions": frozenset(task["model_versions"])})
+        for task in chunk
+    ]
+
+
+class ChunkProgress:
+    """Adds a chunk's progress to its refresh's hash as it goes, and passes each event on to
+    ``report`` (the chunk job's own meta)."""
+
+    def __init__(
+        self, connection: redis.Redis, project: str, version: str, report: Callable[[dict], None]
+    ) -> None:
+        self._connection, self._report = connection, report
+        self._key = PROGRESS_KEY.format(project=project, version=version)
+        self._jobs_key = CHUNK_JOBS_KEY.format(project=project)
+        self._added = dict.fromkeys(COUNTS, 0)
+
+    def __call__(self, event: dict) -> None:
+        self._report(event)
+        self.add({name: event.get(name, 0) for name in COUNTS})
+
+    def add(self, counts: dict[str, int]) -> None:
+        """Add what ``counts`` (this chunk's totals so far) holds beyond what was added."""
+        deltas = {n: int(counts.get(n) or 0) - self._added[n] for n in COUNTS}
+        deltas = {n: d for n, d in deltas.items() if d > 0}
+        if not deltas:
+            return
+        try:
+            pipe = self._connection.pipeline(transaction=False)
+            for name, delta in deltas.items():
+                pipe.hincrby(self._key, name, delta)
+            pipe.execute()
+        except redis.RedisError as exc:  # progress only: the next event adds it
+            log.warning("refresh progress not saved (Redis: %s)", exc)
+            return
+        for name, delta in deltas.items():
+            self._added[name] += delta
+
+    def finish(self, job_id: str, *, failed: bool) -> bool:
+        """Count this chunk as finished; True when it is the refresh's last one."""
+        pipe = self._connection.pipeline(transaction=True)
+        pipe.hincrby(self._key, "chunks_failed" if failed else "chunks_done", 1)
+        pipe.hmget(self._key, ["chunks", "chunks_done", "chunks_failed"])
+        pipe.srem(self._jobs_key, job_id)
+        _, (chunks, done, failed_count), _ = pipe.execute()
+        last = chunks is not None and int(done or 0) + int(failed_count or 0) == int(chunks)
+        if last:
+            self._connection.hset(self._key, "finished_at", time.time())
+        return last
+
+
+def describe_refresh(connection: redis.Redis, project: str) -> dict | None:
+    """The progress of the project's latest fanned-out refresh, or None."""
+    version = connection.get(LATEST_KEY.format(project=project))
+    if version is None:
+        return None
+    raw = connection.hgetall(PROGRESS_KEY.format(project=project, version=version.decode()))
+    if not raw:
+        return None
+    state: dict = {k.decode(): v.decode() for k, v in raw.items()}
+    for name in ("total", "chunks", "chunks_done", "chunks_failed", *COUNTS):
+        state[name] = int(state.get(name) or 0)
+    for name in ("started_at", "finished_at"):
+        state[name] = float(state[name]) if name in state else None
+    finished = state["chunks_done"] + state["chunks_failed"]
+    state["status"] = "running" if finished < state["chunks"] else "done"
+    return state
