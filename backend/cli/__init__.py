@@ -27,7 +27,11 @@ from training.logs import configure_logging
 from training.settings import Settings
 
 WORKER_RESTART_AFTER_S = 2.0
-"""Pause before a worker whose RQ loop quit on an error starts afresh, in seconds."""
+"""Pause before a worker whose RQ loop quit on an error starts afresh, in seconds; it doubles
+with each restart in a row (counted in WORKER_RESTARTS_ENV across the re-execs), up to
+WORKER_RESTART_MAX_S."""
+WORKER_RESTART_MAX_S = 60.0
+WORKER_RESTARTS_ENV = "VIDEOLOOP_WORKER_RESTARTS"
 
 
 def _configure_logging(settings: Settings) -> None:
@@ -74,10 +78,12 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     outcome = run_worker(settings, burst=args.burst, name=args.name)
     if outcome is WorkerExit.STOPPED:
         return 0
-    if outcome is WorkerExit.RESTART:  # Redis is likely restarting: give it a moment
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # RQ's handlers, still installed, would
-        signal.signal(signal.SIGINT, signal.SIG_DFL)  # raise StopRequested out of the sleep
-        time.sleep(WORKER_RESTART_AFTER_S)
+    restarts = int(os.environ.get(WORKER_RESTARTS_ENV, "0"))
+    os.environ[WORKER_RESTARTS_ENV] = str(restarts + 1 if outcome is WorkerExit.RESTART else 0)
+    if outcome is WorkerExit.RESTART:  # Redis is likely restarting: give it a moment, longer
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # each time. RQ's handlers, still
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # installed, would raise out of the sleep
+        time.sleep(min(WORKER_RESTART_AFTER_S * 2**restarts, WORKER_RESTART_MAX_S))
     if outcome in (WorkerExit.RECYCLE, WorkerExit.RESTART):
         sys.stdout.flush()
         sys.stderr.flush()

@@ -97,7 +97,8 @@ def refresh_predictions(
     Returns:
         ``{"status": "done"|"superseded"|"skipped"|"fanned_out", "version", "written",
         "skipped", "already", "duplicates_deleted", "total", "skipped_tasks": [{"task",
-        "reason"}, ...]}``, and ``"chunks"`` (how many) when fanned out.
+        "reason"}, ...]}``, and ``"chunks"`` (how many) and ``"chunk_jobs"`` (their ids)
+        when fanned out.
 
     Raises:
         LabelStudioError: Label Studio unreachable or refusing (the job fails; run it again).
@@ -115,7 +116,8 @@ def refresh_predictions(
         controls, todo = _list_tasks(ls, project, summary, settings.refresh_all_tasks)
         chunk = settings.refresh_chunk_tasks
         if fan_out is not None and chunk > 0 and len(todo) > chunk:
-            return {**summary.as_dict("fanned_out"), "chunks": len(fan_out(todo, summary.already))}
+            jobs = fan_out(todo, summary.already)
+            return {**summary.as_dict("fanned_out"), "chunks": len(jobs), "chunk_jobs": jobs}
         status, reason = "done", None
         if todo:
             status, reason = _predict_and_write(

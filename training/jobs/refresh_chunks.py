@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+import uuid
 from collections.abc import Callable
 
 import redis
@@ -30,11 +31,14 @@ from training.settings import Settings
 log = logging.getLogger(__name__)
 
 CHUNK_FUNCTION = "training.jobs.training.refresh_chunk"
-PROGRESS_KEY = "videoloop:refresh:{project}:{version}:progress"
-"""Hash: version, total, chunks, chunks_done, chunks_failed, done, written, skipped, already,
-started_at, finished_at."""
+PROGRESS_KEY = "videoloop:refresh:{project}:{fanout}:progress"
+"""Hash per fan-out: version, fanout, total, chunks, chunks_done, chunks_failed, done, written,
+skipped, already, started_at, finished_at."""
+FINISHED_KEY = "videoloop:refresh:{project}:{fanout}:finished"
+"""Set of the fan-out's chunk indexes that finished (done or failed): a chunk RQ runs twice
+counts once, so the last one is told exactly once."""
 LATEST_KEY = "videoloop:refresh:{project}:latest"
-"""The version of the project's latest fanned-out refresh (whose progress status shows)."""
+"""The fan-out id of the project's latest fanned-out refresh (whose progress status shows)."""
 CHUNK_JOBS_KEY = "videoloop:refresh:{project}:chunk-jobs"
 """Set of the project's chunk job ids not yet finished, every version's."""
 KEEP_S = 7 * 24 * 3600
@@ -42,8 +46,36 @@ KEEP_S = 7 * 24 * 3600
 COUNTS = ("done", "written", "skipped", "already")
 
 
-def chunk_job_id(project: str, version: str, index: int) -> str:
-    return f"refresh-{project}-{version}-c{index}"
+def chunk_job_id(project: str, version: str, fanout: str, index: int) -> str:
+    return f"refresh-{project}-{version}-{fanout}-c{index}"
+
+
+def in_progress(connection: redis.Redis, project: str, version: str) -> bool:
+    """Whether the project's latest fan-out is of ``version`` and has chunks not finished
+    (a new refresh of the version then waits for it: its last chunk makes another pass)."""
+    fanout = connection.get(LATEST_KEY.format(project=project))
+    if fanout is None:
+        return False
+    key = PROGRESS_KEY.format(project=project, fanout=fanout.decode())
+    state_version, chunks = connection.hmget(key, ["version", "chunks"])
+    if state_version is None or state_version.decode() != version:
+        return False
+    finished = connection.scard(FINISHED_KEY.format(project=project, fanout=fanout.decode()))
+    if finished >= int(chunks or 0):
+        return False
+    # A chunk killed with its worker never finishes: once RQ has given up on every chunk
+    # left (abandoned, failed), the fan-out no longer holds a new refresh back.
+    mine = f"refresh-{project}-{version}-{fanout.decode()}-"
+    left = [
+        raw.decode()
+        for raw in connection.smembers(CHUNK_JOBS_KEY.format(project=project))
+        if raw.decode().startswith(mine)
+    ]
+    waiting = (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED)
+    for job in Job.fetch_many(left, connection=connection):
+        if job is not None and job.get_status() in waiting:
+            return True
+    return False
 
 
 def fan_out(
@@ -59,13 +91,14 @@ def fan_out(
     cancel_older_chunks(connection, project, version)
     size = max(1, settings.refresh_chunk_tasks)
     chunks = [todo[i : i + size] for i in range(0, len(todo), size)]
-    key = PROGRESS_KEY.format(project=project, version=version)
+    fanout = uuid.uuid4().hex[:8]
+    key = PROGRESS_KEY.format(project=project, fanout=fanout)
     pipe = connection.pipeline(transaction=True)
-    pipe.delete(key)
     pipe.hset(
         key,
         mapping={
             "version": version,
+            "fanout": fanout,
             "total": len(todo),
             "chunks": len(chunks),
             "chunks_done": 0,
@@ -76,16 +109,16 @@ def fan_out(
         },
     )
     pipe.expire(key, KEEP_S)
-    pipe.set(LATEST_KEY.format(project=project), version, ex=KEEP_S)
+    pipe.set(LATEST_KEY.format(project=project), fanout, ex=KEEP_S)
     pipe.execute()
     queue = make_coordinator(connection, settings).queue
     ids = []
     for index, chunk in enumerate(chunks):
-        job_id = chunk_job_id(project, version, index)
+        job_id = chunk_job_id(project, version, fanout, index)
         connection.sadd(CHUNK_JOBS_KEY.format(project=project), job_id)
         queue.enqueue_call(
             CHUNK_FUNCTION,
-            args=(project, version, [dataclasses.asdict(t) for t in chunk]),
+            args=(project, version, [dataclasses.asdict(t) for t in chunk], fanout, index),
             job_id=job_id,
             timeout=settings.train_timeout_s,
             result_ttl=KEEP_S,
@@ -104,7 +137,7 @@ def cancel_older_chunks(connection: redis.Redis, project: str, version: str) -> 
     cancelled = 0
     for raw in connection.smembers(key):
         job_id = raw.decode()
-        if job_id.startswith(f"refresh-{project}-{version}-c"):
+        if job_id.startswith(f"refresh-{project}-{version}-"):
             continue
         try:
             job = Job.fetch(job_id, connection=connection)
@@ -130,14 +163,20 @@ def tasks_of(chunk: list[dict]) -> list[TaskRefreshState]:
 
 
 class ChunkProgress:
-    """Adds a chunk's progress to its refresh's hash as it goes, and passes each event on to
+    """Adds a chunk's progress to its fan-out's hash as it goes, and passes each event on to
     ``report`` (the chunk job's own meta)."""
 
     def __init__(
-        self, connection: redis.Redis, project: str, version: str, report: Callable[[dict], None]
+        self,
+        connection: redis.Redis,
+        project: str,
+        fanout: str,
+        index: int,
+        report: Callable[[dict], None],
     ) -> None:
-        self._connection, self._report = connection, report
-        self._key = PROGRESS_KEY.format(project=project, version=version)
+        self._connection, self._report, self._index = connection, report, index
+        self._key = PROGRESS_KEY.format(project=project, fanout=fanout)
+        self._finished_key = FINISHED_KEY.format(project=project, fanout=fanout)
         self._jobs_key = CHUNK_JOBS_KEY.format(project=project)
         self._added = dict.fromkeys(COUNTS, 0)
 
@@ -163,13 +202,18 @@ class ChunkProgress:
             self._added[name] += delta
 
     def finish(self, job_id: str, *, failed: bool) -> bool:
-        """Count this chunk as finished; True when it is the refresh's last one."""
+        """Count this chunk as finished (once, however often it runs); True when it is the
+        fan-out's last one, told to exactly one chunk."""
         pipe = self._connection.pipeline(transaction=True)
-        pipe.hincrby(self._key, "chunks_failed" if failed else "chunks_done", 1)
-        pipe.hmget(self._key, ["chunks", "chunks_done", "chunks_failed"])
+        pipe.sadd(self._finished_key, self._index)
+        pipe.expire(self._finished_key, KEEP_S)
+        pipe.scard(self._finished_key)
+        pipe.hget(self._key, "chunks")
         pipe.srem(self._jobs_key, job_id)
-        _, (chunks, done, failed_count), _ = pipe.execute()
-        last = chunks is not None and int(done or 0) + int(failed_count or 0) == int(chunks)
+        added, _, finished, chunks, _ = pipe.execute()
+        if added:
+            self._connection.hincrby(self._key, "chunks_failed" if failed else "chunks_done", 1)
+        last = bool(added) and chunks is not None and finished == int(chunks)
         if last:
             self._connection.hset(self._key, "finished_at", time.time())
         return last
@@ -177,10 +221,10 @@ class ChunkProgress:
 
 def describe_refresh(connection: redis.Redis, project: str) -> dict | None:
     """The progress of the project's latest fanned-out refresh, or None."""
-    version = connection.get(LATEST_KEY.format(project=project))
-    if version is None:
+    fanout = connection.get(LATEST_KEY.format(project=project))
+    if fanout is None:
         return None
-    raw = connection.hgetall(PROGRESS_KEY.format(project=project, version=version.decode()))
+    raw = connection.hgetall(PROGRESS_KEY.format(project=project, fanout=fanout.decode()))
     if not raw:
         return None
     state: dict = {k.decode(): v.decode() for k, v in raw.items()}
@@ -188,6 +232,6 @@ def describe_refresh(connection: redis.Redis, project: str) -> dict | None:
         state[name] = int(state.get(name) or 0)
     for name in ("started_at", "finished_at"):
         state[name] = float(state[name]) if name in state else None
-    finished = state["chunks_done"] + state["chunks_failed"]
+    finished = connection.scard(FINISHED_KEY.format(project=project, fanout=fanout.decode()))
     state["status"] = "running" if finished < state["chunks"] else "done"
     return state

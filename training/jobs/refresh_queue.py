@@ -16,6 +16,7 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
 from training.jobs.coordinator import make_coordinator
+from training.jobs.refresh_chunks import in_progress as chunks_in_progress
 from training.settings import Settings
 from training.versions.store import ModelStore
 
@@ -36,7 +37,8 @@ def enqueue_refresh(
     connection: redis.Redis, project: str, version: str, settings: Settings
 ) -> str | None:
     """Queue the refresh of a version that just became current (REFRESH_FUNCTION). Returns
-    the job id, or None when that version's refresh is already queued or running."""
+    the job id, or None when that version's refresh is already queued or running (its chunks
+    too: the last one makes another pass when REFRESH_AGAIN_KEY asks for it)."""
     job_id = f"refresh-{project}-{version}"
     try:
         status = Job.fetch(job_id, connection=connection).get_status()
@@ -44,6 +46,9 @@ def enqueue_refresh(
         status = None
     if status in (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED):
         log.info("project %s: refresh of %s is already %s", project, version, status)
+        return None
+    if chunks_in_progress(connection, project, version):
+        log.info("project %s: refresh of %s is under way in chunks", project, version)
         return None
     make_coordinator(connection, settings).queue.enqueue_call(
         REFRESH_FUNCTION,

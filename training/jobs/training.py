@@ -73,8 +73,7 @@ def _train(job: Job, project: str, timer: JobTimer) -> dict:
             )
     except LeaseLost:
         timer.outcome = "lease_lost"
-        with contextlib.suppress(redis.RedisError):
-            coordinator.requeue_if_forgotten(project, run)
+        _requeue_if_forgotten(coordinator, project, run)
         raise  # the project's run is another job's now: its record is not this job's to write
     except Exception as exc:
         _record_failure(coordinator, project, job.id, exc, started)
@@ -84,6 +83,21 @@ def _train(job: Job, project: str, timer: JobTimer) -> dict:
     progress({"stage": "done", **result})
     timer.outcome = result["status"]
     return result
+
+
+def _requeue_if_forgotten(coordinator: TrainingCoordinator, project: str, run) -> None:
+    """Ask for the run again if Redis lost the project's state; while Redis does not answer
+    (it may be restarting), try for up to a lease."""
+    deadline = time.monotonic() + coordinator.lease_s
+    while True:
+        try:
+            coordinator.requeue_if_forgotten(project, run)
+            return
+        except redis.RedisError as exc:
+            if time.monotonic() > deadline:
+                log.warning("project %s: could not check the run's state: %s", project, exc)
+                return
+            time.sleep(1.0)
 
 
 def _record_failure(
@@ -147,23 +161,26 @@ def _refresh(job: Job | None, project: str, version: str) -> dict:
     return result
 
 
-def refresh_chunk(project: str, version: str, tasks: list[dict]) -> dict:
-    """RQ job: one chunk of a fanned-out refresh (training/jobs/refresh_chunks.py). Its
-    progress adds to the refresh's; the last chunk to finish ends the refresh, and queues
-    another pass if tasks were imported meanwhile."""
+def refresh_chunk(project: str, version: str, tasks: list[dict], fanout: str, index: int) -> dict:
+    """RQ job: chunk ``index`` of the fan-out ``fanout`` of a refresh
+    (training/jobs/refresh_chunks.py). Its progress adds to the refresh's; the last chunk to
+    finish, done or failed, ends the refresh, and queues another pass if tasks were imported
+    meanwhile."""
     job = get_current_job()
     with log_context(project=project, job=job.id), timed_job(job.connection, "refresh") as timer:
-        result = _refresh_chunk(job, project, version, tasks)
+        result = _refresh_chunk(job, project, version, tasks, fanout, index)
         timer.outcome = result["status"]
     return result
 
 
-def _refresh_chunk(job: Job, project: str, version: str, tasks: list[dict]) -> dict:
-    from training.jobs.refresh import finish_refresh
+def _refresh_chunk(
+    job: Job, project: str, version: str, tasks: list[dict], fanout: str, index: int
+) -> dict:
     from training.jobs.refresh import refresh_chunk as run_chunk
 
     settings = Settings.from_env()
-    progress = chunks.ChunkProgress(job.connection, project, version, JobProgress(job, project))
+    report = JobProgress(job, project)
+    progress = chunks.ChunkProgress(job.connection, project, fanout, index, report)
     try:
         result = run_chunk(
             project,
@@ -174,12 +191,26 @@ def _refresh_chunk(job: Job, project: str, version: str, tasks: list[dict]) -> d
             claims=PredictionClaims(job.connection),
         )
     except Exception:
-        progress.finish(job.id, failed=True)
+        with contextlib.suppress(Exception):  # the chunk's own error is the one to keep
+            if progress.finish(job.id, failed=True):
+                _end_refresh(job, project, version, settings)
         raise
     progress.add(result)
-    if progress.finish(job.id, failed=False) and result["status"] == "done":
-        result["end"] = finish_refresh(project, version, settings)
-        if job.connection.exists(REFRESH_AGAIN_KEY.format(project=project, version=version)):
-            log.info("project %s: tasks were added during the refresh; another pass", project)
-            enqueue_refresh(job.connection, project, version, settings)
+    if progress.finish(job.id, failed=False):
+        result["end"] = _end_refresh(job, project, version, settings)
     return result
+
+
+def _end_refresh(job: Job, project: str, version: str, settings: Settings) -> dict | None:
+    """The last chunk's work: the duplicates pass and the selection (while the version is
+    still current), and another pass if tasks were imported meanwhile."""
+    from training.jobs.refresh import finish_refresh
+    from training.versions.store import ModelStore
+
+    if ModelStore(settings.model_dir).get_current(project) != version:
+        return None
+    end = finish_refresh(project, version, settings)
+    if job.connection.exists(REFRESH_AGAIN_KEY.format(project=project, version=version)):
+        log.info("project %s: tasks were added during the refresh; another pass", project)
+        enqueue_refresh(job.connection, project, version, settings)
+    return end

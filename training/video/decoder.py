@@ -379,11 +379,14 @@ def iter_decoded(
         yield from map(one, paths)
         return
     ahead = 4 * threads
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode") as pool:
-        pending: collections.deque[Future] = collections.deque()
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
+    pending: collections.deque[Future] = collections.deque()
+    try:
         for path in paths:
             pending.append(pool.submit(one, path))
             if len(pending) >= ahead:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+    finally:  # a consumer that stops early does not wait for the decodes queued ahead
+        pool.shutdown(wait=True, cancel_futures=True)

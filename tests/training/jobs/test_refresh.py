@@ -22,7 +22,7 @@ from training.jobs import refresh_chunks as chunks
 from training.jobs.coordinator import make_coordinator
 from training.jobs.prediction_claims import PREDICT_OWNER, REFRESH_OWNER, PredictionClaims
 from training.jobs.refresh import order_tasks, refresh_predictions
-from training.jobs.refresh_chunks import chunk_job_id
+from training.jobs.refresh_chunks import ChunkProgress
 from training.jobs.refresh_queue import enqueue_refresh
 from training.jobs.status import project_state
 from training.labelstudio.tasks import TaskRefreshState
@@ -318,9 +318,10 @@ def test_a_failed_clean_up_pass_does_not_fail_the_written_refresh(setup, redis_c
 # -- a refresh split into chunks (training/jobs/refresh_chunks.py) ------------------------------
 
 
-def chunk_jobs(redis_conn, project: Project, version: str) -> list[Job]:
-    ids = [chunk_job_id(str(project.project), version, i) for i in range(10)]
-    return [job for job in Job.fetch_many(ids, connection=redis_conn) if job is not None]
+def chunk_jobs(redis_conn, ids: list[str]) -> list[Job]:
+    jobs = Job.fetch_many(ids, connection=redis_conn)
+    assert None not in jobs
+    return jobs
 
 
 def test_a_large_refresh_is_split_into_chunks_that_write_each_task_once(
@@ -333,7 +334,7 @@ def test_a_large_refresh_is_split_into_chunks_that_write_each_task_once(
     parent = run_refresh(redis_conn, setup).return_value()
     assert parent["status"] == "fanned_out" and parent["chunks"] == 3
 
-    jobs = chunk_jobs(redis_conn, setup, setup.version)
+    jobs = chunk_jobs(redis_conn, parent["chunk_jobs"])
     assert [job.get_status() for job in jobs] == ["finished"] * 3
     results = [job.return_value() for job in jobs]
     assert sum(r["written"] for r in results) == len(setup.unlabelled)
@@ -364,13 +365,14 @@ def test_a_newer_version_cancels_the_queued_chunks_of_an_older_one(
         split = functools.partial(chunks.fan_out, redis_conn, project, version, settings)
         return refresh_predictions(project, version, settings, fan_out=split)
 
-    assert fan_out(setup.version)["chunks"] == 6
+    older = fan_out(setup.version)
+    assert older["chunks"] == 6
+    # The version's refresh asked for again meanwhile waits for its chunks.
+    assert enqueue_refresh(redis_conn, project, setup.version, settings) is None
     newer = publish_copy(setup.store, project, trained_model.info).version
     assert fan_out(newer)["chunks"] == 6
 
-    assert {job.get_status() for job in chunk_jobs(redis_conn, setup, setup.version)} == {
-        "canceled"
-    }
+    assert {job.get_status() for job in chunk_jobs(redis_conn, older["chunk_jobs"])} == {"canceled"}
     SimpleWorker([make_coordinator(redis_conn, settings).queue], connection=redis_conn).work(
         burst=True
     )
@@ -403,8 +405,23 @@ def test_idle_workers_share_the_chunks_of_a_refresh(setup, redis_conn, redis_url
                 break
             assert time.monotonic() < deadline + 120, state
             time.sleep(0.2)
-    jobs = chunk_jobs(redis_conn, setup, setup.version)
+    parent = Job.fetch(f"refresh-{setup.project}-{setup.version}", connection=redis_conn)
+    jobs = chunk_jobs(redis_conn, parent.return_value()["chunk_jobs"])
     assert len(jobs) == 6
     assert {job.worker_name for job in jobs} == {"one", "two"}
     for task in setup.unlabelled:
         assert [p["model_version"] for p in setup.ls.predictions(task)] == [setup.version]
+
+
+def test_a_chunk_counts_once_and_the_last_one_is_told_even_when_it_failed(redis_conn):
+    """RQ may run a chunk twice: it counts once. The last chunk to finish, failed or not, is
+    told so (it ends the refresh), and only it."""
+    redis_conn.hset("videoloop:refresh:7:f1:progress", mapping={"chunks": 3})
+    progress = [ChunkProgress(redis_conn, "7", "f1", i, lambda event: None) for i in range(3)]
+    assert not progress[0].finish("c0", failed=False)
+    assert not progress[0].finish("c0", failed=False)  # run again
+    assert not progress[1].finish("c1", failed=False)
+    assert progress[2].finish("c2", failed=True)
+    assert not progress[2].finish("c2", failed=True)
+    counts = redis_conn.hmget("videoloop:refresh:7:f1:progress", ["chunks_done", "chunks_failed"])
+    assert counts == [b"2", b"1"]
