@@ -556,7 +556,9 @@ def test_redis_restarted_during_a_training_job_loses_no_run_and_no_annotation(
         redis_server(free_port(), tmp_path / "redis", appendonly=keeps_data) as server,
         running_loop(tmp_path, server.url, ls, pool, start_server) as loop,
     ):
-        loop.env["TRAIN_EPOCHS"] = "25"  # long enough to outlast the restart
+        # Long enough to outlast the restart by far, early stopping (from epoch 12) included:
+        # larger frames make each epoch several times slower than the suite's usual 64 px.
+        loop.env.update(TRAIN_EPOCHS="25", TRAIN_FRAME_SIZE="112")
         loop.annotate(per_label=4)
         with worker_process(loop.workdir, loop.env, "w"):
             loop.webhook("START_TRAINING")
@@ -565,7 +567,7 @@ def test_redis_restarted_during_a_training_job_loses_no_run_and_no_annotation(
             loop.annotate(per_label=1, start=4)
             kept = loop.webhook("ANNOTATION_CREATED")
             assert kept.status_code == 503 and "kept" in kept.json()["error"]
-            time.sleep(3)  # the job trains on; its progress and lease writes fail meanwhile
+            time.sleep(1.5)  # the job trains on; its progress and lease writes fail meanwhile
             server.start()
             state = loop.wait(
                 lambda s: s["last"] and s["last"]["job_id"] != first_job and not s["running"],
