@@ -114,7 +114,8 @@ def test_promote_and_rollback_change_the_file_and_the_redis_mirror(store, env, r
     assert change["previous"] == v3 and change["current"] == v4 and change["changed"]
     assert store.get_current(PROJECT) == v4
     assert redis_conn.get(key) == v4.encode()
-    assert {"project": PROJECT, "version": v4} in received(notices)
+    notice = {"project": PROJECT, "version": v4}
+    assert notice in received(notices, notice)
     assert change["refresh_job"] == f"refresh-{PROJECT}-{v4}"
     assert change["refresh_job"].encode() in redis_conn.lrange("rq:queue:videoloop-training", 0, -1)
     statuses = {v.version: v.status for v in store.list_versions(PROJECT)}
@@ -159,12 +160,13 @@ def test_without_redis_only_the_file_changes(store, env):
     assert store.get_current(PROJECT) == v1
 
 
-def received(pubsub, timeout_s: float = 5.0) -> list[dict]:
-    """The notices that arrived on a subscription within ``timeout_s``."""
+def received(pubsub, expected: dict, timeout_s: float = 10.0) -> list[dict]:
+    """The notices that arrived on a subscription until ``expected`` did (or ``timeout_s``
+    passed). Redis' channels are server-wide, not per database: tests in other processes
+    publish notices of their own projects on the same channel meanwhile."""
     messages, deadline = [], time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and expected not in messages:
         message = pubsub.get_message(timeout=0.2)
         if message and message["type"] == "message":
             messages.append(json.loads(message["data"]))
-            break
     return messages
