@@ -62,6 +62,7 @@ class Families:
     tasks_failed: Counter
     fetch_seconds: Histogram
     decode_seconds: Histogram
+    clip_cache: Counter
     model_seconds: Histogram
     served: Gauge
     swaps: Counter
@@ -95,6 +96,9 @@ def _make_families() -> Families:
         ),
         decode_seconds=_histogram(
             "decode_seconds", "Seconds to decode and sample one video", MEDIA_BUCKETS_S
+        ),
+        clip_cache=_counter(
+            "clip_cache_lookups", "Decoded-clip cache lookups of /predict, by result", ("result",)
         ),
         model_seconds=_histogram(
             "model_seconds", "Seconds of one batch's forward pass", MODEL_BUCKETS_S
@@ -177,6 +181,12 @@ def observe_fetch(seconds: float) -> None:
 
 def observe_decode(seconds: float) -> None:
     get_families().decode_seconds.observe(seconds)
+
+
+def count_clip_cache(hit: bool) -> None:
+    """One lookup in the decoded-clip cache (SERVING_CLIP_CACHE): ``hit`` or ``miss`` (a
+    decode)."""
+    get_families().clip_cache.labels("hit" if hit else "miss").inc()
 
 
 def observe_model(clips: int, seconds: float) -> None:

@@ -40,6 +40,7 @@ from training.logs import log_context
 from training.model.inference import Failure, predict_clips
 from training.settings import Settings
 from training.video.clip import Clip, SamplingConfig
+from training.video.clipcache import ClipCache
 from training.video.decoder import DecodeLimits, sample_clip
 from training.video.media import MediaError, MediaResolver, get_video_url
 from training.warn_once import WarnOnce
@@ -84,6 +85,9 @@ class TaskPredictor:
         self.settings = settings
         self.media = media or MediaResolver.from_settings(settings)
         self.on_unfinished = on_unfinished
+        self.clips = ClipCache.from_settings(settings) if settings.serving_clip_cache else None
+        """Decoded clips by video content and sampling, shared with the workers' jobs: a video
+        asked for again (under a new version, by another task) is not decoded again."""
         self._threads = max(1, settings.decode_threads)
         self._warn_once = WarnOnce(log)
 
@@ -248,7 +252,12 @@ class TaskPredictor:
             path = self.media.resolve(url, task_id=_task_id(task))
             fetched = time.perf_counter()
             metrics.observe_fetch(fetched - started)
-            clip = sample_clip(path, sampling, limits=DecodeLimits.from_settings(self.settings))
+            limits = DecodeLimits.from_settings(self.settings)
+            if self.clips is None:
+                clip = sample_clip(path, sampling, limits=limits)
+            else:
+                clip, hit = self.clips.sample_counted(path, sampling, limits)
+                metrics.count_clip_cache(hit)
             metrics.observe_decode(time.perf_counter() - fetched)
             return clip
 

@@ -102,6 +102,9 @@ class Settings:
     """``text`` (human-readable lines) or ``json`` (one object per line, training/logs.py)."""
     predict_batch_size: int = 8
     decode_threads: int = 2
+    serving_clip_cache: bool = True
+    """/predict keeps decoded clips in CACHE_DIR/clips (keyed by video content and sampling),
+    as the refresh and training jobs do: a video asked for again is not decoded again."""
     max_models_in_memory: int = 8
     min_per_label: int = 2
     train_every: int = 1

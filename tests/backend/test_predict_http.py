@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 import numpy as np
 import pytest
 import requests
+from metrics_text import parse_samples, value
 
 from training.versions.store import NO_MODEL_VERSION, ModelStore
 from training.video.clip import stack_clips
@@ -233,5 +234,17 @@ def test_published_versions_are_picked_up_without_restart(served, trained_model,
     while setup_version(served, "5") != second.version:
         assert time.monotonic() < deadline, served.server.log_text()
         time.sleep(0.2)
+    before = clip_cache_lookups(served)
     results = predict(served, "5", tasks)["results"]
     assert [r["model_version"] for r in results] == [second.version] * 2
+    # The new version's sampling is its parent's: both clips come from the decoded-clip cache
+    # (SERVING_CLIP_CACHE), no video is decoded again.
+    after = clip_cache_lookups(served)
+    assert after["hit"] - before["hit"] == 2 and after["miss"] == before["miss"], (before, after)
+
+
+def clip_cache_lookups(served: Served) -> dict[str, float]:
+    """/predict's decoded-clip cache lookups so far, by result, from /metrics."""
+    samples = parse_samples(requests.get(f"{served.url}/metrics", timeout=10).text)
+    name = "videoloop_clip_cache_lookups_total"
+    return {result: value(samples, name, result=result) for result in ("hit", "miss")}

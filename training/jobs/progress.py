@@ -33,12 +33,15 @@ class JobProgress:
         self._stage: str | None = None
         self._saved_at = 0.0
         self._unsaved = False
+        self._stage_started = time.monotonic()
+        self._seconds: dict[str, float] = {}
 
     def __call__(self, event: dict) -> None:
         stage = event.get("stage")
         now = time.monotonic()
         if stage != self._stage:
             log.info("project %s: %s", self.project, event)
+            self._close_stage(now)
         elif now - self._saved_at < META_SAVE_EVERY_S:
             return
         self._stage, self._saved_at = stage, now
@@ -52,6 +55,21 @@ class JobProgress:
                 self._unsaved = True
             else:
                 self._unsaved = False
+
+    def _close_stage(self, now: float) -> None:
+        if self._stage is not None:
+            spent = now - self._stage_started
+            self._seconds[self._stage] = self._seconds.get(self._stage, 0.0) + spent
+        self._stage_started = now
+
+    def stage_seconds(self) -> dict[str, float]:
+        """Seconds spent in each stage so far (the current one up to now), in the order the
+        stages came: the breakdown of a run's time that docs/retraining.md reports."""
+        seconds = dict(self._seconds)
+        if self._stage is not None:
+            spent = time.monotonic() - self._stage_started
+            seconds[self._stage] = seconds.get(self._stage, 0.0) + spent
+        return {stage: round(value, 2) for stage, value in seconds.items()}
 
 
 class LeaseLost(RuntimeError):

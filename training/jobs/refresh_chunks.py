@@ -10,6 +10,12 @@ nothing twice. The refresh's progress is one Redis hash the chunks add to as the
 chunks count as finished) runs the end of the refresh: the duplicates pass and the version
 selection. A newer version's refresh cancels the chunks of older ones that have not started;
 one already running stops at its next batch, when it sees its version is no longer current.
+
+A chunk whose worker died (killed, its machine gone) is found by RQ's own clean-up of started
+jobs once its heartbeat expires: it runs once more (``Retry(max=1)``: chunks are idempotent),
+and a chunk that fails again is counted as finished by its failure callback
+(:func:`training.jobs.training.chunk_failed`), which queues the end of the refresh when it was
+the last: a dead worker never leaves a refresh without its end.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import uuid
 from collections.abc import Callable
 
 import redis
+from rq import Callback, Retry
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 
@@ -31,6 +38,10 @@ from training.settings import Settings
 log = logging.getLogger(__name__)
 
 CHUNK_FUNCTION = "training.jobs.training.refresh_chunk"
+CHUNK_FAILED_FUNCTION = "training.jobs.training.chunk_failed"
+END_FUNCTION = "training.jobs.training.end_refresh"
+CHUNK_RETRIES = 1
+"""Runs more of a chunk that failed or whose worker died (its claims keep it from writing twice)."""
 PROGRESS_KEY = "videoloop:refresh:{project}:{fanout}:progress"
 """Hash per fan-out: version, fanout, total, chunks, chunks_done, chunks_failed, done, written,
 skipped, already, started_at, finished_at."""
@@ -125,6 +136,8 @@ def fan_out(
             failure_ttl=KEEP_S,
             description=f"refresh {len(chunk)} tasks of project {project} with {version}",
             meta={"project": project, "version": version, "progress": {"stage": "queued"}},
+            retry=Retry(max=CHUNK_RETRIES),
+            on_failure=Callback(CHUNK_FAILED_FUNCTION),
         )
         ids.append(job_id)
     log.info("project %s: refresh of %s in %d chunks of %d tasks", project, version, len(ids), size)
@@ -152,6 +165,21 @@ def cancel_older_chunks(connection: redis.Redis, project: str, version: str) -> 
     if cancelled:
         log.info("project %s: cancelled %d queued chunks of older versions", project, cancelled)
     return cancelled
+
+
+def queue_end(connection: redis.Redis, project: str, version: str, fanout: str) -> str:
+    """Queue the end of a fan-out whose last chunk could not run it (its worker died)."""
+    queue = make_coordinator(connection, Settings.from_env()).queue
+    job = queue.enqueue_call(
+        END_FUNCTION,
+        args=(project, version),
+        job_id=f"refresh-{project}-{version}-{fanout}-end",
+        result_ttl=KEEP_S,
+        failure_ttl=KEEP_S,
+        description=f"end the refresh of project {project} with {version}",
+        meta={"project": project, "version": version},
+    )
+    return job.id
 
 
 def tasks_of(chunk: list[dict]) -> list[TaskRefreshState]:

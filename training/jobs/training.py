@@ -16,6 +16,7 @@ import contextlib
 import functools
 import logging
 import time
+from datetime import UTC
 
 import redis
 from rq import get_current_job
@@ -78,11 +79,25 @@ def _train(job: Job, project: str, timer: JobTimer) -> dict:
     except Exception as exc:
         _record_failure(coordinator, project, job.id, exc, started)
         raise
-    result = {**result, "events": run.events, "started_at": started, "finished_at": time.time()}
+    result = {
+        **result,
+        "events": run.events,
+        "started_at": started,
+        "finished_at": time.time(),
+        "queued_s": _queued_seconds(job, started),
+        "stage_s": progress.stage_seconds(),
+    }
     coordinator.finish(project, job.id, result=result)
     progress({"stage": "done", **result})
     timer.outcome = result["status"]
     return result
+
+
+def _queued_seconds(job: Job, started: float) -> float | None:
+    """Seconds the job waited in the queue before a worker took it (RQ's enqueued_at)."""
+    if job.enqueued_at is None:
+        return None
+    return round(max(0.0, started - job.enqueued_at.replace(tzinfo=UTC).timestamp()), 2)
 
 
 def _requeue_if_forgotten(coordinator: TrainingCoordinator, project: str, run) -> None:
@@ -191,6 +206,8 @@ def _refresh_chunk(
             claims=PredictionClaims(job.connection),
         )
     except Exception:
+        if job.retries_left:  # RQ runs it again: not finished yet
+            raise
         with contextlib.suppress(Exception):  # the chunk's own error is the one to keep
             if progress.finish(job.id, failed=True):
                 _end_refresh(job, project, version, settings)
@@ -199,6 +216,26 @@ def _refresh_chunk(
     if progress.finish(job.id, failed=False):
         result["end"] = _end_refresh(job, project, version, settings)
     return result
+
+
+def chunk_failed(job: Job, connection: redis.Redis, *exc_info: object) -> None:
+    """RQ failure callback of a chunk job, also called by RQ's clean-up for a chunk whose
+    worker died (AbandonedJobError). Once RQ will not run it again, it is counted as finished
+    (failed); if it was the fan-out's last, the end of the refresh is queued."""
+    if job.retries_left:
+        return
+    project, version, _, fanout, index = job.args
+    progress = chunks.ChunkProgress(connection, project, fanout, index, lambda event: None)
+    if progress.finish(job.id, failed=True):
+        end = chunks.queue_end(connection, project, version, fanout)
+        log.warning("project %s: chunk %s failed last; %s ends the refresh", project, job.id, end)
+
+
+def end_refresh(project: str, version: str) -> dict | None:
+    """RQ job: the end of a refresh whose last chunk died with its worker (chunk_failed)."""
+    job = get_current_job()
+    with log_context(project=project, job=job.id):
+        return _end_refresh(job, project, version, Settings.from_env())
 
 
 def _end_refresh(job: Job, project: str, version: str, settings: Settings) -> dict | None:

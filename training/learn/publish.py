@@ -194,6 +194,8 @@ def _fit(
     progress: Progress,
 ) -> _Trained:
     """Fit a model on the training part, early-stopping on the validation part."""
+    # Until the first epoch ends (then "train"): building, tf.data, tracing, that epoch.
+    progress({"stage": "build"})
     model, history, init = fit(
         parts.train,
         parts.val,

@@ -121,11 +121,18 @@ class ClipCache:
         Raises:
             VideoDecodeError: the video cannot be decoded (nothing is cached then).
         """
+        return self.sample_counted(path, sampling, limits)[0]
+
+    def sample_counted(
+        self, path: str | os.PathLike, sampling: SamplingConfig, limits: DecodeLimits | None = None
+    ) -> tuple[Clip, bool]:
+        """:meth:`sample`, and whether the clip came from the cache (for a caller's metrics:
+        ``hits`` and ``misses`` add up every thread's lookups)."""
         try:
             entry = self.entry_path(path, sampling)
         except OSError:  # no such file, unreadable: let the sampler say so plainly
             self._count(hit=False)
-            return sample_clip(path, sampling, limits=limits or self.limits)
+            return sample_clip(path, sampling, limits=limits or self.limits), False
         # One decode per entry at a time: a second thread asking for the same video waits
         # and then hits.
         with self._lock_for(entry.name):
@@ -133,13 +140,13 @@ class ClipCache:
                 clip = self._load(entry, sampling)
                 self._count(hit=clip is not None)
                 if clip is not None:
-                    return clip
+                    return clip, True
                 clip = sample_clip(path, sampling, limits=limits or self.limits)
                 try:
                     self._store(entry, clip)
                 except OSError as exc:
                     log.warning("cannot store the clip of %s in %s: %s", path, self.root, exc)
-                return clip
+                return clip, False
             finally:
                 with self._lock:
                     self._inflight.pop(entry.name, None)

@@ -425,3 +425,51 @@ def test_a_chunk_counts_once_and_the_last_one_is_told_even_when_it_failed(redis_
     assert not progress[2].finish("c2", failed=True)
     counts = redis_conn.hmget("videoloop:refresh:7:f1:progress", ["chunks_done", "chunks_failed"])
     assert counts == [b"2", b"1"]
+
+
+def test_a_chunk_whose_worker_died_runs_again_and_the_refresh_still_ends(
+    setup, redis_conn, monkeypatch
+):
+    """A worker dies in the middle of a chunk, and again when the chunk runs once more after
+    the others: the chunk is run again once, then counted as failed, and the refresh still
+    ends (its end queued as a job of its own). The death is a stand-in: RQ's own bookkeeping
+    of a worker taking the job (``prepare_execution``) with nothing run after it, then
+    RQ's own clean-up of started jobs at a time past the heartbeat, as a live worker's
+    maintenance does once the job's timeout (TRAIN_TIMEOUT_S) and a minute have passed."""
+    monkeypatch.setenv("REFRESH_CHUNK_TASKS", "2")
+    settings = Settings.from_env()
+    project = str(setup.project)
+    split = functools.partial(chunks.fan_out, redis_conn, project, setup.version, settings)
+    fanned = refresh_predictions(project, setup.version, settings, fan_out=split)
+    queue = make_coordinator(redis_conn, settings).queue
+    doomed = Job.fetch(fanned["chunk_jobs"][0], connection=redis_conn)
+
+    def die_running(job: Job, name: str) -> None:
+        queue.remove(job)
+        worker = SimpleWorker([queue], connection=redis_conn, name=name)
+        worker.prepare_execution(job)  # what RQ's worker does as it takes a job
+        worker.prepare_job_execution(job)
+        assert job.get_status(refresh=True) == "started"
+        # A worker running jobs in its own process gives a job its timeout and a minute.
+        past_heartbeat = time.time() + settings.train_timeout_s + 120
+        queue.started_job_registry.cleanup(timestamp=past_heartbeat)
+
+    die_running(doomed, "first-death")
+    assert doomed.get_status(refresh=True) == "queued"  # it runs once more
+    queue.remove(doomed)  # ... after the other chunks
+    SimpleWorker([queue], connection=redis_conn).work(burst=True)
+    die_running(doomed, "second-death")
+    assert doomed.get_status(refresh=True) == "failed"
+    end_id = f"refresh-{project}-{setup.version}-{doomed.args[3]}-end"
+    assert queue.get_job_ids() == [end_id]  # the dead chunk was the last: its end is queued
+    SimpleWorker([queue], connection=redis_conn).work(burst=True)
+
+    end = Job.fetch(end_id, connection=redis_conn)
+    assert end.get_status() == "finished" and end.return_value() is not None
+    state = project_state(make_coordinator(redis_conn, settings), project)["refresh"]
+    assert state["status"] == "done", state
+    assert (state["chunks_done"], state["chunks_failed"]) == (2, 1), state
+    lost = {t.task_id for t in chunks.tasks_of(doomed.args[2])}
+    for task in setup.unlabelled:
+        versions = [p["model_version"] for p in setup.ls.predictions(task)]
+        assert versions == ([] if task in lost else [setup.version]), (task, lost)

@@ -70,6 +70,17 @@ def test_another_sampling_is_a_miss(tmp_path, videos):
     assert (cache.hits, cache.misses) == (1, 1)
 
 
+def test_sample_counted_says_whether_the_clip_was_decoded(tmp_path, videos):
+    video = videos / "bikes.mp4"
+    cache = ClipCache(tmp_path / "clips", 100 * MB)
+    decoded, hit = cache.sample_counted(video, SAMPLING)
+    assert hit is False and len(entries(cache)) == 1
+    cached, hit = cache.sample_counted(video, SAMPLING)
+    assert hit is True
+    assert_same_clip(decoded, cached)
+    assert (cache.hits, cache.misses) == (1, 1)
+
+
 def test_entries_are_keyed_by_content_not_path(tmp_path, videos):
     cache = ClipCache(tmp_path / "clips", 100 * MB)
     video = videos / "b.mp4"
