@@ -322,6 +322,7 @@ def _train_tiny_model(base: Path) -> None:
                 conv_filters=(8, 16, 16, 16), frame_features=16, lstm_units=16
             ),
             train_config=TrainConfig(epochs=1, batch_size=4, patience=1, augment=False),
+            litert="float16",  # SERVING_RUNTIME=litert tests serve this version
         ),
     )
     clips = [str(p) for p, _ in videos]
