@@ -67,6 +67,9 @@ SYNTH_CLASSES = ["left_to_right", "right_to_left"]
 # keras writes ~/.keras unless told otherwise; subprocesses inherit this.
 os.environ.setdefault("KERAS_HOME", tempfile.mkdtemp(prefix="videoloop-keras-"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The LiteRT export adds seconds to every publish; the tests that serve LiteRT ask for it
+# (the session's trained_model), the training jobs of the other tests skip it.
+os.environ.setdefault("LITERT_EXPORT", "off")
 
 
 def run_videoloop(

@@ -265,8 +265,9 @@ def _write_version(
     (folder / SPLIT_FILE).write_text(json.dumps(split))
     meta = _meta(store, project, version, run)
     if run.litert != "off":  # beside the Keras model, before publish uploads the folder
+        clips = parts.test if len(parts.test) else parts.val
         meta[LITERT_META] = export_for_publish(
-            trained.model, trained.sampling, folder, run.litert, parts
+            trained.model, trained.sampling, folder, run.litert, clips
         )
     return meta
 

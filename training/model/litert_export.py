@@ -156,10 +156,11 @@ def top_label_agreement(got: dict, reference: dict, mask: np.ndarray) -> float:
     return same / total if total else 1.0
 
 
-def export_for_publish(model, sampling: SamplingConfig, folder: Path, mode: str, parts) -> dict:
+def export_for_publish(
+    model: keras.Model, sampling: SamplingConfig, folder: Path, mode: str, clips: ClipArrays
+) -> dict:
     """:func:`export_litert` for a version being published: a failure is recorded as the
     reason and logged, never raised, so the Keras version is published whatever happens."""
-    clips = parts.test if len(parts.test) else parts.val
     try:
         if not len(clips):
             return {"file": None, "reason": "no test or validation clip to check parity on"}

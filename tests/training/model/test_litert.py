@@ -15,15 +15,19 @@ import numpy as np
 import pytest
 
 from training.learn.dataset import ClipArrays
+from training.model.build import build_model
+from training.model.config import ModelConfig
 from training.model.litert import (
     FLOAT_FILE,
     META_KEY,
+    ClipRunner,
     load_litert_version,
     quantized_file,
 )
+from training.model.litert_export import export_for_publish, export_litert
 from training.model.loaded import load_version
-from training.settings import Settings
 from training.versions.store import META_FILE, ModelStore
+from training.video.clip import SamplingConfig
 from training.video.decoder import sample_clip
 
 REPO_CLIPS = ("b.mp4", "bikes.mp4", "carphone_pristine.mp4", "bigbuckbunny.mp4")
@@ -107,28 +111,34 @@ def test_a_version_without_a_usable_litert_file_is_refused_with_its_reason(
 
 def test_a_failed_export_is_recorded_and_leaves_no_file(tmp_path):
     """Not a model (the converter cannot run it): the publish goes on with the reason."""
-    from training.model.litert_export import export_for_publish
-    from training.video.clip import SamplingConfig
-
     clips = ClipArrays(
         np.zeros((1, 4, 32, 32, 3), np.uint8), np.ones((1, 4), bool), np.zeros(1), ["a"]
     )
-
-    class Parts:
-        test = val = clips
-
     (tmp_path / FLOAT_FILE).write_bytes(b"half written")
     record = export_for_publish(
-        object(), SamplingConfig(frames=4, height=32, width=32), tmp_path, "float16", Parts
+        object(), SamplingConfig(frames=4, height=32, width=32), tmp_path, "float16", clips
     )
     assert record["file"] is None and record["reason"].startswith("export failed"), record
     assert not list(tmp_path.glob("*.tflite"))
 
 
-@pytest.mark.parametrize(
-    ("name", "value"), [("LITERT_EXPORT", "int4"), ("SERVING_RUNTIME", "onnx")]
-)
-def test_misspelt_settings_are_refused_at_start(monkeypatch, name, value):
-    monkeypatch.setenv(name, value)
-    with pytest.raises(ValueError, match=name):
-        Settings.from_env()
+def test_a_timeline_model_exports_every_output_by_name(tmp_path):
+    """A bidirectional LSTM with both heads (untrained: parity needs no training), the float
+    file only (one conversion: a quantised one doubles the time): both outputs, by name."""
+    sampling = SamplingConfig(frames=4, height=32, width=32)
+    config = ModelConfig(
+        conv_filters=(8, 8, 8, 8), frame_features=8, lstm_units=8, temporal="bilstm"
+    )
+    model = build_model(2, sampling, config, timeline_labels=2)
+    rng = np.random.default_rng(0)
+    mask = np.ones((3, 4), bool)
+    mask[1, 2:] = False
+    clips = ClipArrays(
+        rng.integers(0, 255, (3, 4, 32, 32, 3), dtype=np.uint8), mask, np.zeros(3), list("abc")
+    )
+    record = export_litert(model, sampling, tmp_path, "float", clips)
+    assert record["float"]["passed"] and record["float"]["max_abs_diff"] <= 1e-4, record
+    assert record["clips"] == 3 and record["file"] == FLOAT_FILE
+    assert record["float"]["top_label_agreement"] == 1.0
+    got = ClipRunner(tmp_path / FLOAT_FILE)(clips.frames, clips.mask)
+    assert got["classes"].shape == (3, 2) and got["timeline"].shape == (3, 4, 3)
