@@ -77,6 +77,18 @@ def load_with_tensorflow(info: VersionInfo, batch_size: int) -> LoadedModel:
     return load_version(info, batch_size=batch_size)
 
 
+def load_with_litert(info: VersionInfo, batch_size: int) -> LoadedModel:
+    """SERVING_RUNTIME=litert: the version's LiteRT file; TensorFlow is never imported."""
+    from training.model.litert import load_litert_version
+
+    return load_litert_version(info, batch_size=batch_size)
+
+
+def default_loader(settings: Settings) -> Loader:
+    """The loader SERVING_RUNTIME names."""
+    return load_with_litert if settings.serving_runtime == "litert" else load_with_tensorflow
+
+
 @dataclass
 class _ProjectState:
     """Per-project bookkeeping; every field is read and written under ModelServer._lock."""
@@ -100,7 +112,7 @@ class ModelServer:
         settings: decode_threads, predict_batch_size, max_models_in_memory, model_dir and
             the media settings.
         store: the model store (default: ModelStore(settings.model_dir)).
-        loader: loads a version (default: TensorFlow via training.model.loaded.load_version).
+        loader: loads a version (default: the one SERVING_RUNTIME names, default_loader).
         swap_delay_s: see SWAP_DELAY_S; tests pass 0 to swap as soon as a load ends.
     """
 
@@ -117,7 +129,7 @@ class ModelServer:
         self.pointer = VersionPointer(self.store)
         self.max_models = max(1, settings.max_models_in_memory)
         self.swap_delay_s = swap_delay_s
-        self._loader = loader or load_with_tensorflow
+        self._loader = loader or default_loader(settings)
         self._lock = threading.Lock()
         self._states: dict[str, _ProjectState] = {}
         self._warn_once = WarnOnce(log)

@@ -67,10 +67,10 @@ def find_redis(url: str) -> tuple[str | None, bool]:
 
 
 def train_small_model(
-    root: Path, frames: int = 16, size: int = 112
+    root: Path, frames: int = 16, size: int = 112, litert: str = "off"
 ) -> tuple[ModelStore, VersionInfo]:
     """Synthetic clips (``root/synth``), default ModelConfig, one epoch, published as project
-    "1" of ``root/models``: a model of realistic size, fast."""
+    "1" of ``root/models``: a model of realistic size, fast; ``litert``: LITERT_EXPORT."""
     from training.learn.config import TrainConfig, TrainingData, TrainingRun
     from training.learn.labelled_files import read_manifest
     from training.learn.publish import train_and_publish
@@ -88,6 +88,7 @@ def train_small_model(
         TrainingRun(
             sampling=SamplingConfig(frames=frames, height=size, width=size),
             train_config=TrainConfig(epochs=1, batch_size=4, patience=1, augment=False),
+            litert=litert,
         ),
     )
     return store, info

@@ -67,6 +67,9 @@ SYNTH_CLASSES = ["left_to_right", "right_to_left"]
 # keras writes ~/.keras unless told otherwise; subprocesses inherit this.
 os.environ.setdefault("KERAS_HOME", tempfile.mkdtemp(prefix="videoloop-keras-"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The LiteRT export adds seconds to every publish; the tests that serve LiteRT ask for it
+# (the session's trained_model), the training jobs of the other tests skip it.
+os.environ.setdefault("LITERT_EXPORT", "off")
 
 
 def run_videoloop(
@@ -322,6 +325,7 @@ def _train_tiny_model(base: Path) -> None:
                 conv_filters=(8, 16, 16, 16), frame_features=16, lstm_units=16
             ),
             train_config=TrainConfig(epochs=1, batch_size=4, patience=1, augment=False),
+            litert="float16",  # SERVING_RUNTIME=litert tests serve this version
         ),
     )
     clips = [str(p) for p, _ in videos]

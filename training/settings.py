@@ -11,6 +11,7 @@ from pathlib import Path
 
 from training.logs import LOG_FORMATS
 from training.model.config import AUTO_TEMPORAL, check_temporal
+from training.model.litert import EXPORT_MODES, RUNTIMES, check_choice
 from training.model.uncertainty import parse_measure
 from training.video.media_policy import parse_allowed_hosts
 
@@ -137,6 +138,14 @@ class Settings:
     train_temporal: str = "auto"
     """The temporal head of a project's first model (training/model/config.py TEMPORAL_HEADS),
     or ``auto``: bilstm for projects with a <TimelineLabels>, lstm for the others."""
+    # lean serving: LiteRT export at publish, and the serving runtime
+    litert_export: str = "float16"
+    """Export each published version to LiteRT (training/model/litert_export.py): 'off',
+    'float', or the float file plus a quantised one, 'float16' or 'dynamic', served when it
+    passes the parity check."""
+    serving_runtime: str = "tensorflow"
+    """How serving processes run models: 'tensorflow' (Keras), or 'litert' (the version's
+    LiteRT file; TensorFlow is never imported by the serving processes)."""
 
     def __post_init__(self) -> None:
         """Refuse a misspelt measure or head, half of basic auth, or several serving
@@ -166,6 +175,8 @@ class Settings:
             raise ValueError(f"LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}")
         if self.keep_rejected_versions < 1:
             raise ValueError("KEEP_REJECTED_VERSIONS must be at least 1")
+        check_choice("LITERT_EXPORT", self.litert_export, EXPORT_MODES)
+        check_choice("SERVING_RUNTIME", self.serving_runtime, RUNTIMES)
 
     def _check_media(self) -> None:
         """Refuse media limits that would disable themselves, and a malformed allow-list."""

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 from backend.cli.common import command_redis, quiet_tensorflow
 from backend.cli.connect import add_connect_parser, cmd_connect
+from backend.cli.export import add_export_parser, cmd_export
 from backend.cli.models import cmd_models
 from backend.cli.predict import cmd_predict
 from backend.cli.train import add_train_parser, cmd_train
@@ -174,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--project", required=True)
 
     add_connect_parser(sub)
+    add_export_parser(sub)
     return parser
 
 
@@ -186,6 +188,7 @@ COMMANDS = {
     "status": _cmd_status,
     "models": cmd_models,
     "connect": cmd_connect,
+    "export": cmd_export,
 }
 
 

@@ -15,8 +15,8 @@ def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
     import functools
     from concurrent.futures import ThreadPoolExecutor
 
+    from backend.serving import default_loader
     from training.model.inference import Failure, predict_clips
-    from training.model.loaded import load_version
     from training.versions.store import ModelStore
     from training.video.decoder import DecodeLimits, sample_clip
 
@@ -26,7 +26,7 @@ def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
             f"project {args.project} has no trained model in {settings.model_dir}", file=sys.stderr
         )
         return 2
-    model = load_version(info, batch_size=settings.predict_batch_size)
+    model = default_loader(settings)(info, settings.predict_batch_size)  # SERVING_RUNTIME
     limits = DecodeLimits.from_settings(settings)
     sources = [
         functools.partial(sample_clip, video, model.sampling, limits=limits)

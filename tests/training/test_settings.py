@@ -54,6 +54,8 @@ def test_floats_and_switches_are_parsed(clean_env):
         ("PORT", "1.5", "PORT must be an integer"),
         ("UNCERTAINTY_MEASURE", "variance", "UNCERTAINTY_MEASURE: unknown uncertainty measure"),
         ("TRAIN_TEMPORAL", "gru", "TRAIN_TEMPORAL: unknown temporal head 'gru'"),
+        ("LITERT_EXPORT", "int4", "LITERT_EXPORT must be one of off, float, float16, dynamic"),
+        ("SERVING_RUNTIME", "onnx", "SERVING_RUNTIME must be one of tensorflow, litert"),
     ],
 )
 def test_a_bad_value_names_the_variable(clean_env, name, value, message):

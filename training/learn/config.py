@@ -104,6 +104,9 @@ class TrainingRun:
     """Where the run writes its decoded clips, read back a batch at a time
     (training/learn/clip_file.py): memory no longer grows with the number of clips. None:
     they are held in memory."""
+    litert: str = "off"
+    """LiteRT export at publish (training/model/litert_export.py): 'off', 'float', or the
+    float file and a quantised one, 'float16' or 'dynamic' (LITERT_EXPORT)."""
 
     def configs(self) -> tuple[SamplingConfig, ModelConfig]:
         """The sampling and model settings this run trains with, defaults resolved."""

@@ -37,6 +37,8 @@ from training.learn.reports import (
     plot_learning_curve,
 )
 from training.model.config import ModelConfig
+from training.model.litert import META_KEY as LITERT_META
+from training.model.litert_export import export_for_publish
 from training.versions.store import MODEL_FILE, SPLIT_FILE, ModelStore, VersionInfo
 from training.video.clip import SamplingConfig
 
@@ -263,7 +265,13 @@ def _write_version(
         plot_confusion_matrix(matrix, names, folder / TIMELINE_CONFUSION_MATRIX_FILE)
     split = {"train": parts.train.keys, "val": parts.val.keys, "test": parts.test.keys}
     (folder / SPLIT_FILE).write_text(json.dumps(split))
-    return _meta(store, project, version, run)
+    meta = _meta(store, project, version, run)
+    if run.litert != "off":  # beside the Keras model, before publish uploads the folder
+        clips = parts.test if len(parts.test) else parts.val
+        meta[LITERT_META] = export_for_publish(
+            trained.model, trained.sampling, folder, run.litert, clips
+        )
+    return meta
 
 
 def _meta(store: ModelStore, project: str, version: _NewVersion, run: TrainingRun) -> dict:

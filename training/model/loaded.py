@@ -70,6 +70,24 @@ class LoadedModel:
         return self.predict(frames, mask)["classes"]
 
 
+def warmed_up(info: VersionInfo, batch_size: int, predict_fn) -> LoadedModel:
+    """A version's bundle around ``predict_fn(frames, mask) -> {output: array}`` (any
+    runtime's), after one prediction so the first request pays no tracing or allocation."""
+    sampling = SamplingConfig.from_dict(info.meta["sampling"])
+    loaded = LoadedModel(
+        version=info.version,
+        labels=list(info.meta["labels"]),
+        timeline_labels=list(info.meta.get("timeline_labels") or []),
+        sampling=sampling,
+        batch_size=batch_size,
+        meta=info.meta,
+        _predict_fn=predict_fn,
+    )
+    t, h, w = sampling.frames, sampling.height, sampling.width
+    loaded.predict(np.zeros((1, t, h, w, 3), np.uint8), np.ones((1, t), bool))
+    return loaded
+
+
 def load_version(info: VersionInfo, batch_size: int = 8) -> LoadedModel:
     """Load a version's model from the store and warm it up.
 
@@ -95,17 +113,7 @@ def load_version(info: VersionInfo, batch_size: int = 8) -> LoadedModel:
     def predict_fn(frames, mask):
         return model({"frames": frames, "mask": mask}, training=False)
 
-    loaded = LoadedModel(
-        version=info.version,
-        labels=list(info.meta["labels"]),
-        timeline_labels=list(info.meta.get("timeline_labels") or []),
-        sampling=sampling,
-        batch_size=batch_size,
-        meta=info.meta,
-        _predict_fn=predict_fn,
-    )
-    warm = np.zeros((1, t, h, w, 3), np.uint8)
-    loaded.predict(warm, np.ones((1, t), bool))
+    loaded = warmed_up(info, batch_size, predict_fn)
     log.info(
         "loaded project %s version %s in %.2f s",
         info.project,

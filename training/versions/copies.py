@@ -37,6 +37,8 @@ def publish_copy(
 
     def write(folder: Path) -> dict:
         shutil.copy(info.model_path, folder / MODEL_FILE)
+        for exported in info.path.glob("*.tflite"):  # LiteRT files (training/model/litert.py)
+            shutil.copy(exported, folder / exported.name)
         if with_pictures:
             for picture in info.path.glob("*.png"):
                 shutil.copy(picture, folder / picture.name)
