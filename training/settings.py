@@ -12,6 +12,7 @@ from pathlib import Path
 from training.logs import LOG_FORMATS
 from training.model.config import AUTO_TEMPORAL, check_temporal
 from training.model.uncertainty import parse_measure
+from training.versions.configured import parse_store_url
 from training.video.media_policy import parse_allowed_hosts
 
 
@@ -134,6 +135,13 @@ class Settings:
     train_temporal: str = "auto"
     """The temporal head of a project's first model (training/model/config.py TEMPORAL_HEADS),
     or ``auto``: bilstm for projects with a <TimelineLabels>, lstm for the others."""
+    # Model store without a shared filesystem (training/versions/s3_storage.py)
+    model_store_url: str = ""
+    """``s3://bucket/prefix``: versions live there and MODEL_DIR is this machine's cache of
+    them; empty: MODEL_DIR is the store, shared by every process."""
+    s3_endpoint_url: str = ""
+    """An S3-compatible server's address (MinIO, Ceph...); empty for AWS S3. Credentials come
+    from boto3's usual sources (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY...)."""
 
     def __post_init__(self) -> None:
         """Refuse a misspelt measure or head, half of basic auth, or several serving
@@ -158,6 +166,8 @@ class Settings:
             except ValueError as exc:
                 raise ValueError(f"TRAIN_TEMPORAL: {exc} (or {AUTO_TEMPORAL})") from None
         self._check_media()
+        if self.model_store_url:
+            parse_store_url(self.model_store_url)  # ValueError naming MODEL_STORE_URL
         object.__setattr__(self, "log_format", self.log_format.lower())
         if self.log_format not in LOG_FORMATS:
             raise ValueError(f"LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}")
