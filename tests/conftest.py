@@ -40,6 +40,7 @@ import requests
 # tests/ and tests/support/ are on sys.path (``pythonpath`` in pyproject.toml): the stand-ins
 # and helpers import by their plain names, and tests import this module as ``conftest``.
 from fake_label_studio import FakeLabelStudio, MediaHost, Seen
+from processes import stop_process
 from redis_database import NoEmptyDatabase, RedisDatabase, claim_empty_database
 from s3_server import S3Server, run_s3_server
 
@@ -211,12 +212,7 @@ def run_server_process(workdir: Path, **env: str) -> Iterator[ServerProcess]:
         assert response.status_code == 200, log_then
         yield ServerProcess(url, port, proc, log_path, answered - opened, log_then)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout_s=40)
 
 
 @contextmanager

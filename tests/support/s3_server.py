@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
+from processes import stop_process
 
 START_TIMEOUT_S = 30.0
 
@@ -94,10 +95,5 @@ def run_s3_server(folder: Path) -> Iterator[S3Server]:
                 time.sleep(0.05)
         yield S3Server(f"http://127.0.0.1:{port}")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout_s=10)
         log.close()

@@ -191,9 +191,8 @@ class S3Storage:
         return self.cache_root / project / "versions" / version
 
     def read_meta(self, project: str, version: str) -> dict | None:
-        cached = self._cached(project, version) / META_FILE
-        if cached.is_file():
-            return json.loads(cached.read_text())
+        """From the bucket, never the cache: whether the version still exists (another pod
+        may have pruned it) is what callers ask."""
         got = self._get(self._key(project, "versions", version, META_FILE))
         return json.loads(got[0]) if got else None
 
