@@ -111,7 +111,7 @@ class ModelServer:
     Args:
         settings: decode_threads, predict_batch_size, max_models_in_memory, model_dir and
             the media settings.
-        store: the model store (default: ModelStore(settings.model_dir)).
+        store: the model store (default: ModelStore.from_settings).
         loader: loads a version (default: the one SERVING_RUNTIME names, default_loader).
         swap_delay_s: see SWAP_DELAY_S; tests pass 0 to swap as soon as a load ends.
     """
@@ -125,7 +125,7 @@ class ModelServer:
         swap_delay_s: float = SWAP_DELAY_S,
     ) -> None:
         self.settings = settings
-        self.store = store or ModelStore(settings.model_dir)
+        self.store = store or ModelStore.from_settings(settings)
         self.pointer = VersionPointer(self.store)
         self.max_models = max(1, settings.max_models_in_memory)
         self.swap_delay_s = swap_delay_s

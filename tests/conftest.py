@@ -40,7 +40,9 @@ import requests
 # tests/ and tests/support/ are on sys.path (``pythonpath`` in pyproject.toml): the stand-ins
 # and helpers import by their plain names, and tests import this module as ``conftest``.
 from fake_label_studio import FakeLabelStudio, MediaHost, Seen
+from processes import stop_process
 from redis_database import NoEmptyDatabase, RedisDatabase, claim_empty_database
+from s3_server import S3Server, run_s3_server
 
 from training.versions.copies import publish_copy
 from training.versions.store import ModelStore, VersionInfo
@@ -213,12 +215,7 @@ def run_server_process(workdir: Path, **env: str) -> Iterator[ServerProcess]:
         assert response.status_code == 200, log_then
         yield ServerProcess(url, port, proc, log_path, answered - opened, log_then)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout_s=40)
 
 
 @contextmanager
@@ -387,6 +384,27 @@ def redis_conn(redis_database):
 def redis_url(redis_conn, redis_database) -> str:
     """REDIS_URL of the redis_conn database, for worker and server subprocesses."""
     return redis_database.url
+
+
+# -- an S3-compatible server (moto's server mode: tests/support/s3_server.py) ------------------
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory) -> Iterator[S3Server]:
+    """One moto server process per test process, on a free loopback port."""
+    with run_s3_server(tmp_path_factory.mktemp("s3")) as server:
+        yield server
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch) -> dict[str, str]:
+    """The environment of a videoloop process using a fresh bucket of ``s3_server`` as its
+    model store (MODEL_STORE_URL, S3_ENDPOINT_URL and the AWS credentials); also set in
+    this process's environment, for in-process stores."""
+    env = {"MODEL_STORE_URL": f"s3://{s3_server.new_bucket()}/models", **s3_server.credentials()}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
 
 
 # -- markers and xdist groups -----------------------------------------------------------------

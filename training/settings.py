@@ -13,6 +13,7 @@ from training.logs import LOG_FORMATS
 from training.model.config import AUTO_TEMPORAL, check_temporal
 from training.model.litert import EXPORT_MODES, RUNTIMES, check_choice
 from training.model.uncertainty import parse_measure
+from training.versions.configured import parse_store_url
 from training.video.media_policy import parse_allowed_hosts
 
 
@@ -147,6 +148,14 @@ class Settings:
     """How serving processes run models: 'tensorflow' (Keras), or 'litert' (the version's
     LiteRT file; TensorFlow is never imported by the serving processes)."""
 
+    # Model store without a shared filesystem (training/versions/s3_storage.py)
+    model_store_url: str = ""
+    """``s3://bucket/prefix``: versions live there and MODEL_DIR is this machine's cache of
+    them; empty: MODEL_DIR is the store, shared by every process."""
+    s3_endpoint_url: str = ""
+    """An S3-compatible server's address (MinIO, Ceph...); empty for AWS S3. Credentials come
+    from boto3's usual sources (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY...)."""
+
     def __post_init__(self) -> None:
         """Refuse a misspelt measure or head, half of basic auth, or several serving
         processes without Redis, at start-up."""
@@ -170,6 +179,8 @@ class Settings:
             except ValueError as exc:
                 raise ValueError(f"TRAIN_TEMPORAL: {exc} (or {AUTO_TEMPORAL})") from None
         self._check_media()
+        if self.model_store_url:
+            parse_store_url(self.model_store_url)  # ValueError naming MODEL_STORE_URL
         object.__setattr__(self, "log_format", self.log_format.lower())
         if self.log_format not in LOG_FORMATS:
             raise ValueError(f"LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}")

@@ -47,7 +47,7 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     if args.out.exists() and any(args.out.iterdir()):
         print(f"videoloop export: {args.out} is not empty", file=sys.stderr)
         return 2
-    store = ModelStore(settings.model_dir)
+    store = ModelStore.from_settings(settings)
     project = normalize_project(args.project)
     info = store.get_version(project, args.version) if args.version else None
     info = info or store.get_current_info(project)

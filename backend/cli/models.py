@@ -50,7 +50,7 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     from training.versions.store import ModelStore
 
     project = normalize_project(args.project)
-    store = ModelStore(settings.model_dir)
+    store = ModelStore.from_settings(settings)
     if args.models_command == "list":
         versions = store.list_versions(project)
         if args.json:

@@ -20,7 +20,7 @@ def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
     from training.versions.store import ModelStore
     from training.video.decoder import DecodeLimits, sample_clip
 
-    info = ModelStore(settings.model_dir).get_current_info(args.project)
+    info = ModelStore.from_settings(settings).get_current_info(args.project)
     if info is None:
         print(
             f"project {args.project} has no trained model in {settings.model_dir}", file=sys.stderr

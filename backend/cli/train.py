@@ -61,7 +61,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     data = TrainingData(load_labelled_videos(args.data))
     bar = _TrainingBar(args.quiet)
     started = time.perf_counter()
-    store = ModelStore(settings.model_dir, keep_rejected=settings.keep_rejected_versions)
+    store = ModelStore.from_settings(settings)
     try:
         info = train_and_publish(
             store, args.project, data, _training_run(args, settings), progress=bar

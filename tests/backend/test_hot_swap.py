@@ -11,6 +11,11 @@ One tiny real model is trained per session (conftest ``trained_model``) and each
 is a copy of it under a new name: what is tested is the swap machinery (notice, background
 load and warm-up, the agreed swap instant, the reference swap), not training, and a real RQ
 worker producing versions is covered by tests/loop/test_training_loop.py.
+
+It runs twice: with the store in a folder the server and the test share (MODEL_DIR), and in
+a bucket of a real S3-compatible server (moto's server mode on loopback,
+tests/support/s3_server.py; no MinIO here) where the server and the test each keep their own
+cache (MODEL_STORE_URL), as pods without a shared volume do (docs/kubernetes.md).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from conftest import run_videoloop
 
 from backend.app import PID_HEADER
 from backend.serving import SWAP_DELAY_S
+from training.settings import Settings
 from training.versions.copies import publish_copy
 from training.versions.current import VersionPointer
 from training.versions.store import ModelStore
@@ -51,6 +57,9 @@ to hold a loaded machine to it: the figures are printed against it, and what is 
 SWAP_DEADLINE_S and that no process swaps before the agreed instant."""
 SWAP_DEADLINE_S = 30.0
 """Every process serves each new version within this (9x the measured figure)."""
+STARTUP_DEADLINE_S = 120.0
+"""Every process serves the first version within this after the server started: its first
+load includes importing TensorFlow, which took 29 s on a machine loaded 5x over (not a swap)."""
 LOAD_MARGIN_S = 0.5
 """A load counts as done before the agreed instant if it ended this much before it."""
 SWAP_SPREAD_S = 0.5
@@ -209,9 +218,14 @@ def first_answer_with(calls: list[Call], version: str, after: float) -> dict[int
 
 
 def wait_until_every_process_serves(
-    clients: Clients, pids: set[int], version: str, since: float, log
+    clients: Clients,
+    pids: set[int],
+    version: str,
+    since: float,
+    log,
+    deadline_s: float = SWAP_DEADLINE_S,
 ) -> dict[int, float]:
-    deadline = time.time() + SWAP_DEADLINE_S
+    deadline = time.time() + deadline_s
     while True:
         seen = first_answer_with(clients.snapshot(), version, since)
         if pids <= set(seen):
@@ -219,14 +233,29 @@ def wait_until_every_process_serves(
         if time.time() > deadline:
             missing = pids - set(seen)
             pytest.fail(
-                f"{version} not served by {missing} after {SWAP_DEADLINE_S:g} s\n{log()[-4000:]}"
+                f"{version} not served by {missing} after {deadline_s:g} s\n{log()[-4000:]}"
             )
         time.sleep(0.05)
 
 
-@pytest.fixture
-def served(tmp_path, trained_model, media_root, make_media_host, start_server, redis_url):
-    shutil.copytree(trained_model.store_root, tmp_path / "models")
+@pytest.fixture(params=["local", "s3"])
+def served(request, tmp_path, trained_model, media_root, make_media_host, start_server, redis_url):
+    """(server, media host, the test's store, the first version): the store shared as a folder,
+    or in S3 with a cache of the test's own (the server's MODEL_DIR is another)."""
+    if request.param == "local":
+        shutil.copytree(trained_model.store_root, tmp_path / "models")
+        store = ModelStore(tmp_path / "models")
+    else:
+        env = request.getfixturevalue("s3_env")  # in os.environ too: the server inherits it
+        store = ModelStore.from_settings(
+            Settings(
+                model_dir=tmp_path / "test-machine",
+                model_store_url=env["MODEL_STORE_URL"],
+                s3_endpoint_url=env["S3_ENDPOINT_URL"],
+            )
+        )
+        publish_copy(store, PROJECT, trained_model.info)
+    first = store.get_current(PROJECT)
     bucket = make_media_host(media_root)
     with start_server(
         tmp_path,
@@ -237,15 +266,14 @@ def served(tmp_path, trained_model, media_root, make_media_host, start_server, r
         PREDICT_BATCH_SIZE="2",
         DECODE_THREADS="1",
     ) as server:
-        yield server, bucket, ModelStore(tmp_path / "models")
+        yield server, bucket, store, first
 
 
 def test_every_process_swaps_each_new_version_under_load_without_a_failed_request(
     served, trained_model, redis_conn, redis_url
 ):
-    server, bucket, store = served
+    server, bucket, store, first = served
     pointer = VersionPointer(store, redis_conn)
-    first = trained_model.info.version
     assert pointer.get(PROJECT) == first
     tasks = [
         {"id": 1, "data": {"video": f"{bucket.url}/carphone_pristine.mp4"}},
@@ -258,8 +286,14 @@ def test_every_process_swaps_each_new_version_under_load_without_a_failed_reques
     assert len(pids) == WORKERS, pids
 
     with Clients(server.url, tasks) as clients:
-        # Steady state: both processes answer with the first version.
-        wait_until_every_process_serves(clients, pids, first, 0.0, server.log_text)
+        # Steady state: both processes answer with the first version. Calls sent before then
+        # wait for the processes' first load (TensorFlow's import included), which on a
+        # loaded machine can outlast a client's 30 s: they are start-up, not swaps, and are
+        # left out of what is judged below.
+        wait_until_every_process_serves(
+            clients, pids, first, 0.0, server.log_text, STARTUP_DEADLINE_S
+        )
+        steady_at = time.time()
         time.sleep(GAP_S)
 
         published: list[tuple[str, float, dict[int, float]]] = []
@@ -288,7 +322,7 @@ def test_every_process_swaps_each_new_version_under_load_without_a_failed_reques
         )
         time.sleep(1.0)
 
-    calls = clients.snapshot()
+    calls = [c for c in clients.snapshot() if c.started >= steady_at]
     log = server.log_text()
 
     # Zero failed requests, each answered whole by one version.

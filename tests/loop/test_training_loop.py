@@ -30,6 +30,7 @@ from redis_server import redis_server
 from rq.job import Job
 
 from training.learn.labelled_files import read_manifest
+from training.settings import Settings
 from training.versions.store import ModelStore
 from training.video.synth import generate_dataset
 
@@ -191,13 +192,15 @@ class Loop:
 
 
 @contextmanager
-def running_loop(workdir: Path, redis_url: str, ls, pool: Pool, start_server) -> Iterator[Loop]:
+def running_loop(
+    workdir: Path, redis_url: str, ls, pool: Pool, start_server, **server_extra: str
+) -> Iterator[Loop]:
     """A new project in the stand-in and a backend on ``redis_url`` for it."""
     project = ls.add_project(CONFIG)
     env = worker_env(workdir, redis_url, ls)
     shared = ("REDIS_URL", "LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY", "TRAIN_LEASE_S")
     server_env = {k: env[k] for k in (*shared, "RECOVER_EVERY_S")}
-    with start_server(workdir, **server_env) as server:
+    with start_server(workdir, **server_env, **server_extra) as server:
         yield Loop(workdir, ls, project, server.url, env, pool)
 
 
@@ -239,6 +242,75 @@ def test_start_training_with_only_a_project_starts_a_run(loop):
         ModelStore(loop.workdir / "models").get_current(str(loop.project))
         == state["last"]["version"]
     )
+
+
+@pytest.fixture
+def s3_loop(tmp_path, redis_url, ls, pool, start_server, s3_env) -> Iterator[Loop]:
+    """The loop with its model store in S3: a bucket of a real S3-compatible server process on
+    loopback (moto's server mode, tests/support/s3_server.py; no MinIO can be installed here).
+    The backend keeps its versions in a MODEL_DIR of its own, as a pod with no shared volume."""
+    backend_pod = str(tmp_path / "backend-pod")
+    with running_loop(tmp_path, redis_url, ls, pool, start_server, MODEL_DIR=backend_pod) as loop:
+        yield loop
+
+
+@pytest.mark.slow
+def test_with_an_s3_store_workers_and_the_backend_share_no_folder(s3_loop, s3_env):
+    """Two worker "pods" train one after the other, the second fine-tuning the version the
+    first published (fetched into its own cache), and the backend serves the new version,
+    found through the Redis notice and read from S3."""
+    loop, project = s3_loop, str(s3_loop.project)
+    # GATE_TOLERANCE=1: the gate runs (pod 2 evaluates the current version, fetched from S3)
+    # but passes a 2-epoch model, which could score below the first on 2 held-out clips.
+    pods = {
+        n: {**loop.env, "MODEL_DIR": str(loop.workdir / n), "GATE_TOLERANCE": "1"}
+        for n in ("pod-1", "pod-2")
+    }
+    loop.annotate(per_label=3)
+    with worker_process(loop.workdir, pods["pod-1"], "w1"):
+        loop.webhook("START_TRAINING")
+        first = loop.wait_idle()["last"]
+    assert first["status"] == "trained", first
+    loop.annotate(per_label=2, start=3)
+    with worker_process(loop.workdir, pods["pod-2"], "w2"):
+        loop.webhook("ANNOTATION_CREATED")
+        second = loop.wait(
+            lambda s: s["last"]["version"] != first["version"] and not s["running"],
+            "the second pod's version",
+        )["last"]
+    assert second["status"] == "trained", second
+
+    store = ModelStore.from_settings(
+        Settings(
+            model_dir=loop.workdir / "test-pod",
+            model_store_url=s3_env["MODEL_STORE_URL"],
+            s3_endpoint_url=s3_env["S3_ENDPOINT_URL"],
+        )
+    )
+    assert [v.version for v in store.list_versions(project)] == [
+        first["version"],
+        second["version"],
+    ]
+    assert store.get_current(project) == second["version"]
+    assert store.get_version(project, second["version"]).meta["parent"] == first["version"]
+    assert (loop.workdir / "pod-2" / project / "versions" / first["version"]).is_dir()
+    assert not (loop.workdir / "pod-1" / project / "versions" / second["version"]).exists()
+    assert not (loop.workdir / "models").exists()  # the default MODEL_DIR: nobody used one
+
+    task = {
+        "id": 100_002,
+        "data": {"video": f"/data/upload/{project}/{loop.pool.clips[CLASSES[0]][-1]}"},
+    }
+    body = {"tasks": [task], "project": f"{project}.1", "label_config": CONFIG}
+    deadline = time.monotonic() + 60  # the backend loads it in the background
+    while True:
+        result = requests.post(f"{loop.url}/predict", json=body, timeout=100).json()["results"][0]
+        if (result and result["model_version"] == second["version"]) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert result and result["model_version"] == second["version"], result
+    backend_copy = loop.workdir / "backend-pod" / project / "versions" / second["version"]
+    assert (backend_copy / "model.keras").is_file()
 
 
 def test_status_command_reads_the_training_state_from_redis(loop):

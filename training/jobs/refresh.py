@@ -105,7 +105,7 @@ def refresh_predictions(
         StoreError: no such version.
     """
     started = time.perf_counter()
-    store = ModelStore(settings.model_dir)
+    store = ModelStore.from_settings(settings)
     info = store.get_version(project, version)
     summary = RefreshSummary(project, version, progress)
     if store.get_current(project) != version:
@@ -142,7 +142,7 @@ def refresh_chunk(
     """Predict and write one chunk of a fanned-out refresh (training/jobs/refresh_chunks.py):
     the same steps and result as :func:`refresh_predictions` over ``todo``, without the end
     of the refresh (:func:`finish_refresh`, which the last chunk runs)."""
-    store = ModelStore(settings.model_dir)
+    store = ModelStore.from_settings(settings)
     info = store.get_version(project, version)
     summary = RefreshSummary(project, version, progress, total=len(todo))
     if store.get_current(project) != version:
@@ -160,7 +160,7 @@ def refresh_chunk(
 def finish_refresh(project: str, version: str, settings: Settings) -> dict:
     """The end of a fanned-out refresh, run by its last chunk: the duplicates pass and the
     version selection. Returns ``{"duplicates_deleted", "selected"}``."""
-    store = ModelStore(settings.model_dir)
+    store = ModelStore.from_settings(settings)
     summary = RefreshSummary(project, version, _noop)
     with LabelStudioSession(settings.label_studio_url, settings.label_studio_api_key) as ls:
         _finish(ls, store, summary, settings)

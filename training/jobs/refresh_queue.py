@@ -73,7 +73,7 @@ def request_refresh(connection: redis.Redis, project: str, settings: Settings) -
     """
     if not settings.label_studio_url:
         return "no_label_studio"
-    version = ModelStore(settings.model_dir).get_current(project)
+    version = ModelStore.from_settings(settings).get_current(project)
     if version is None:
         return "no_model"
     key = REFRESH_AGAIN_KEY.format(project=project, version=version)
@@ -85,7 +85,7 @@ def resume_refreshes(connection: redis.Redis, settings: Settings) -> list[str]:
     """Queue the refreshes that new tasks asked for and no job took up (the request came as
     a refresh was finishing); drop requests for versions no longer current. Returns the ids
     of the jobs queued. Run by the backend's recovery loop."""
-    store = ModelStore(settings.model_dir)
+    store = ModelStore.from_settings(settings)
     queued = []
     for raw in connection.scan_iter(match=REFRESH_AGAIN_KEY.format(project="*", version="*")):
         key = raw.decode() if isinstance(raw, bytes) else str(raw)

@@ -61,7 +61,7 @@ def run_training(
     if reason is not None:
         return {"status": "skipped", "reason": reason, "per_label": tasks.counts}
     configure_accelerator()
-    store = ModelStore(settings.model_dir, keep_rejected=settings.keep_rejected_versions)
+    store = ModelStore.from_settings(settings)
     store.cleanup_staging(project)  # what publishers killed mid-write left behind
     cache = ClipCache.from_settings(settings)  # CACHE_DIR/clips, CACHE_MAX_MB, decode limits
     with PinnedFiles(  # the run's videos outlive the media cache's evictions

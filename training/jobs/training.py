@@ -244,7 +244,7 @@ def _end_refresh(job: Job, project: str, version: str, settings: Settings) -> di
     from training.jobs.refresh import finish_refresh
     from training.versions.store import ModelStore
 
-    if ModelStore(settings.model_dir).get_current(project) != version:
+    if ModelStore.from_settings(settings).get_current(project) != version:
         return None
     end = finish_refresh(project, version, settings)
     if job.connection.exists(REFRESH_AGAIN_KEY.format(project=project, version=version)):

@@ -1,7 +1,8 @@
 """The one way to read and change a project's current model version.
 
-The truth is the store's ``current`` file (``training/versions/store.py`` replaces it
-atomically): the embedded mode, a restarted process and any process that lost Redis read it.
+The truth is the store's pointer (``training/versions/store.py`` replaces it atomically: a
+file in ``MODEL_DIR``, or an object written conditionally in the S3 store): the embedded mode,
+a restarted process and any process that lost Redis read it.
 Redis mirrors it for everyone else: :meth:`VersionPointer.set` writes
 ``videoloop:current:<project>`` and publishes a notice on ``videoloop:current``, so serving
 processes swap within moments instead of at their next poll. Redis failing never fails a
@@ -14,13 +15,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import redis
 
+from training.versions.storage import CurrentVersion as CurrentVersion
 from training.versions.store import ModelStore, validate_project
 
 log = logging.getLogger(__name__)
@@ -31,9 +31,6 @@ CURRENT_KEY = "videoloop:current:{0}"
 CURRENT_CHANNEL = "videoloop:current"
 """Pub/sub channel announcing changes, as JSON ``{"project": ..., "version": ...}``."""
 
-CURRENT_FILE = "current"
-"""The pointer file inside ``MODEL_DIR/<project>/`` (the layout of training/versions/store.py)."""
-
 LISTEN_POLL_S = 1.0
 """Seconds a listener waits for a message before it looks at its stop flag again."""
 
@@ -42,18 +39,6 @@ RECONNECT_MIN_S = 0.5
 
 RECONNECT_MAX_S = 10.0
 """Upper bound, in seconds, of the doubling wait between reconnection attempts."""
-
-
-@dataclass(frozen=True)
-class CurrentVersion:
-    """A project's current version and when it was made current (seconds since the epoch).
-
-    ``set_at`` is the pointer file's modification time: every process reading the same file
-    gets the same instant, which serving processes use to swap at the same moment.
-    """
-
-    version: str
-    set_at: float
 
 
 class VersionPointer:
@@ -75,20 +60,13 @@ class VersionPointer:
         return current.version if current else None
 
     def get_current(self, project: str) -> CurrentVersion | None:
-        """The current version and the time it was set, read from one open file.
+        """The current version and the time it was set, read together from the store.
 
         Raises:
             ValueError: ``project`` is not a valid project id.
             OSError: the store cannot be read.
         """
-        path = self.store.root / validate_project(project) / CURRENT_FILE
-        try:
-            with open(path) as fh:
-                set_at = os.fstat(fh.fileno()).st_mtime
-                version = fh.read().strip()
-        except FileNotFoundError:
-            return None
-        return CurrentVersion(version, set_at) if version else None
+        return self.store.get_pointer(project)
 
     def set(self, project: str, version: str, **history: object) -> str | None:
         """Make ``version`` current: the file atomically, then the Redis mirror and a notice.

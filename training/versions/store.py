@@ -1,21 +1,15 @@
 """The model store: immutable versions per Label Studio project and a ``current`` pointer.
 
-Layout under MODEL_DIR::
-
-    <project>/versions/<version>/model.keras
-    <project>/versions/<version>/meta.json
-    <project>/current            one line: the current version's name
-    <project>/history.jsonl      append-only: one JSON line per change of status
-
-A version is written into a temporary folder beside ``versions/`` and renamed into place,
-and ``current`` is replaced with ``os.replace``: a reader never sees a half-written version
-or pointer. Every process (serving, workers) reads the pointer from disk; nothing is cached
-per process here.
+The rules live here; the bytes live in a storage (training/versions/storage.py): a local or
+NFS folder (``MODEL_DIR``, training/versions/local_storage.py) or an S3-compatible object
+store (``MODEL_STORE_URL``, training/versions/s3_storage.py). Either way a reader never sees a
+half-written version or pointer, and every process (serving, workers) reads the pointer from
+the storage; nothing is cached per process here (versions, which never change, are cached on
+disk by the S3 storage).
 
 Versions never change once published; what happens to them (made current, rolled back to,
-promoted by hand, rejected by the quality gate) goes into ``history.jsonl``, from which a
-version's status and the rollback target are derived. Each line is one ``write`` on a file
-opened with ``O_APPEND``, so lines from concurrent processes never interleave. Rejected
+promoted by hand, rejected by the quality gate) goes into the project's history, one JSON line
+per change, from which a version's status and the rollback target are derived. Rejected
 versions past the newest few are deleted (training.versions.retention).
 """
 
@@ -23,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 import shutil
 import tempfile
@@ -32,17 +25,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from training.durable import fsync_dir, fsync_tree, write_atomically
 from training.versions import retention
+from training.versions.local_storage import HISTORY_FILE as HISTORY_FILE
+from training.versions.local_storage import LocalStorage
 from training.versions.names import VERSION_RE as _VERSION_RE
 from training.versions.retention import KEEP_REJECTED_VERSIONS
+from training.versions.storage import META_FILE as META_FILE
+from training.versions.storage import CurrentVersion, VersionStorage
+
+if TYPE_CHECKING:
+    from training.settings import Settings
 
 MODEL_FILE = "model.keras"
-META_FILE = "meta.json"
 SPLIT_FILE = "split.json"
 """Which data keys (task ids, file hashes) a version trained, validated and was tested on."""
-HISTORY_FILE = "history.jsonl"
 NO_MODEL_VERSION = "untrained"
 """The version string reported for a project that has no trained model yet."""
 
@@ -112,46 +110,79 @@ def validate_project(project: str) -> str:
 
 
 class ModelStore:
-    """Versions and current pointers under one root folder, shared by all processes."""
+    """Versions and current pointers, shared by all processes.
 
-    def __init__(self, root: Path | str, *, keep_rejected: int = KEEP_REJECTED_VERSIONS) -> None:
+    Args:
+        root: a local folder: the whole store (``MODEL_DIR``), or with ``storage`` given,
+            this machine's cache of versions and the place versions are staged.
+        keep_rejected: rejected versions kept per project (prune_rejected).
+        storage: where versions live (default: the folder ``root`` itself).
+    """
+
+    def __init__(
+        self,
+        root: Path | str,
+        *,
+        keep_rejected: int = KEEP_REJECTED_VERSIONS,
+        storage: VersionStorage | None = None,
+    ) -> None:
         self.root = Path(root)
         self.keep_rejected = retention.check_keep(keep_rejected)
         """Rejected versions kept per project; older ones are deleted (prune_rejected)."""
+        self.storage: VersionStorage = storage or LocalStorage(self.root)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ModelStore:
+        """The store MODEL_DIR and MODEL_STORE_URL name (training/versions/configured.py)."""
+        from training.versions.configured import open_store
+
+        return open_store(settings)
 
     def _project_dir(self, project: str) -> Path:
         return self.root / validate_project(project)
 
-    def _versions_dir(self, project: str) -> Path:
-        return self._project_dir(project) / "versions"
+    def _lock(self, project: str):
+        """The project's lock on this machine (the S3 storage's conditional writes order
+        writers on different machines)."""
+        pdir = self._project_dir(project)
+        pdir.mkdir(parents=True, exist_ok=True)
+        return retention.project_lock(pdir)
 
     def list_projects(self) -> list[str]:
         """Projects that have at least one published version."""
-        if not self.root.is_dir():
-            return []
-        return sorted(p.name for p in self.root.iterdir() if (p / "versions").is_dir())
+        return self.storage.list_projects()
+
+    def get_pointer(self, project: str) -> CurrentVersion | None:
+        """The current version and when it was set, or None when the project has none.
+
+        Raises:
+            ValueError: ``project`` is not a valid project id.
+            OSError: the storage cannot be read.
+        """
+        return self.storage.read_pointer(validate_project(project))
 
     def get_current(self, project: str) -> str | None:
         """The current version's name, or None when the project has none."""
-        try:
-            text = (self._project_dir(project) / "current").read_text().strip()
-        except FileNotFoundError:
-            return None
-        return text or None
+        current = self.get_pointer(project)
+        return current.version if current else None
 
     def get_current_info(self, project: str) -> VersionInfo | None:
         version = self.get_current(project)
         return self.get_version(project, version) if version else None
 
-    def get_version(self, project: str, version: str) -> VersionInfo:
-        """The version's info; raises StoreError if it was never published."""
+    def _get_meta(self, project: str, version: str) -> dict:
         if not _VERSION_RE.match(version):
             raise StoreError(f"invalid version name {version!r}")
-        path = self._versions_dir(project) / version
-        try:
-            meta = json.loads((path / META_FILE).read_text())
-        except FileNotFoundError:
-            raise StoreError(f"project {project} has no version {version}") from None
+        meta = self.storage.read_meta(validate_project(project), version)
+        if meta is None:
+            raise StoreError(f"project {project} has no version {version}")
+        return meta
+
+    def get_version(self, project: str, version: str) -> VersionInfo:
+        """The version's info, its files in a local folder; raises StoreError if it was never
+        published."""
+        meta = self._get_meta(project, version)
+        path = self.storage.local_folder(project, version)
         return VersionInfo(project=project, version=version, path=path, meta=meta)
 
     def list_versions(self, project: str) -> list[VersionInfo]:
@@ -185,16 +216,15 @@ class ModelStore:
 
         Raises:
             StoreError: no such version.
+            WriteConflict: other writers kept moving the pointer (S3 storage).
         """
         action = HistoryAction(action)
         if action not in MAKES_CURRENT:
             raise ValueError(f"{action} does not make a version current")
-        self.get_version(project, version)  # raises if absent (and creates no folder)
-        pdir = self._project_dir(project)
-        with retention.project_lock(pdir):  # no prune deletes it between check and write
-            self.get_version(project, version)
-            previous = self.get_current(project)
-            write_atomically(pdir / "current", version + "\n", prefix=".current-")
+        self._get_meta(project, version)  # raises if absent (and creates no folder)
+        with self._lock(project):  # no prune deletes it between check and write
+            self._get_meta(project, version)
+            previous = self.storage.write_pointer(project, version)
             more = details or {}
             self._append_history(project, version, action, reason, previous=previous, **more)
         return previous
@@ -205,7 +235,7 @@ class ModelStore:
         Raises:
             StoreError: no such version.
         """
-        self.get_version(project, version)
+        self._get_meta(project, version)
         self._append_history(
             project,
             version,
@@ -219,8 +249,7 @@ class ModelStore:
     def prune_rejected(self, project: str) -> list[str]:
         """Delete the rejected versions past the newest ``keep_rejected`` (never one that is
         or was current, nor an available one), recording each in the history; returns them."""
-        pdir = self._project_dir(project)
-        with retention.project_lock(pdir):
+        with self._lock(project):
             statuses = self.get_statuses(project)
             rejected = [
                 v
@@ -229,18 +258,15 @@ class ModelStore:
             ]
             pruned = retention.past_the_newest(rejected, self.keep_rejected)
             for version in pruned:
-                retention.move_aside(self._versions_dir(project), pdir, version)
+                self.storage.remove_version(project, version)
                 reason = f"rejected, past the newest {self.keep_rejected} (KEEP_REJECTED_VERSIONS)"
                 self._append_history(project, version, HistoryAction.PRUNED, reason)
-        retention.delete_moved_aside(pdir)
+        self.storage.finish_removals(project)
         return pruned
 
     def get_history(self, project: str) -> list[dict]:
         """The history's entries, oldest first (a torn last line, if any, is left out)."""
-        try:
-            text = (self._project_dir(project) / HISTORY_FILE).read_text()
-        except FileNotFoundError:
-            return []
+        text = self.storage.read_history(validate_project(project))
         entries = []
         for line in text.splitlines():
             try:
@@ -299,8 +325,7 @@ class ModelStore:
     def _append_history(
         self, project: str, version: str, action: HistoryAction, reason: str, **details
     ) -> None:
-        """One line, one ``write`` to a file opened with O_APPEND: concurrent writers never
-        interleave within a line."""
+        """One JSON line; the storage keeps every concurrent writer's line whole."""
         entry = {
             "time": time.time(),
             "version": version,
@@ -309,18 +334,10 @@ class ModelStore:
             **details,
         }
         line = (json.dumps(entry, sort_keys=True, default=str) + "\n").encode()
-        path = self._project_dir(project) / HISTORY_FILE
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, line)
-        finally:
-            os.close(fd)
+        self.storage.append_history(validate_project(project), line)
 
     def _version_names(self, project: str) -> list[str]:
-        vdir = self._versions_dir(project)
-        if not vdir.is_dir():
-            return []
-        names = [p.name for p in vdir.iterdir() if _VERSION_RE.match(p.name)]
+        names = self.storage.version_names(validate_project(project))
         names.sort(key=lambda n: int(_VERSION_RE.match(n).group(1)))  # type: ignore[union-attr]
         return names
 
@@ -347,14 +364,14 @@ class ModelStore:
         Raises:
             StoreError: ``write`` did not produce a model file.
         """
-        vdir = self._versions_dir(project)
-        vdir.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self._project_dir(project)))
+        pdir = self._project_dir(project)
+        pdir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=pdir))
         try:
             meta = dict(write(staging))
             if not (staging / MODEL_FILE).is_file():
                 raise StoreError(f"publishing {project}: no {MODEL_FILE} was written")
-            version = self._rename_into_place(project, staging, meta)
+            version = self.storage.add_version(project, staging, meta)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -362,24 +379,6 @@ class ModelStore:
             self.set_current(project, version, reason=reason)
         self.prune_rejected(project)
         return self.get_version(project, version)
-
-    def _rename_into_place(self, project: str, staging: Path, meta: dict) -> str:
-        """Name the version with the next number and rename it into place, under the
-        project's lock: concurrent publishers (threads, processes) each get their own number."""
-        vdir = self._versions_dir(project)
-        fsync_tree(staging)  # complete on disk before a name says so
-        with retention.project_lock(self._project_dir(project)):
-            existing = [_VERSION_RE.match(p.name) for p in vdir.iterdir()]
-            number = 1 + max((int(m.group(1)) for m in existing if m), default=0)
-            version = f"v{number}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
-            meta.update(version=version, project=project)
-            meta.setdefault("created_at", time.time())
-            write_atomically(
-                staging / META_FILE, json.dumps(meta, indent=2, sort_keys=True), prefix=".meta-"
-            )
-            os.rename(staging, vdir / version)
-            fsync_dir(vdir)
-        return version
 
     def cleanup_staging(self, project: str, older_than_s: float = 3600.0) -> int:
         """Remove staging folders left by publishers that died; returns how many."""

@@ -1,8 +1,13 @@
 """The model store: immutable versions, an atomic current pointer, concurrent publishers,
-and the append-only history behind each version's status and the rollback target."""
+and the append-only history behind each version's status and the rollback target.
+
+Tests taking ``make_store`` run twice: on a local folder (MODEL_DIR) and on a bucket of a real
+S3-compatible server process on loopback (moto's server mode, tests/support/s3_server.py:
+no MinIO can be installed here), as MODEL_STORE_URL configures it."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from pathlib import Path
@@ -22,6 +27,22 @@ from training.versions.store import (
 )
 
 
+@pytest.fixture(params=["local", "s3"])
+def make_store(request, tmp_path):
+    """``make_store(keep_rejected=5)``: the store under test; each call opens the same one."""
+    if request.param == "local":
+        return lambda keep_rejected=5: ModelStore(tmp_path, keep_rejected=keep_rejected)
+    env = request.getfixturevalue("s3_env")
+    settings = Settings(
+        model_dir=tmp_path / "cache",
+        model_store_url=env["MODEL_STORE_URL"],
+        s3_endpoint_url=env["S3_ENDPOINT_URL"],
+    )
+    return lambda keep_rejected=5: ModelStore.from_settings(
+        dataclasses.replace(settings, keep_rejected_versions=keep_rejected)
+    )
+
+
 def writer(labels=("a", "b"), fail: bool = False):
     def write(folder: Path) -> dict:
         (folder / MODEL_FILE).write_bytes(b"weights")
@@ -32,8 +53,8 @@ def writer(labels=("a", "b"), fail: bool = False):
     return write
 
 
-def test_publish_makes_an_immutable_version_and_points_current_at_it(tmp_path):
-    store = ModelStore(tmp_path)
+def test_publish_makes_an_immutable_version_and_points_current_at_it(make_store):
+    store = make_store()
     assert store.get_current("3") is None and store.get_current_info("3") is None
     first = store.publish("3", writer())
     assert first.version.startswith("v1-")
@@ -50,22 +71,22 @@ def test_publish_makes_an_immutable_version_and_points_current_at_it(tmp_path):
     assert store.list_projects() == ["3"]
 
 
-def test_a_failed_write_publishes_nothing_and_leaves_no_staging(tmp_path):
-    store = ModelStore(tmp_path)
+def test_a_failed_write_publishes_nothing_and_leaves_no_staging(make_store):
+    store = make_store()
     with pytest.raises(RuntimeError, match="disk full"):
         store.publish("3", writer(fail=True))
     assert store.list_versions("3") == []
     assert store.get_current("3") is None
-    assert not list((tmp_path / "3").glob(".staging-*"))
+    assert not list((store.root / "3").glob(".staging-*"))
 
 
-def test_a_write_without_a_model_file_is_refused(tmp_path):
+def test_a_write_without_a_model_file_is_refused(make_store):
     with pytest.raises(StoreError, match=MODEL_FILE):
-        ModelStore(tmp_path).publish("3", lambda folder: {"labels": ["a"]})
+        make_store().publish("3", lambda folder: {"labels": ["a"]})
 
 
-def test_concurrent_publishers_get_distinct_versions(tmp_path):
-    store = ModelStore(tmp_path)
+def test_concurrent_publishers_get_distinct_versions(make_store):
+    store = make_store()
     published: list[str] = []
     threads = [
         threading.Thread(target=lambda: published.append(store.publish("3", writer()).version))
@@ -80,8 +101,8 @@ def test_concurrent_publishers_get_distinct_versions(tmp_path):
     assert store.get_current("3") in published
 
 
-def test_unknown_versions_and_unsafe_project_ids_are_refused(tmp_path):
-    store = ModelStore(tmp_path)
+def test_unknown_versions_and_unsafe_project_ids_are_refused(make_store):
+    store = make_store()
     with pytest.raises(StoreError):
         store.set_current("3", "v9-20260101-000000")
     with pytest.raises(StoreError):
@@ -109,8 +130,8 @@ def statuses(store: ModelStore, project: str) -> dict[str, str]:
     return {v.version: v.status for v in store.list_versions(project)}
 
 
-def test_history_records_each_change_and_statuses_follow_it(tmp_path):
-    store = ModelStore(tmp_path)
+def test_history_records_each_change_and_statuses_follow_it(make_store):
+    store = make_store()
     v1 = store.publish("3", writer()).version
     v2 = store.publish("3", writer()).version
     v3 = store.publish("3", writer(), make_current=False).version
@@ -141,8 +162,8 @@ def test_history_records_each_change_and_statuses_follow_it(tmp_path):
         store.set_current("3", v1, action=HistoryAction.REJECTED)
 
 
-def test_rollback_walks_back_through_the_versions_that_were_current(tmp_path):
-    store = ModelStore(tmp_path)
+def test_rollback_walks_back_through_the_versions_that_were_current(make_store):
+    store = make_store()
     v1, v2, v3 = (store.publish("3", writer()).version for _ in range(3))
     rejected = store.publish("3", writer(), make_current=False).version
     store.record_rejection("3", rejected, "worse")
@@ -156,8 +177,8 @@ def test_rollback_walks_back_through_the_versions_that_were_current(tmp_path):
     assert [e["action"] for e in store.get_history("3")][-3:] == ["rollback", "rollback", "promote"]
 
 
-def test_a_project_without_history_still_lists_its_versions(tmp_path):
-    store = ModelStore(tmp_path)
+def test_a_project_without_history_still_lists_its_versions(make_store):
+    store = make_store()
     v1 = store.publish("3", writer(), make_current=False).version
     assert statuses(store, "3") == {v1: VersionStatus.AVAILABLE}
     assert store.get_history("3") == [] and store.get_rollback_target("3") is None
@@ -165,8 +186,8 @@ def test_a_project_without_history_still_lists_its_versions(tmp_path):
         store.record_rejection("3", "v7-20260101-000000", "no such version")
 
 
-def test_history_lines_from_concurrent_writers_never_interleave(tmp_path):
-    store = ModelStore(tmp_path)
+def test_history_lines_from_concurrent_writers_never_interleave(make_store):
+    store = make_store()
     versions = [store.publish("3", writer(), make_current=False).version for _ in range(4)]
     long_reason = "x" * 3000  # a line longer than a small buffer would hold
 
@@ -179,9 +200,9 @@ def test_history_lines_from_concurrent_writers_never_interleave(tmp_path):
         t.start()
     for t in threads:
         t.join()
-    lines = (tmp_path / "3" / HISTORY_FILE).read_text().splitlines()
-    assert len(lines) == 100
-    assert all(json.loads(line)["reason"] == long_reason for line in lines)
+    history = store.get_history("3")
+    assert len(history) == 100
+    assert all(entry["reason"] == long_reason for entry in history)
     assert store.get_current("3") in versions
 
 
@@ -205,18 +226,19 @@ def reject(store: ModelStore, project: str = "3") -> str:
 
 
 def on_disk(store: ModelStore, project: str = "3") -> list[str]:
-    return sorted(p.name for p in (store.root / project / "versions").iterdir())
+    """The versions the storage holds (a folder's entries; a bucket's meta.json objects)."""
+    return sorted(store.storage.version_names(project))
 
 
-def test_rejected_versions_past_the_newest_are_pruned(tmp_path):
-    store = ModelStore(tmp_path, keep_rejected=3)
+def test_rejected_versions_past_the_newest_are_pruned(make_store):
+    store = make_store(keep_rejected=3)
     v1 = store.publish("3", writer()).version
     v2 = store.publish("3", writer()).version
     rejected = [reject(store) for _ in range(8)]
     kept, pruned = rejected[-3:], rejected[:-3]
 
     assert on_disk(store) == sorted([v1, v2, *kept])
-    assert not list((tmp_path / "3").glob(".pruned-*"))
+    assert not list((store.root / "3").glob(".pruned-*"))
     assert statuses(store, "3") == {
         v1: VersionStatus.PREVIOUS,
         v2: VersionStatus.CURRENT,
@@ -237,8 +259,8 @@ def test_rejected_versions_past_the_newest_are_pruned(tmp_path):
     assert store.publish("3", writer(), make_current=False).version.startswith("v11-")
 
 
-def test_pruning_spares_what_is_or_was_current_and_what_is_available(tmp_path):
-    store = ModelStore(tmp_path, keep_rejected=1)
+def test_pruning_spares_what_is_or_was_current_and_what_is_available(make_store):
+    store = make_store(keep_rejected=1)
     v1 = store.publish("3", writer()).version
     r2 = reject(store)
     available = store.publish("3", writer(), make_current=False).version  # never gated
@@ -258,8 +280,8 @@ def test_pruning_spares_what_is_or_was_current_and_what_is_available(tmp_path):
     assert store.get_rollback_target("3") == v1
 
 
-def test_the_default_keeps_five_and_publishing_alone_prunes_too(tmp_path):
-    store = ModelStore(tmp_path)
+def test_the_default_keeps_five_and_publishing_alone_prunes_too(make_store):
+    store = make_store()
     assert store.keep_rejected == 5
     store.publish("3", writer())
     rejected = [reject(store) for _ in range(7)]
@@ -267,7 +289,7 @@ def test_the_default_keeps_five_and_publishing_alone_prunes_too(tmp_path):
 
     # A store written before pruning existed (or with a larger KEEP_REJECTED_VERSIONS) is
     # brought down to size by the next publish, even one the gate passes.
-    smaller = ModelStore(tmp_path, keep_rejected=2)
+    smaller = make_store(keep_rejected=2)
     smaller.publish("3", writer())
     assert [v for v in on_disk(store) if v in rejected] == sorted(rejected[-2:])
 
