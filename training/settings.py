@@ -140,10 +140,11 @@ class Settings:
     """The temporal head of a project's first model (training/model/config.py TEMPORAL_HEADS),
     or ``auto``: bilstm for projects with a <TimelineLabels>, lstm for the others."""
     # lean serving: LiteRT export at publish, and the serving runtime
-    litert_export: str = "float16"
+    litert_export: str = "auto"
     """Export each published version to LiteRT (training/model/litert_export.py): 'off',
     'float', or the float file plus a quantised one, 'float16' or 'dynamic', served when it
-    passes the parity check."""
+    passes the parity check; 'auto': 'float16' where SERVING_RUNTIME is litert, else 'off'
+    (the export and its parity check add seconds to every publish)."""
     serving_runtime: str = "tensorflow"
     """How serving processes run models: 'tensorflow' (Keras), or 'litert' (the version's
     LiteRT file; TensorFlow is never imported by the serving processes)."""
@@ -228,6 +229,13 @@ class Settings:
             else:
                 values[f.name] = _env_str(name, str(default))
         return cls(**values)  # type: ignore[arg-type]
+
+    @property
+    def litert_export_mode(self) -> str:
+        """LITERT_EXPORT with ``auto`` decided: what publishing exports."""
+        if self.litert_export != "auto":
+            return self.litert_export
+        return "float16" if self.serving_runtime == "litert" else "off"
 
     @property
     def embedded(self) -> bool:

@@ -112,7 +112,7 @@ def _training_run(args: argparse.Namespace, settings: Settings) -> TrainingRun:
         threads=settings.decode_threads,
         gate_tolerance=settings.gate_tolerance,
         make_current=False,
-        litert=settings.litert_export,
+        litert=settings.litert_export_mode,
     )
 
 

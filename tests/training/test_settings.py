@@ -54,7 +54,7 @@ def test_floats_and_switches_are_parsed(clean_env):
         ("PORT", "1.5", "PORT must be an integer"),
         ("UNCERTAINTY_MEASURE", "variance", "UNCERTAINTY_MEASURE: unknown uncertainty measure"),
         ("TRAIN_TEMPORAL", "gru", "TRAIN_TEMPORAL: unknown temporal head 'gru'"),
-        ("LITERT_EXPORT", "int4", "LITERT_EXPORT must be one of off, float, float16, dynamic"),
+        ("LITERT_EXPORT", "int4", "LITERT_EXPORT must be one of auto, off, float, float16"),
         ("SERVING_RUNTIME", "onnx", "SERVING_RUNTIME must be one of tensorflow, litert"),
     ],
 )
@@ -71,3 +71,18 @@ def test_several_serving_processes_need_redis(clean_env):
         Settings.from_env()
     clean_env.setenv("REDIS_URL", "redis://127.0.0.1:6379/0")
     assert Settings.from_env().workers == 2
+
+
+@pytest.mark.parametrize(
+    ("export", "runtime", "mode"),
+    [
+        ("auto", "tensorflow", "off"),  # nobody serves the file: no publish pays for it
+        ("auto", "litert", "float16"),
+        ("dynamic", "tensorflow", "dynamic"),  # asked for: exported whatever serves
+        ("off", "litert", "off"),
+    ],
+)
+def test_litert_export_auto_follows_the_serving_runtime(clean_env, export, runtime, mode):
+    clean_env.setenv("LITERT_EXPORT", export)
+    clean_env.setenv("SERVING_RUNTIME", runtime)
+    assert Settings.from_env().litert_export_mode == mode

@@ -249,7 +249,7 @@ def training_run(
         extra_meta={"source": source},
         before_publish=before_publish,
         clips_file=clips_file,
-        litert=settings.litert_export,
+        litert=settings.litert_export_mode,
     )
 
 

@@ -25,7 +25,7 @@ from training.versions.store import VersionInfo
 
 log = logging.getLogger(__name__)
 
-EXPORT_MODES = ("off", "float", "float16", "dynamic")
+EXPORT_MODES = ("auto", "off", "float", "float16", "dynamic")
 """LITERT_EXPORT: no export, the float model only, or the float model and a quantised one
 (float16 weights, or dynamic-range int8 weights) that is served when it passes parity."""
 
