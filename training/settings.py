@@ -9,6 +9,8 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from training.learn.augment import parse_augment
+from training.learn.config import TrainConfig, check_pretext
 from training.logs import LOG_FORMATS
 from training.model.config import AUTO_TEMPORAL, check_temporal
 from training.model.uncertainty import parse_measure
@@ -134,6 +136,16 @@ class Settings:
     train_temporal: str = "auto"
     """The temporal head of a project's first model (training/model/config.py TEMPORAL_HEADS),
     or ``auto``: bilstm for projects with a <TimelineLabels>, lstm for the others."""
+    # Unlabelled videos and augmentation (docs/unlabelled-data.md)
+    augment: str = "spatial"
+    """Label-keeping augmentation of training clips: ``spatial``, ``temporal``, both
+    (comma-separated) or ``none`` (training/learn/augment.py)."""
+    pretrain: str = "none"
+    """A first model's pre-training on the project's unlabelled clips: ``order``, ``arrow``
+    or ``none`` (training/learn/pretext.py)."""
+    pretrain_clips: int = 200
+    """Most clips a pre-training learns from; unlabelled tasks beyond it are not decoded."""
+    pretrain_epochs: int = 6
 
     def __post_init__(self) -> None:
         """Refuse a misspelt measure or head, half of basic auth, or several serving
@@ -158,11 +170,40 @@ class Settings:
             except ValueError as exc:
                 raise ValueError(f"TRAIN_TEMPORAL: {exc} (or {AUTO_TEMPORAL})") from None
         self._check_media()
+        self._check_unlabelled()
         object.__setattr__(self, "log_format", self.log_format.lower())
         if self.log_format not in LOG_FORMATS:
             raise ValueError(f"LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}")
         if self.keep_rejected_versions < 1:
             raise ValueError("KEEP_REJECTED_VERSIONS must be at least 1")
+
+    def _check_unlabelled(self) -> None:
+        """Refuse a misspelt augmentation or pretext task; normalise AUGMENT."""
+        try:
+            augment = ",".join(parse_augment(self.augment)) or "none"
+        except ValueError as exc:
+            raise ValueError(f"AUGMENT: {exc}") from None
+        object.__setattr__(self, "augment", augment)
+        try:
+            check_pretext(self.pretrain)
+        except ValueError as exc:
+            raise ValueError(f"PRETRAIN: {exc}") from None
+        if self.pretrain_clips < 0 or self.pretrain_epochs < 1:
+            raise ValueError("PRETRAIN_CLIPS must be 0 or more and PRETRAIN_EPOCHS at least 1")
+
+    def train_config(self, **overrides) -> TrainConfig:
+        """The TrainConfig of a run under these settings (TRAIN_EPOCHS, AUGMENT, PRETRAIN_*),
+        with ``overrides``."""
+        augment = parse_augment(self.augment)
+        values = {
+            "epochs": self.train_epochs,
+            "augment": "spatial" in augment,
+            "augment_temporal": "temporal" in augment,
+            "pretrain": self.pretrain,
+            "pretrain_clips": self.pretrain_clips,
+            "pretrain_epochs": self.pretrain_epochs,
+        }
+        return TrainConfig(**{**values, **overrides})
 
     def _check_media(self) -> None:
         """Refuse media limits that would disable themselves, and a malformed allow-list."""
