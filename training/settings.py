@@ -140,6 +140,9 @@ class Settings:
     augment: str = "spatial"
     """Label-keeping augmentation of training clips: ``spatial``, ``temporal``, both
     (comma-separated) or ``none`` (training/learn/augment.py)."""
+    train_min_batches: int = 1
+    """Batches every training epoch has at least: a small training set (a first model's 2
+    clips a label) is gone over several times an epoch, augmented anew each time."""
     pretrain: str = "none"
     """A first model's pre-training on the project's unlabelled clips: ``order``, ``arrow``
     or ``none`` (training/learn/pretext.py)."""
@@ -188,8 +191,10 @@ class Settings:
             check_pretext(self.pretrain)
         except ValueError as exc:
             raise ValueError(f"PRETRAIN: {exc}") from None
-        if self.pretrain_clips < 0 or self.pretrain_epochs < 1:
-            raise ValueError("PRETRAIN_CLIPS must be 0 or more and PRETRAIN_EPOCHS at least 1")
+        if self.pretrain_clips < 0 or self.pretrain_epochs < 1 or self.train_min_batches < 1:
+            raise ValueError(
+                "PRETRAIN_CLIPS must be 0 or more, PRETRAIN_EPOCHS and TRAIN_MIN_BATCHES at least 1"
+            )
 
     def train_config(self, **overrides) -> TrainConfig:
         """The TrainConfig of a run under these settings (TRAIN_EPOCHS, AUGMENT, PRETRAIN_*),
@@ -199,6 +204,7 @@ class Settings:
             "epochs": self.train_epochs,
             "augment": "spatial" in augment,
             "augment_temporal": "temporal" in augment,
+            "min_batches": self.train_min_batches,
             "pretrain": self.pretrain,
             "pretrain_clips": self.pretrain_clips,
             "pretrain_epochs": self.pretrain_epochs,
