@@ -1,5 +1,6 @@
-"""training/learn/pretext.py: the pretext task's clips, the pre-training, and its weights
-starting the classifier (training/learn/fit.py), on real clips and real TensorFlow."""
+"""training/learn/pretext.py: the pretext task's clips, the clips it reads from the clip cache,
+and copying its weights into the classifier (training/learn/fit.py). A whole pre-trained first
+model is trained by tests/backend/cli/test_cli.py (``videoloop train --unlabelled``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 
 from training.learn.config import TrainConfig, TrainingRun, check_pretext
 from training.learn.dataset import ClipArrays
-from training.learn.fit import copy_layers, fit
+from training.learn.fit import copy_layers
 from training.learn.pretext import decode_unlabelled, pretext_clips
 from training.model.build import build_model
 from training.model.config import ModelConfig
@@ -69,21 +70,6 @@ def test_copy_layers_carries_everything_but_the_heads():
         theirs = pretext.get_layer(name).get_weights()
         assert all((a == b).all() for a, b in zip(mine, theirs, strict=True))
     assert classifier.get_layer("classes").get_weights()[0].shape[-1] == 3  # its own head
-
-
-def test_a_first_model_starts_from_its_pretraining():
-    unlabelled, labelled = random_clips([6] * 4, seed=1), random_clips([6] * 4, seed=2)
-    labelled.y = np.array([0, 1, 0, 1], np.int32)
-    config = TrainConfig(epochs=1, batch_size=4, pretrain="order", pretrain_epochs=1)
-    events = []
-    _, _, init = fit(
-        labelled, None, ["a", "b"], SAMPLING, TINY, config,
-        progress=events.append, unlabelled=unlabelled,
-    )  # fmt: skip
-    assert init == "pretext:order"
-    pretext = [e for e in events if e["stage"] == "pretrain"]
-    assert [e["epoch"] for e in pretext] == [1] and 0.0 <= pretext[0]["accuracy"] <= 1.0
-    assert events.index(pretext[0]) < min(i for i, e in enumerate(events) if e["stage"] == "train")
 
 
 def test_unlabelled_clips_come_from_the_clip_cache(tmp_path):
