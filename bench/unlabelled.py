@@ -42,6 +42,7 @@ METHODS: dict[str, dict] = {
     "spatial x8": {"min_batches": 8},
     "order x8": {"pretrain": "order", "min_batches": 8},
     "order+temporal x8": {"pretrain": "order", "augment_temporal": True, "min_batches": 8},
+    "order 12 epochs x8": {"pretrain": "order", "pretrain_epochs": 12, "min_batches": 8},
 }
 """TrainConfig fields of each method, over the product's defaults."""
 
