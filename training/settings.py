@@ -9,6 +9,8 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from training.learn.augment import parse_augment
+from training.learn.config import TrainConfig, check_pretext
 from training.logs import LOG_FORMATS
 from training.model.config import AUTO_TEMPORAL, check_temporal
 from training.model.litert import EXPORT_MODES, RUNTIMES, check_choice
@@ -157,6 +159,20 @@ class Settings:
     """An S3-compatible server's address (MinIO, Ceph...); empty for AWS S3. Credentials come
     from boto3's usual sources (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY...)."""
 
+    # Unlabelled videos and augmentation (docs/unlabelled-data.md)
+    augment: str = "spatial"
+    """Label-keeping augmentation of training clips: ``spatial``, ``temporal``, both
+    (comma-separated) or ``none`` (training/learn/augment.py)."""
+    train_min_batches: int = 1
+    """Batches every training epoch has at least: a small training set (a first model's 2
+    clips a label) is gone over several times an epoch, augmented anew each time."""
+    pretrain: str = "none"
+    """A first model's pre-training on the project's unlabelled clips: ``order``, ``arrow``
+    or ``none`` (training/learn/pretext.py)."""
+    pretrain_clips: int = 200
+    """Most clips a pre-training learns from; unlabelled tasks beyond it are not decoded."""
+    pretrain_epochs: int = 6
+
     def __post_init__(self) -> None:
         """Refuse a misspelt measure or head, half of basic auth, or several serving
         processes without Redis, at start-up."""
@@ -182,6 +198,7 @@ class Settings:
         self._check_media()
         if self.model_store_url:
             parse_store_url(self.model_store_url)  # ValueError naming MODEL_STORE_URL
+        self._check_unlabelled()
         object.__setattr__(self, "log_format", self.log_format.lower())
         if self.log_format not in LOG_FORMATS:
             raise ValueError(f"LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}")
@@ -189,6 +206,37 @@ class Settings:
             raise ValueError("KEEP_REJECTED_VERSIONS must be at least 1")
         check_choice("LITERT_EXPORT", self.litert_export, EXPORT_MODES)
         check_choice("SERVING_RUNTIME", self.serving_runtime, RUNTIMES)
+
+    def _check_unlabelled(self) -> None:
+        """Refuse a misspelt augmentation or pretext task; normalise AUGMENT."""
+        try:
+            augment = ",".join(parse_augment(self.augment)) or "none"
+        except ValueError as exc:
+            raise ValueError(f"AUGMENT: {exc}") from None
+        object.__setattr__(self, "augment", augment)
+        try:
+            check_pretext(self.pretrain)
+        except ValueError as exc:
+            raise ValueError(f"PRETRAIN: {exc}") from None
+        if self.pretrain_clips < 0 or self.pretrain_epochs < 1 or self.train_min_batches < 1:
+            raise ValueError(
+                "PRETRAIN_CLIPS must be 0 or more, PRETRAIN_EPOCHS and TRAIN_MIN_BATCHES at least 1"
+            )
+
+    def train_config(self, **overrides) -> TrainConfig:
+        """The TrainConfig of a run under these settings (TRAIN_EPOCHS, AUGMENT, PRETRAIN_*),
+        with ``overrides``."""
+        augment = parse_augment(self.augment)
+        values = {
+            "epochs": self.train_epochs,
+            "augment": "spatial" in augment,
+            "augment_temporal": "temporal" in augment,
+            "min_batches": self.train_min_batches,
+            "pretrain": self.pretrain,
+            "pretrain_clips": self.pretrain_clips,
+            "pretrain_epochs": self.pretrain_epochs,
+        }
+        return TrainConfig(**{**values, **overrides})
 
     def _check_media(self) -> None:
         """Refuse media limits that would disable themselves, and a malformed allow-list."""

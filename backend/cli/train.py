@@ -8,7 +8,7 @@ import sys
 import time
 
 from backend.cli.common import command_redis, quiet_tensorflow
-from training.learn.config import TrainConfig, TrainingRun
+from training.learn.config import PRETEXT_TASKS, TrainConfig, TrainingRun
 from training.model.config import BACKBONES, TEMPORAL_HEADS, ModelConfig
 from training.settings import Settings
 from training.video.clip import SamplingConfig
@@ -54,11 +54,12 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     quiet_tensorflow()
     from training.jobs.promotion import promote
     from training.learn.config import TrainingData
-    from training.learn.labelled_files import load_labelled_videos
+    from training.learn.labelled_files import load_labelled_videos, scan_videos
     from training.learn.publish import train_and_publish
     from training.versions.store import ModelStore
 
-    data = TrainingData(load_labelled_videos(args.data))
+    unlabelled = scan_videos(args.unlabelled) if args.unlabelled else ()
+    data = TrainingData(load_labelled_videos(args.data), unlabelled=unlabelled)
     bar = _TrainingBar(args.quiet)
     started = time.perf_counter()
     store = ModelStore.from_settings(settings)
@@ -89,6 +90,8 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         "path": str(info.path),
         "current": current,
         "gate": info.meta.get("gate"),
+        "init": info.meta.get("init"),
+        "unlabelled_clips": info.meta["dataset"].get("unlabelled", 0),
     }
     print(json.dumps(summary))
     return 0
@@ -106,14 +109,28 @@ def _training_run(args: argparse.Namespace, settings: Settings) -> TrainingRun:
             lstm_units=args.lstm_units,
             dropout=args.dropout,
         ),
-        train_config=TrainConfig(
-            epochs=args.epochs, batch_size=args.batch_size, patience=args.patience, seed=args.seed
+        train_config=settings.train_config(
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            patience=args.patience,
+            seed=args.seed,
+            pretrain=_pretext_task(args, settings),
         ),
         threads=settings.decode_threads,
         gate_tolerance=settings.gate_tolerance,
         make_current=False,
         litert=settings.litert_export_mode,
     )
+
+
+def _pretext_task(args: argparse.Namespace, settings: Settings) -> str:
+    """--pretrain, else PRETRAIN; with --unlabelled and neither, ``order``: a folder of
+    unlabelled videos is given to be used."""
+    if args.pretrain:
+        return args.pretrain
+    if args.unlabelled and settings.pretrain == "none":
+        return "order"
+    return settings.pretrain
 
 
 def add_train_parser(sub) -> None:
@@ -147,6 +164,18 @@ def add_train_parser(sub) -> None:
     p.add_argument("--lstm-units", type=int, default=model.lstm_units)
     p.add_argument("--dropout", type=float, default=model.dropout)
     p.add_argument("--seed", type=int, default=train.seed)
+    p.add_argument(
+        "--unlabelled",
+        metavar="DIR",
+        help="a folder of unlabelled videos (any depth) for a first model's pre-training, as "
+        "the training job uses a project's unlabelled tasks (docs/unlabelled-data.md)",
+    )
+    p.add_argument(
+        "--pretrain",
+        choices=["none", *PRETEXT_TASKS],
+        help="the pre-training's pretext task (default: PRETRAIN, or order with --unlabelled "
+        "when PRETRAIN is none); AUGMENT sets the augmentation",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
         "--promote-anyway",

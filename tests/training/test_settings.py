@@ -86,3 +86,24 @@ def test_litert_export_auto_follows_the_serving_runtime(clean_env, export, runti
     clean_env.setenv("LITERT_EXPORT", export)
     clean_env.setenv("SERVING_RUNTIME", runtime)
     assert Settings.from_env().litert_export_mode == mode
+
+
+def test_augmentation_and_pretraining_reach_the_training_config(monkeypatch):
+    monkeypatch.setenv("AUGMENT", "Temporal")
+    monkeypatch.setenv("PRETRAIN", "order")
+    monkeypatch.setenv("PRETRAIN_CLIPS", "50")
+    monkeypatch.setenv("TRAIN_MIN_BATCHES", "8")
+    monkeypatch.setenv("TRAIN_EPOCHS", "7")
+    config = Settings.from_env().train_config(seed=3)
+    assert (config.augment, config.augment_temporal) == (False, True)
+    assert (config.pretrain, config.pretrain_clips, config.min_batches) == ("order", 50, 8)
+    assert (config.epochs, config.seed) == (7, 3)
+    assert Settings(augment="none").train_config().augment is False
+    default = Settings().train_config()
+    assert (default.augment, default.augment_temporal, default.pretrain) == (True, False, "none")
+    for name, value, message in (
+        ("augment", "spatial,reverse", "AUGMENT: unknown augmentation"),
+        ("pretrain", "jigsaw", "PRETRAIN: unknown pretext task"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            Settings(**{name: value})

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import redis
@@ -22,7 +22,7 @@ from training.jobs.refresh_queue import enqueue_refresh
 from training.labelstudio.client import fetch_project_data
 from training.labelstudio.tasks import ProjectData, count_per_label, count_per_timeline_label
 from training.learn.accelerator import configure_accelerator
-from training.learn.config import Progress, TrainConfig, TrainingData, TrainingRun
+from training.learn.config import Progress, TrainingData, TrainingRun
 from training.learn.dataset import LabelledVideo
 from training.model.config import AUTO_TEMPORAL, ModelConfig, default_temporal
 from training.settings import Settings
@@ -69,6 +69,8 @@ def run_training(
     ) as pinned:
         videos = fetch_videos(project, tasks, settings, progress, pinned)
         parent = store.get_current_info(project)
+        unlabelled = fetch_unlabelled(project, tasks, settings, parent, pinned)
+        videos = replace(videos, data=replace(videos.data, unlabelled=unlabelled))
         run = training_run(
             settings, parent, cache, tasks, videos, force, ensure_owner, pinned.folder / "clips.u8"
         )
@@ -173,15 +175,8 @@ def fetch_videos(
     total = len(tasks.data.tasks)
 
     def fetch(task):
-        for _ in range(2):  # once more if another download evicted it before it was kept
-            try:
-                path = resolver.resolve(task.video_url, task.task_id)
-                return task, pinned.keep(path, f"task-{task.task_id}{path.suffix}"), None
-            except MediaError as exc:
-                return task, None, str(exc)
-            except FileNotFoundError:
-                continue
-        return task, None, "evicted from the media cache before it could be kept (CACHE_MAX_MB)"
+        path, error = fetch_one(resolver, pinned, task.task_id, task.video_url)
+        return task, path, error
 
     with ThreadPoolExecutor(max_workers=max(1, settings.decode_threads)) as pool:
         for done, (task, path, error) in enumerate(pool.map(fetch, tasks.data.tasks), start=1):
@@ -209,6 +204,45 @@ def fetch_videos(
             settings.cache_max_mb,
         )
     return FetchedVideos(TrainingData(videos, labels, timeline_labels, keys), skipped)
+
+
+def fetch_one(
+    resolver: MediaResolver, pinned: PinnedFiles, task_id: int, url: str
+) -> tuple[Path | None, str | None]:
+    """A task's video as a file the run keeps (``pinned``), or the reason it cannot be had."""
+    for _ in range(2):  # once more if another download evicted it before it was kept
+        try:
+            path = resolver.resolve(url, task_id)
+            return pinned.keep(path, f"task-{task_id}{path.suffix}"), None
+        except MediaError as exc:
+            return None, str(exc)
+        except FileNotFoundError:
+            continue
+    return None, "evicted from the media cache before it could be kept (CACHE_MAX_MB)"
+
+
+def fetch_unlabelled(
+    project: str,
+    tasks: LabelledTasks,
+    settings: Settings,
+    parent: VersionInfo | None,
+    pinned: PinnedFiles,
+) -> list[Path]:
+    """The videos of up to PRETRAIN_CLIPS tasks nobody annotated, for a first model's
+    pre-training (none when PRETRAIN is ``none`` or the project has a version: later runs
+    fine-tune it). Their clips come from the clip cache when the refresh job decoded them;
+    the others are fetched and decoded once, then cached (docs/unlabelled-data.md)."""
+    if settings.pretrain == "none" or parent is not None:
+        return []
+    resolver = MediaResolver.from_settings(settings)
+    todo = tasks.data.unlabelled[: settings.pretrain_clips]
+    with ThreadPoolExecutor(max_workers=max(1, settings.decode_threads)) as pool:
+        fetched = list(pool.map(lambda t: fetch_one(resolver, pinned, *t), todo))
+    paths = [path for path, _ in fetched if path is not None]
+    log.info(
+        "project %s: %d of %d unlabelled videos to pre-train on", project, len(paths), len(todo)
+    )
+    return paths
 
 
 def training_run(
@@ -240,7 +274,7 @@ def training_run(
     return TrainingRun(
         sampling=None if parent else first,
         model_config=None if parent else ModelConfig(temporal=temporal),
-        train_config=TrainConfig(epochs=settings.train_epochs),
+        train_config=settings.train_config(),
         parent=parent,
         cache=cache,
         threads=settings.decode_threads,

@@ -65,6 +65,8 @@ class ProjectData:
     tasks: list[LabelledTask]
     skipped: list[tuple[int, str]]
     timeline_labels: list[str] = field(default_factory=list)
+    unlabelled: list[tuple[int, str]] = field(default_factory=list)
+    """``(task id, video URL)`` of the tasks nobody annotated (pre-training's clips)."""
 
 
 @dataclass(frozen=True)
@@ -87,12 +89,16 @@ def read_project_data(
     the tasks it cannot use listed with the reason (``tasks`` may be a lazy reader)."""
     labelled: list[LabelledTask] = []
     skipped: list[tuple[int, str]] = []
+    unlabelled: list[tuple[int, str]] = []
     for task in tasks:
         picked = read_task_label(task, controls)
         if isinstance(picked, LabelledTask):
             labelled.append(picked)
-        else:
-            skipped.append(picked)
+            continue
+        skipped.append(picked)
+        state = task_refresh_state(task, controls)
+        if not state.labelled and not task.get("annotations") and state.video_url:
+            unlabelled.append((state.task_id, state.video_url))
     return ProjectData(
         project=project,
         label_config=label_config,
@@ -101,6 +107,7 @@ def read_project_data(
         tasks=labelled,
         skipped=skipped,
         timeline_labels=list(controls.timeline.labels) if controls.timeline else [],
+        unlabelled=unlabelled,
     )
 
 

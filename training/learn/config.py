@@ -22,6 +22,21 @@ if TYPE_CHECKING:
     from training.versions.store import VersionInfo
     from training.video.clipcache import ClipCache
 
+PRETEXT_TASKS = ("order", "arrow")
+"""TrainConfig.pretrain's tasks, besides ``none`` (training/learn/pretext.py)."""
+
+
+def check_pretext(name: str) -> str:
+    """``name`` if it is ``none`` or one of PRETEXT_TASKS.
+
+    Raises:
+        ValueError: naming the valid tasks.
+    """
+    if name != "none" and name not in PRETEXT_TASKS:
+        raise ValueError(f"unknown pretext task {name!r}; one of none, {', '.join(PRETEXT_TASKS)}")
+    return name
+
+
 Progress = Callable[[dict], None]
 """Receives training's progress events (``{"stage": ..., ...}``)."""
 
@@ -52,6 +67,19 @@ class TrainConfig:
     """Brightness/contrast and small translations, the same for all frames of a clip:
     they keep temporal order and direction (no flips, no time reversal)."""
     seed: int = 0
+    # Unlabelled videos and augmentation (docs/unlabelled-data.md)
+    augment_temporal: bool = False
+    """Speed changes and temporal crops (training/learn/augment.py); never time reversal."""
+    pretrain: str = "none"
+    """A first model's self-supervised pre-training on unlabelled clips
+    (training/learn/pretext.py PRETEXT_TASKS): ``order`` (frames in order or shuffled?),
+    ``arrow`` (played forward or backward?) or ``none``."""
+    min_batches: int = 1
+    """Batches an epoch of training has at least: a small training set is gone over several
+    times an epoch, each time augmented anew (training/learn/pipeline.py)."""
+    pretrain_epochs: int = 6
+    pretrain_clips: int = 200
+    """Most clips the pre-training learns from (unlabelled first, then the labelled ones)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -71,6 +99,9 @@ class TrainingData:
     keys: Sequence[str] | None = None
     """One stable identity per video for the split (Label Studio task ids); None: the
     videos' content hashes."""
+    unlabelled: Sequence[str | os.PathLike] = ()
+    """Videos nobody labelled, for a first model's pre-training (TrainConfig.pretrain); only
+    decoded when it runs, at most TrainConfig.pretrain_clips of them."""
 
 
 @dataclass(frozen=True)

@@ -39,21 +39,27 @@ def warm_start(
         "classes": list(parent.labels) == list(labels),
         "timeline": list(parent.meta.get("timeline_labels") or []) == list(timeline_labels),
     }
-    copied = 0
-    for layer in model.layers:
-        if not layer.weights or not same.get(layer.name, True):
-            continue
-        try:
-            source = old.get_layer(layer.name)
-        except ValueError:
-            continue
-        weights = source.get_weights()
-        if [w.shape for w in weights] == [w.shape for w in layer.get_weights()]:
-            layer.set_weights(weights)
-            copied += 1
+    copied = copy_layers(model, old, skip=[name for name, kept in same.items() if not kept])
     if not copied:
         return "scratch"
     return "parent" if all(same.values()) else "parent-new-head"
+
+
+def copy_layers(model, source, skip: Sequence[str] = ()) -> int:
+    """Copy ``source``'s weights into ``model``'s layers of the same name and weight shapes,
+    but those named in ``skip``; returns how many layers were copied."""
+    copied = 0
+    for layer in model.layers:
+        if not layer.weights or layer.name in skip:
+            continue
+        try:
+            weights = source.get_layer(layer.name).get_weights()
+        except ValueError:
+            continue
+        if [w.shape for w in weights] == [w.shape for w in layer.get_weights()]:
+            layer.set_weights(weights)
+            copied += 1
+    return copied
 
 
 def fit(
@@ -67,12 +73,16 @@ def fit(
     parent: VersionInfo | None = None,
     progress: Progress = no_progress,
     timeline_labels: Sequence[str] = (),
+    unlabelled: ClipArrays | None = None,
 ):
     """Train a model; returns (model, history dict, init). Keeps the best-validation weights.
 
     With ``parent``, starts from that version's weights (see :func:`warm_start`) at a lower
-    learning rate; ``init`` says which start was taken. ``labels`` may be empty when
-    ``timeline_labels`` is not (a timeline-only model); then ``train.frame_y`` is required.
+    learning rate; ``init`` says which start was taken. Without one, and with
+    ``train_config.pretrain``, starts from a pretext model trained on ``unlabelled`` and the
+    training clips (training/learn/pretext.py; ``init`` ``"pretext:<task>"``). ``labels`` may
+    be empty when ``timeline_labels`` is not (a timeline-only model); then ``train.frame_y``
+    is required.
     """
     import keras
 
@@ -84,9 +94,13 @@ def fit(
         init = warm_start(model, parent, labels, timeline_labels)
         if init != "scratch":
             compile_model(model, model_config, model_config.learning_rate * WARM_START_LR_FACTOR)
+    if init == "scratch" and train_config.pretrain != "none" and unlabelled is not None:
+        init = _pretrained_start(
+            model, unlabelled, train, sampling, model_config, train_config, progress
+        )
     train_ds, val_ds = _datasets(train, val, len(labels), n_timeline, train_config)
     callbacks: list = [
-        _report(train_config.epochs, progress),
+        report_epochs(train_config.epochs, progress),
         *training_callbacks(train_config, has_val=val_ds is not None),
     ]
     result = model.fit(
@@ -96,6 +110,24 @@ def fit(
     recalibrate_batchnorm(model, train, train_config.batch_size)
     clean = as_float32(model, len(labels), sampling, model_config, n_timeline)
     return clean, history, init
+
+
+def _pretrained_start(
+    model,
+    unlabelled: ClipArrays,
+    train: ClipArrays,
+    sampling: SamplingConfig,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    progress: Progress,
+) -> str:
+    """Pre-train on the pretext task and copy every layer but the heads into ``model``;
+    returns the init (``"pretext:<task>"``, or ``"scratch"`` when nothing was copied)."""
+    from training.learn.pretext import pretrain
+
+    pretext, _ = pretrain(unlabelled, train, sampling, model_config, train_config, progress)
+    copied = copy_layers(model, pretext, skip=("classes", "timeline"))
+    return f"pretext:{train_config.pretrain}" if copied else "scratch"
 
 
 def _datasets(
@@ -123,6 +155,8 @@ def _datasets(
         train,
         shuffle=True,
         augment=train_config.augment,
+        temporal=train_config.augment_temporal,
+        min_batches=train_config.min_batches,
         seed=train_config.seed,
         weights=class_weights(train.y, num_classes),
     )
@@ -131,15 +165,16 @@ def _datasets(
     return train_ds, val_ds
 
 
-def _report(epochs: int, progress: Progress):
-    """A callback that logs each epoch's metrics and passes them to ``progress``."""
+def report_epochs(epochs: int, progress: Progress, stage: str = "train"):
+    """A callback that logs each epoch's metrics and passes them to ``progress`` as
+    ``{"stage": stage, "epoch", "epochs", ...metrics}``."""
     import keras
 
     class Report(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             logs = {k: round(float(v), 4) for k, v in (logs or {}).items()}
-            log.info("epoch %d/%d %s", epoch + 1, epochs, logs)
-            progress({"stage": "train", "epoch": epoch + 1, "epochs": epochs, **logs})
+            log.info("%s epoch %d/%d %s", stage, epoch + 1, epochs, logs)
+            progress({"stage": stage, "epoch": epoch + 1, "epochs": epochs, **logs})
 
     return Report()
 

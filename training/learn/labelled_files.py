@@ -70,13 +70,32 @@ def scan_class_folders(root: str | os.PathLike[str]) -> list[tuple[Path, str]]:
     pairs: list[tuple[Path, str]] = []
     for folder in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for video in sorted(folder.iterdir()):
-            if (
-                video.is_file()
-                and not video.name.startswith(".")
-                and video.suffix.lower() in VIDEO_EXTENSIONS
-            ):
+            if _is_video_file(video):
                 pairs.append((video, folder.name))
     return pairs
+
+
+def scan_videos(root: str | os.PathLike[str]) -> list[Path]:
+    """Every video file under ``root``, at any depth, sorted (``videoloop train --unlabelled``);
+    hidden files and folders and files with other extensions are skipped.
+
+    Raises:
+        ValueError: ``root`` is not a folder.
+    """
+    base = Path(root).resolve()
+    if not base.is_dir():
+        raise ValueError(f"{root} is not a folder of videos")
+    return sorted(
+        p
+        for p in base.rglob("*")
+        if _is_video_file(p) and not any(part.startswith(".") for part in p.relative_to(base).parts)
+    )
+
+
+def _is_video_file(path: Path) -> bool:
+    return (
+        path.is_file() and not path.name.startswith(".") and path.suffix.lower() in VIDEO_EXTENSIONS
+    )
 
 
 def load_labelled_videos(path: str | os.PathLike[str]) -> list[tuple[Path, str]]:

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from training.learn.augment import spatial as augment_spatial
+from training.learn.augment import temporal as augment_temporal
 from training.learn.dataset import ClipArrays
 
 
@@ -92,11 +94,18 @@ def make_dataset(
     shuffle: bool,
     augment: bool,
     seed: int,
+    temporal: bool = False,
+    min_batches: int = 1,
     weights: dict[int, float] | None = None,
     timeline_labels: int = 0,
     frame_weights: dict[int, float] | None = None,
 ):
     """A tf.data pipeline over uint8 clips: shuffle, augment, batch, prefetch.
+
+    ``augment``: the spatial augmentation, ``temporal``: the temporal one
+    (training/learn/augment.py); both keep the clip's label, order and direction.
+    ``min_batches``: go over the clips as many times as it takes to fill that many batches
+    (each pass reshuffled and, with augmentation, differently augmented).
 
     Targets and sample weights are dicts keyed by output: ``"classes"`` (when num_classes > 0:
     ``weights`` per class, 0 for a clip without a class) and ``"timeline"`` (one-hot per frame
@@ -109,11 +118,14 @@ def make_dataset(
     targets = _Targets.of(data, num_classes, weights, timeline_labels, frame_weights)
     rng = np.random.default_rng(seed)
 
+    passes = max(1, -(-min_batches * batch_size // max(n, 1)))
+
     def generate():
-        order = rng.permutation(n) if shuffle else np.arange(n)
-        for i in order:
-            y, sw = targets.at(i)
-            yield {"frames": data.frames[i], "mask": data.mask[i]}, y, sw
+        for _ in range(passes):
+            order = rng.permutation(n) if shuffle else np.arange(n)
+            for i in order:
+                y, sw = targets.at(i)
+                yield {"frames": data.frames[i], "mask": data.mask[i]}, y, sw
 
     inputs = {
         "frames": tf.TensorSpec((t, h, w, 3), tf.uint8),
@@ -121,26 +133,8 @@ def make_dataset(
     }
     signature = (inputs, *targets.specs(t))
     ds = tf.data.Dataset.from_generator(generate, output_signature=signature)
+    if temporal:
+        ds = ds.map(augment_temporal(t), num_parallel_calls=tf.data.AUTOTUNE)
     if augment:
-        ds = ds.map(_jitter(t, h, w), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(augment_spatial(t, h, w), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-
-
-def _jitter(t: int, h: int, w: int):
-    """The augmentation: one brightness/contrast change and one small translation per clip,
-    the same for all its frames, so temporal order and direction are kept."""
-    import tensorflow as tf
-
-    pad = max(2, h // 16)
-
-    def jitter(x, y, sw):
-        f = tf.cast(x["frames"], tf.float32)
-        f = f * tf.random.uniform((), 0.75, 1.25) + tf.random.uniform((), -25.0, 25.0)
-        f = tf.pad(f, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
-        oy = tf.random.uniform((), 0, 2 * pad + 1, tf.int32)
-        ox = tf.random.uniform((), 0, 2 * pad + 1, tf.int32)
-        f = f[:, oy : oy + h, ox : ox + w, :]
-        f = tf.cast(tf.clip_by_value(f, 0.0, 255.0), tf.uint8)
-        return {"frames": tf.ensure_shape(f, (t, h, w, 3)), "mask": x["mask"]}, y, sw
-
-    return jitter

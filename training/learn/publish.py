@@ -29,6 +29,7 @@ from training.learn.dataset import (
 from training.learn.evaluate import NO_LABEL_NAME, evaluate, predict_outputs
 from training.learn.fit import fit
 from training.learn.gate import quality_gate
+from training.learn.pretext import decode_unlabelled
 from training.learn.reports import (
     CONFUSION_MATRIX_FILE,
     LEARNING_CURVE_FILE,
@@ -77,7 +78,8 @@ def train_and_publish(
     clips = _decode(data, sampling, run, progress)
     parts = clips.split(run.train_config.test_fraction, run.train_config.val_fraction)
     log.info("project %s: %s clips", project, parts)
-    trained = _fit(clips, parts, sampling, model_config, run, progress)
+    unlabelled = decode_unlabelled(data.unlabelled, sampling, run)
+    trained = _fit(clips, parts, sampling, model_config, run, progress, unlabelled)
     metrics, gate = _evaluate_and_gate(store, project, trained, clips, parts, run, progress)
     seconds = round(time.perf_counter() - started, 1)
     version = _NewVersion(trained, clips, parts, metrics, gate, seconds)
@@ -134,6 +136,8 @@ class _Trained:
     init: str
     sampling: SamplingConfig
     model_config: ModelConfig
+    unlabelled: int = 0
+    """Unlabelled clips decoded for the pre-training."""
 
 
 @dataclass(frozen=True)
@@ -194,8 +198,10 @@ def _fit(
     model_config: ModelConfig,
     run: TrainingRun,
     progress: Progress,
+    unlabelled: ClipArrays | None = None,
 ) -> _Trained:
-    """Fit a model on the training part, early-stopping on the validation part."""
+    """Fit a model on the training part, early-stopping on the validation part (pre-trained
+    on ``unlabelled`` first, when the run asks for it: training/learn/pretext.py)."""
     # Until the first epoch ends (then "train"): building, tf.data, tracing, that epoch.
     progress({"stage": "build"})
     model, history, init = fit(
@@ -208,8 +214,9 @@ def _fit(
         parent=run.parent,
         progress=progress,
         timeline_labels=clips.timeline_labels,
+        unlabelled=unlabelled,
     )
-    return _Trained(model, history, init, sampling, model_config)
+    return _Trained(model, history, init, sampling, model_config, len(unlabelled or ()))
 
 
 def _evaluate_and_gate(
@@ -294,7 +301,10 @@ def _meta(store: ModelStore, project: str, version: _NewVersion, run: TrainingRu
         "history": history,
         "metrics": version.metrics,
         "gate": version.gate,
-        "dataset": _dataset_meta(version.clips, version.parts),
+        "dataset": {
+            **_dataset_meta(version.clips, version.parts),
+            "unlabelled": trained.unlabelled,
+        },
         "parent": parent.version if parent is not None and trained.init != "scratch" else None,
         "init": trained.init,
         "previous_current": store.get_current(project),

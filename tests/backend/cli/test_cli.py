@@ -131,3 +131,41 @@ def test_predict_prints_the_segments_of_a_timeline_model(tmp_path):
         assert segment["label"] in ("left_to_right", "right_to_left")
         assert 1 <= segment["start"] <= segment["end"] <= frames
         assert 0.0 <= segment["score"] <= 1.0
+
+
+@pytest.mark.slow
+def test_train_pretrains_on_a_folder_of_unlabelled_videos(tmp_path):
+    from training.video.synth import generate_dataset
+
+    generate_dataset(
+        tmp_path / "labelled", classes=["grow", "shrink"], per_class=2, width=48, height=32
+    )
+    generate_dataset(
+        tmp_path / "unlabelled" / "inbox",
+        classes=["grow"],
+        per_class=3,
+        seed=1,
+        width=48,
+        height=32,
+    )
+    (tmp_path / "unlabelled" / "notes.txt").write_text("not a video")
+    env = {
+        **os.environ,
+        "MODEL_DIR": str(tmp_path / "models"),
+        "CACHE_DIR": str(tmp_path / "c"),
+        "PRETRAIN_EPOCHS": "1",
+        "AUGMENT": "spatial,temporal",
+    }
+    trained = videoloop(
+        "train", "--data", str(tmp_path / "labelled"), "--project", "5",
+        "--unlabelled", str(tmp_path / "unlabelled"),
+        "--frames", "6", "--size", "32", "--epochs", "1", "--quiet", env=env,
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    result = json.loads(trained.stdout.strip().splitlines()[-1])
+    assert result["init"] == "pretext:order" and result["unlabelled_clips"] == 3
+    info = ModelStore(tmp_path / "models").get_version("5", result["version"])
+    assert info.meta["init"] == "pretext:order" and info.meta["dataset"]["unlabelled"] == 3
+    training = info.meta["training"]
+    assert training["pretrain"] == "order" and training["pretrain_epochs"] == 1
+    assert training["augment"] and training["augment_temporal"]

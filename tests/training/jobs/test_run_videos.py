@@ -6,9 +6,17 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import replace
 from pathlib import Path
 
-from training.jobs.run import fetch_labelled_tasks, fetch_videos
+from training.jobs.run import (
+    FetchedVideos,
+    fetch_labelled_tasks,
+    fetch_unlabelled,
+    fetch_videos,
+    training_run,
+)
+from training.learn.config import TrainingData
 from training.settings import Settings
 from training.video.media import MEDIA_SUBDIR
 from training.video.pinned import RUNS_SUBDIR, PinnedFiles
@@ -82,3 +90,33 @@ def test_folders_of_dead_runs_are_removed_once_stale(tmp_path):
         with PinnedFiles(runs, stale_after_s=3600):
             assert not dead.exists()
             assert alive.folder.exists()
+
+
+def test_a_first_run_fetches_unlabelled_tasks_to_pretrain_on(
+    tmp_path, label_studio, ls_token, media_root
+):
+    project = label_studio.add_project(CONFIG)
+    for i, name in enumerate(VIDEOS):
+        task = label_studio.add_task(project, {"video": f"/data/upload/{project}/{name}"})
+        if i < 2:
+            label_studio.annotate(task, "ab"[i])
+    settings = Settings(
+        label_studio_url=label_studio.url,
+        label_studio_api_key=ls_token,
+        cache_dir=tmp_path / "cache",
+        pretrain="order",
+        pretrain_clips=2,
+    )
+    tasks = fetch_labelled_tasks(str(project), settings)
+    assert [url.rsplit("/", 1)[-1] for _, url in tasks.data.unlabelled] == VIDEOS[2:]
+
+    with PinnedFiles(tmp_path / "cache" / RUNS_SUBDIR, stale_after_s=3600) as pinned:
+        paths = fetch_unlabelled(str(project), tasks, settings, None, pinned)
+        assert [digest(p) for p in paths] == [digest(media_root / n) for n in VIDEOS[2:4]]
+        no_pretraining = replace(settings, pretrain="none")
+        assert fetch_unlabelled(str(project), tasks, no_pretraining, None, pinned) == []
+        parent = object()  # a project with a version fine-tunes it: no pre-training
+        assert fetch_unlabelled(str(project), tasks, settings, parent, pinned) == []  # type: ignore[arg-type]
+    videos = FetchedVideos(TrainingData([]), [])
+    run = training_run(settings, None, None, tasks, videos, force=False)  # type: ignore[arg-type]
+    assert run.train_config.pretrain == "order" and run.train_config.pretrain_clips == 2
