@@ -464,3 +464,19 @@ def test_a_chunked_refresh_writes_one_acquisition_order_over_every_chunk(
     again = run_refresh(redis_conn, setup).return_value()
     assert (again["ranked"], again["rank_written"], again["rank_failed"]) == (4, 1, [])
     assert setup.ls.task_json(refused)["data"]["videoloop_rank"] not in ranked
+
+
+def test_a_refresh_in_one_process_orders_its_tasks_from_memory(setup, monkeypatch):
+    """Without a job (the embedded mode: no Redis), the signals stay in memory and the end of
+    the same call writes the order: ACQUISITION=kcenter ranks the four predicted tasks first,
+    and a second call with nothing to predict leaves the order as it is."""
+    monkeypatch.setenv("ACQUISITION", "kcenter")
+    settings = Settings.from_env()
+    result = refresh_predictions(str(setup.project), setup.version, settings)
+    assert (result["status"], result["ranked"], result["rank_failed"]) == ("done", 4, [])
+    ranks = {t: setup.ls.task_json(t)["data"]["videoloop_rank"] for t in setup.unlabelled}
+    assert sorted(ranks.values()) == ["000001", "000002", "000003", "000004"]
+    patches = sum(s.method == "PATCH" for s in setup.ls.seen)
+    again = refresh_predictions(str(setup.project), setup.version, settings)
+    assert again["written"] == 0 and "ranked" not in again
+    assert sum(s.method == "PATCH" for s in setup.ls.seen) == patches
