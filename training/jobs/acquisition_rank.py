@@ -29,6 +29,7 @@ from training.labelstudio.errors import LabelStudioError
 from training.model.acquisition import Strategy, bald, choose_order, mc_dropout_probs
 from training.model.embedding import ClassifierHead
 from training.model.inference import ClipPrediction
+from training.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +164,13 @@ def write_ranks(ls: LabelStudioSession, project: str, order: list[int], name: st
     return {"ranked": len(order), "rank_written": written, "rank_failed": failed}
 
 
-def rank_tasks(ls: LabelStudioSession, project: str, version: str, settings, signals) -> dict:
+def rank_tasks(
+    ls: LabelStudioSession,
+    project: str,
+    version: str,
+    settings: Settings,
+    signals: Signals | None,
+) -> dict:
     """The end of a refresh under ACQUISITION (nothing under ``score``): choose the order over
     ``signals`` and write it; a failure is logged and reported, never raised (the predictions
     are written, and the next refresh writes the order again)."""
