@@ -5,9 +5,14 @@ given accuracy with fewer labels than random. A simulated annotator labels synth
 (``training.video.synth``, classes that differ only in temporal order) from a pool, round by
 round; each strategy starts from the same ``--seed-per-class`` clips, trains as the product's
 training job does (its split, fine-tuning the last round's model), and labels ``--k`` more:
-the ones the model is least sure of (``uncertainty:<measure>``) or ``random`` ones. It prints
-test accuracy by labelled clips, the labels each strategy needed to reach ``--target`` with
-ratios to random, and plots the curves (``bench/active_learning.png``). Each (strategy, seed)
+the ones the model is least sure of (``uncertainty:<measure>``), ``random`` ones, or the first
+``--k`` of the order the product's ACQUISITION writes (``bald``, ``kcenter``, ``badge``: the
+same embeddings, MC dropout and ``acquisition.choose_order`` as the refresh). It prints test
+accuracy by labelled clips and at 8, 16 and 32 labels, the labels each strategy needed to reach
+``--target`` with ratios to random, time per round, and plots the curves
+(``bench/active_learning.png``). The unlabelled-data methods of issue 15 (augmentation,
+self-supervised pre-training) are not on this branch, so there is no flag for them yet; the
+timeline set is not simulated either. Each (strategy, seed)
 runs in a spawned process of its own. Run from the repository root (not imported by the
 packages):
 
@@ -38,19 +43,26 @@ ROOT = Path(__file__).resolve().parents[1]
 HOLDOUTS = ("product", "val", "none")
 
 
+ACQUISITION = ("bald", "kcenter", "badge")
+"""Strategies chosen by the product's own acquisition.choose_order (ACQUISITION)."""
+
+
 def _parse_strategy(spec: str, default_measure: str) -> tuple[str, str | None]:
-    """``random`` | ``uncertainty`` | ``uncertainty:<measure>`` -> (kind, measure)."""
+    """``random`` | ``uncertainty`` | ``uncertainty:<measure>`` | ``bald`` | ``kcenter`` |
+    ``badge`` -> (kind, measure)."""
     from training.model.uncertainty import parse_measure
 
     kind, _, measure = spec.partition(":")
-    if kind == "random" and not measure:
-        return "random", None
+    if kind in ("random", *ACQUISITION) and not measure:
+        return kind, None
     if kind == "uncertainty":
         try:
             return "uncertainty", parse_measure(measure or default_measure).value
         except ValueError as exc:
             raise SystemExit(str(exc)) from None
-    raise SystemExit(f"unknown strategy {spec!r}: random, uncertainty or uncertainty:<measure>")
+    raise SystemExit(
+        f"unknown strategy {spec!r}: random, uncertainty[:<measure>], {', '.join(ACQUISITION)}"
+    )
 
 
 def _name(kind: str, measure: str | None) -> str:
@@ -70,6 +82,30 @@ def _split_labelled(keys, y, holdout: str, train_config):
     test_fraction = train_config.test_fraction if holdout == "product" else 0.0
     train, gate, val = stable_split(keys, y, (test_fraction, train_config.val_fraction))
     return train, val, gate
+
+
+def _acquire(model, pool, kind: str, more: int, seed: int, samples: int) -> list[int]:
+    """The ``more`` clips of ``pool`` (ClipArrays) that the product's ACQUISITION=``kind``
+    puts first: the same embeddings, MC dropout and choose_order as the refresh."""
+    from training.learn.evaluate import predict_outputs
+    from training.model.acquisition import bald, choose_order, mc_dropout_probs
+    from training.model.embedding import with_embedding
+
+    extended, head = with_embedding(model)
+    out = predict_outputs(extended, pool)
+    probs, h = out["classes"], out["embedding"]
+    rng = np.random.default_rng([seed, 2])
+    passes = mc_dropout_probs(h, head.kernel, head.bias, head.rate, samples, rng)
+    order = choose_order(
+        kind,
+        probs.max(axis=1),
+        bald_scores=bald(passes),
+        embeddings=h,
+        probs=probs,
+        batch=more,
+        seed=seed,
+    )
+    return order[:more]
 
 
 def _run_one(job: dict) -> dict:
@@ -139,6 +175,11 @@ def _run_one(job: dict) -> dict:
             if more > 0:
                 if job["kind"] == "random":
                     picked, random_order = random_order[:more], random_order[more:]
+                elif job["kind"] in ACQUISITION:
+                    chosen_at = _acquire(
+                        model, data.subset(unlabelled), job["kind"], more, seed, job["samples"]
+                    )
+                    picked = [int(unlabelled[i]) for i in chosen_at]
                 else:
                     probs = predict_arrays(model, data.subset(unlabelled))
                     picked = [
@@ -236,7 +277,9 @@ def _plot(path: Path, curves: dict, target: float, title: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--classes", default="4", help="synthetic classes: a number or names")
+    parser.add_argument(
+        "--classes", default="motion4", help="synthetic classes: a number, a set or names"
+    )
     parser.add_argument("--pool-per-class", type=int, default=75, help="unlabelled pool clips")
     parser.add_argument("--test-per-class", type=int, default=25, help="held-out test clips")
     parser.add_argument("--seed", type=int, default=0, help="data set seed (clips, pool/test)")
@@ -250,8 +293,11 @@ def main() -> None:
     parser.add_argument(
         "--strategies",
         nargs="+",
-        default=["uncertainty", "random"],
-        help="random | uncertainty | uncertainty:<measure>",
+        default=["random", "uncertainty", "bald", "kcenter", "badge"],
+        help="random | uncertainty | uncertainty:<measure> | bald | kcenter | badge",
+    )
+    parser.add_argument(
+        "--mc-samples", type=int, default=20, help="ACQUISITION_MC_SAMPLES for bald"
     )
     parser.add_argument(
         "--measure",
@@ -349,6 +395,7 @@ def main() -> None:
                     "holdout": args.holdout,
                     "init": args.init,
                     "deterministic": not args.nondeterministic,
+                    "samples": args.mc_samples,
                 }
                 rounds = _in_fresh_process(job, ctx)["rounds"]
                 curves[_name(kind, measure)].append(rounds)
@@ -392,6 +439,19 @@ def _ratio(mine: list[int | None], theirs: list[int | None], budget: int) -> str
     return f"{mark}{a / b:.2f}"
 
 
+def _accuracy_at(curves: dict, names: list[str], width: int, counts: tuple[int, ...]) -> None:
+    """Mean test accuracy (and the seeds' spread) at a few label counts, per strategy."""
+    print(f"\ntest accuracy at {', '.join(map(str, counts))} labels, mean +- std over seeds")
+    print(f"{'strategy':{width}} " + " ".join(f"{f'@{n}':>13}" for n in counts))
+    for name in names:
+        cells = []
+        for n in counts:
+            acc = [r["accuracy"] for run in curves[name] for r in run if r["labels"] == n]
+            text = f"{np.mean(acc):.3f} +- {np.std(acc):.3f}" if acc else "-"
+            cells.append(f"{text:>13}")
+        print(f"{name:{width}} " + " ".join(cells))
+
+
 def _report(curves: dict[str, list[list[dict]]], args) -> None:
     names = list(curves)
     width = max(14, *(len(n) for n in names))
@@ -410,6 +470,7 @@ def _report(curves: dict[str, list[list[dict]]], args) -> None:
     }
     print(f"{'all':>6} " + " ".join(f"{f'{mean_acc[n]:.3f}':>{width}}" for n in names))
 
+    _accuracy_at(curves, names, width, (8, 16, 32))
     needed = {n: [_labels_to_reach(run, args.target) for run in curves[n]] for n in names}
     reference = "random" if "random" in names else None
     print(

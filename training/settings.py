@@ -12,6 +12,7 @@ from pathlib import Path
 from training.learn.augment import parse_augment
 from training.learn.config import TrainConfig, check_pretext
 from training.logs import LOG_FORMATS
+from training.model.acquisition import parse_strategy
 from training.model.config import AUTO_TEMPORAL, check_temporal
 from training.model.litert import EXPORT_MODES, RUNTIMES, check_choice
 from training.model.uncertainty import parse_measure
@@ -173,6 +174,17 @@ class Settings:
     """Most clips a pre-training learns from; unlabelled tasks beyond it are not decoded."""
     pretrain_epochs: int = 6
 
+    # Acquisition (issue 15): the order the refresh writes for annotators to sort by
+    acquisition: str = "score"
+    """How the refresh orders unlabelled tasks (training/model/acquisition.py): ``score`` (the
+    prediction score sort alone; no field written), ``bald``, ``kcenter`` or ``badge``."""
+    acquisition_batch: int = 32
+    """How many tasks ``kcenter``/``badge`` choose together; the rest follow by uncertainty."""
+    acquisition_mc_samples: int = 20
+    """Dropout passes through the classifier head per clip for ``bald``."""
+    acquisition_field: str = "videoloop_rank"
+    """The task data field the refresh writes each unlabelled task's place in that order to."""
+
     def __post_init__(self) -> None:
         """Refuse a misspelt measure or head, half of basic auth, or several serving
         processes without Redis, at start-up."""
@@ -190,6 +202,7 @@ class Settings:
         except ValueError as exc:
             raise ValueError(f"UNCERTAINTY_MEASURE: {exc}") from None
         object.__setattr__(self, "uncertainty_measure", measure)
+        self._check_acquisition()
         if self.train_temporal != AUTO_TEMPORAL:
             try:
                 check_temporal(self.train_temporal)
@@ -237,6 +250,18 @@ class Settings:
             "pretrain_epochs": self.pretrain_epochs,
         }
         return TrainConfig(**{**values, **overrides})
+
+    def _check_acquisition(self) -> None:
+        try:
+            object.__setattr__(self, "acquisition", parse_strategy(self.acquisition).value)
+        except ValueError as exc:
+            raise ValueError(f"ACQUISITION: {exc}") from None
+        if self.acquisition_batch < 1 or self.acquisition_mc_samples < 2:
+            raise ValueError(
+                "ACQUISITION_BATCH must be 1 or more, ACQUISITION_MC_SAMPLES 2 or more"
+            )
+        if not self.acquisition_field.isidentifier():
+            raise ValueError("ACQUISITION_FIELD must be a plain name (letters, digits, _)")
 
     def _check_media(self) -> None:
         """Refuse media limits that would disable themselves, and a malformed allow-list."""

@@ -55,6 +55,7 @@ from real_label_studio import (
 from rq.job import Job
 from test_training_loop import worker_env
 
+from training.jobs.acquisition_rank import Signals, order_of, rank_text
 from training.jobs.prediction_claims import CLAIM_KEY, REFRESH_OWNER
 from training.jobs.refresh_queue import enqueue_refresh
 from training.labelstudio.timeline import Segment, segments_from_labels
@@ -88,6 +89,9 @@ BACKEND_AUTH = ("label-studio", "e2e-basic-auth-pass")
 """Basic auth on the backend (BASIC_AUTH_USER/PASS) and on Label Studio's model connection."""
 WEBHOOK_SECRET = "e2e-webhook-secret-5d1f"
 """WEBHOOK_SECRET, put on the project webhook through Label Studio's webhooks API."""
+ACQUISITION, ACQUISITION_BATCH = "badge", 4
+"""The batch-aware acquisition the loop test runs under (ACQUISITION, ACQUISITION_BATCH)."""
+RANK_FIELD = Settings().acquisition_field
 POLL_S = 1.0
 """Between two looks at Label Studio's task list while waiting: each is a Django request with
 every task's predictions, which costs CPU the processes under test need."""
@@ -421,6 +425,32 @@ class Project:
         return stored
 
 
+def check_acquisition_order(project: Project, version: str, videos: dict[int, str]) -> None:
+    """After the refresh of ``version`` under ACQUISITION: the Data Manager sorted by the rank
+    column lists first the tasks the refresh predicted, in the order the product's
+    acquisition_rank.order_of chooses from the signals the refresh kept, then the others; each
+    task's video URL is as imported, and each score is still its prediction's confidence."""
+    signals = Signals(project.redis, str(project.id), version).all()
+    chosen = order_of(ACQUISITION, signals, ACQUISITION_BATCH, version)
+    assert len(chosen) >= 5, signals  # the unlabelled synthetic and real clips
+    assert all(len(s.embedding) for s in signals.values()), "badge fell back to the score"
+    wanted = {task: rank_text(i + 1) for i, task in enumerate(chosen)}
+
+    def ranks_written() -> dict | None:
+        data = {t["id"]: t["data"] for t in project.ls.tasks(project.id)}
+        ranks = {t: d.get(RANK_FIELD) for t, d in data.items() if t in wanted}
+        return data if ranks == wanted and all(RANK_FIELD in d for d in data.values()) else None
+
+    data = project.wait(ranks_written, f"the acquisition order of {version} in task data")
+    listed = [t["id"] for t in project.ls.tasks_ordered_by(project.id, f"tasks:data.{RANK_FIELD}")]
+    assert listed[: len(chosen)] == chosen, (listed, chosen)
+    assert sorted(listed) == sorted(data), listed
+    assert {t: d["video"] for t, d in data.items()} == videos  # the rank only was added
+    for task in chosen:
+        (prediction,) = [p for p in project.ls.predictions(task) if p["model_version"] == version]
+        assert prediction["score"] == pytest.approx(signals[task].score, abs=1e-5), prediction
+
+
 def import_clips(ls: LabelStudioAPI, project: int, kind: ProjectKind) -> dict[int, Clip | None]:
     """Synthetic and real clips, half uploaded, half linked as local files under a local-files
     storage; returns task id -> clip."""
@@ -512,8 +542,9 @@ def open_project(kind, real_ls, tmp_path, redis_url, start_server) -> Iterator[C
 
 def test_annotations_train_versions_whose_predictions_label_studio_stores(open_project, figures):
     """The loop as a team runs it: connect, train on submit, retrieve, annotate more."""
-    project = open_project()
+    project = open_project(ACQUISITION=ACQUISITION, ACQUISITION_BATCH=str(ACQUISITION_BATCH))
     ls = project.ls
+    videos = {t["id"]: t["data"]["video"] for t in ls.tasks(project.id)}
     ml = ls.ml_backend(project.ml_id)
     assert ml["state"] == "CO", f"Label Studio does not show the model as connected: {ml}"
     assert ml["model_version"] == NO_MODEL, ml
@@ -561,6 +592,8 @@ def test_annotations_train_versions_whose_predictions_label_studio_stores(open_p
     wait_selected(ls, project.id, first["version"])
     ordered = [t["predictions_score"] for t in ls.tasks_by_prediction_score(project.id)]
     assert ordered == sorted(p["score"] for p in stored), ordered
+    # The order ACQUISITION chose, written to a task data field the Data Manager sorts by.
+    check_acquisition_order(project, first["version"], videos)
 
     # A clip imported now (Label Studio no longer asks the backend while a version is
     # selected): the TASKS_CREATED event gets it a prediction of the current version.

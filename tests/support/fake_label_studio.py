@@ -466,6 +466,8 @@ class FakeLabelStudio(MediaHost):
         parts = [p for p in parsed.path.split("/") if p]
         length = int(req.headers.get("Content-Length") or 0)
         body = json.loads(req.rfile.read(length) or b"{}")
+        if len(parts) == 3 and parts[:2] == ["api", "tasks"] and parts[2].isdigit():
+            return self._patch_task(req, int(parts[2]), body)
         if len(parts) != 3 or parts[:2] != ["api", "projects"] or not parts[2].isdigit():
             return self._send_json(req, 404, {"detail": "Not found."})
         if set(body) - {"model_version"}:
@@ -476,6 +478,21 @@ class FakeLabelStudio(MediaHost):
                 project.update(body)
                 payload = dict(project)
         if project is None:
+            return self._send_json(req, 404, {"detail": "Not found."})
+        return self._send_json(req, 200, payload)
+
+    def _patch_task(self, req: BaseHTTPRequestHandler, task_id: int, body: dict) -> None:
+        """``PATCH /api/tasks/<id>/`` with ``{"data": ...}``: the data replaced whole, as Label
+        Studio 1.23 does (acquisition ranks); other fields are refused."""
+        if set(body) != {"data"} or not isinstance(body["data"], dict):
+            return self._send_json(req, 400, {"detail": f"unexpected fields {sorted(body)}"})
+        with self._lock:
+            task = self._tasks.get(task_id)
+            if task is not None:
+                task["data"] = copy.deepcopy(body["data"])
+                task["updated_at"] = self._now()
+                payload = self._task_json(task, False)
+        if task is None:
             return self._send_json(req, 404, {"detail": "Not found."})
         return self._send_json(req, 200, payload)
 

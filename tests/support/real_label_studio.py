@@ -15,6 +15,7 @@ skipped. Any other failure to install or start fails the tests with the reason a
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -265,7 +266,12 @@ class LabelStudioAPI:
 
     def tasks_by_prediction_score(self, project: int) -> list[dict]:
         """The Data Manager's task list sorted by prediction score, lowest first."""
-        query = '{"ordering": ["tasks:predictions_score"]}'
+        return self.tasks_ordered_by(project, "tasks:predictions_score")
+
+    def tasks_ordered_by(self, project: int, column: str) -> list[dict]:
+        """The Data Manager's task list sorted by a column (``tasks:data.<field>`` for a task
+        data field), ascending, as a click on its header asks for it."""
+        query = json.dumps({"ordering": [column]})
         return self.call("GET", "/api/tasks", params={"project": project, "query": query})["tasks"]
 
     # -- the ML backend -----------------------------------------------------------------------

@@ -12,7 +12,7 @@ from training.settings import Settings
 @pytest.fixture
 def clean_env(monkeypatch):
     names = ("GATE_TOLERANCE", "PROMOTE_ON_START_TRAINING", "REFRESH_ALL_TASKS", "PORT")
-    for name in (*names, "UNCERTAINTY_MEASURE", "TRAIN_TEMPORAL"):
+    for name in (*names, "UNCERTAINTY_MEASURE", "TRAIN_TEMPORAL", "ACQUISITION"):
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
 
@@ -25,13 +25,16 @@ def test_defaults_when_nothing_is_set(clean_env):
     assert settings.port == 9090 and isinstance(settings.model_dir, Path)
     assert settings.uncertainty_measure == "least_confidence"
     assert settings.train_temporal == "auto"
+    assert settings.acquisition == "score"
 
 
 def test_measure_and_temporal_head_are_read_and_checked(clean_env):
     clean_env.setenv("UNCERTAINTY_MEASURE", " Margin")
     clean_env.setenv("TRAIN_TEMPORAL", "attention")
+    clean_env.setenv("ACQUISITION", " BADGE")
     settings = Settings.from_env()
     assert (settings.uncertainty_measure, settings.train_temporal) == ("margin", "attention")
+    assert settings.acquisition == "badge"
 
 
 def test_floats_and_switches_are_parsed(clean_env):
@@ -56,6 +59,9 @@ def test_floats_and_switches_are_parsed(clean_env):
         ("TRAIN_TEMPORAL", "gru", "TRAIN_TEMPORAL: unknown temporal head 'gru'"),
         ("LITERT_EXPORT", "int4", "LITERT_EXPORT must be one of auto, off, float, float16"),
         ("SERVING_RUNTIME", "onnx", "SERVING_RUNTIME must be one of tensorflow, litert"),
+        ("ACQUISITION", "coreset", "ACQUISITION: unknown acquisition strategy"),
+        ("ACQUISITION_FIELD", "data.rank", "ACQUISITION_FIELD must be a plain name"),
+        ("ACQUISITION_MC_SAMPLES", "1", "ACQUISITION_MC_SAMPLES 2 or more"),
     ],
 )
 def test_a_bad_value_names_the_variable(clean_env, name, value, message):

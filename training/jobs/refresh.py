@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from training.jobs.prediction_claims import REFRESH_CLAIM_S, REFRESH_OWNER, PredictionClaims
+from training.jobs.refresh_summary import Progress, RefreshSummary
 from training.labelstudio.client import LabelStudioSession
 from training.labelstudio.errors import LabelStudioError
 from training.labelstudio.labelconfig import LabelConfigError, parse_label_config
@@ -39,6 +40,7 @@ from training.settings import Settings
 from training.versions.store import ModelStore, VersionInfo
 
 if TYPE_CHECKING:
+    from training.jobs.acquisition_rank import Signals
     from training.labelstudio.labelconfig import VideoControls
     from training.model.inference import ClipPrediction
     from training.model.loaded import LoadedModel
@@ -48,11 +50,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[dict], None]
 FanOut = Callable[[list[TaskRefreshState], int], list[str]]
-
-SKIPPED_LISTED = 50
-"""At most this many skipped tasks are listed (with the reason) in the job's result."""
 
 GONE_STATUSES = (400, 404)
 """Label Studio's answers to a prediction for a task deleted meanwhile: skip that task."""
@@ -81,6 +79,7 @@ def refresh_predictions(
     progress: Progress = _noop,
     claims: PredictionClaims | None = None,
     fan_out: FanOut | None = None,
+    signals: Signals | None = None,
 ) -> dict:
     """Predict the project's tasks with ``version`` and write the predictions to Label Studio.
 
@@ -93,6 +92,7 @@ def refresh_predictions(
         fan_out: ``fan_out(todo, already)`` queues chunk jobs for the tasks to predict when
             they are more than REFRESH_CHUNK_TASKS (training/jobs/refresh_chunks.py), and
             returns their ids; None: this call predicts every task itself.
+        signals: where each task's acquisition signal is kept until the end (None: in memory).
 
     Returns:
         ``{"status": "done"|"superseded"|"skipped"|"fanned_out", "version", "written",
@@ -112,6 +112,7 @@ def refresh_predictions(
         log.info("project %s: %s is no longer current; no refresh", project, version)
         return summary.as_dict("superseded")
 
+    signals = signals or _memory_signals(project, version)
     with LabelStudioSession(settings.label_studio_url, settings.label_studio_api_key) as ls:
         controls, todo = _list_tasks(ls, project, summary, settings.refresh_all_tasks)
         chunk = settings.refresh_chunk_tasks
@@ -121,10 +122,10 @@ def refresh_predictions(
         status, reason = "done", None
         if todo:
             status, reason = _predict_and_write(
-                ls, store, info, controls, todo, summary, claims, settings
+                ls, store, info, controls, todo, summary, claims, settings, signals
             )
         if status == "done":
-            _finish(ls, store, summary, settings)
+            _finish(ls, store, summary, settings, signals)
     summary.log_done(time.perf_counter() - started)
     result = summary.as_dict(status)
     return result if reason is None else {**result, "reason": reason}
@@ -138,6 +139,7 @@ def refresh_chunk(
     *,
     progress: Progress = _noop,
     claims: PredictionClaims | None = None,
+    signals: Signals | None = None,
 ) -> dict:
     """Predict and write one chunk of a fanned-out refresh (training/jobs/refresh_chunks.py):
     the same steps and result as :func:`refresh_predictions` over ``todo``, without the end
@@ -151,28 +153,45 @@ def refresh_chunk(
     with LabelStudioSession(settings.label_studio_url, settings.label_studio_api_key) as ls:
         controls = _label_config(ls, project)
         status, reason = _predict_and_write(
-            ls, store, info, controls, todo, summary, claims, settings
+            ls, store, info, controls, todo, summary, claims, settings, signals
         )
     result = summary.as_dict(status)
     return result if reason is None else {**result, "reason": reason}
 
 
-def finish_refresh(project: str, version: str, settings: Settings) -> dict:
-    """The end of a fanned-out refresh, run by its last chunk: the duplicates pass and the
-    version selection. Returns ``{"duplicates_deleted", "selected"}``."""
+def finish_refresh(
+    project: str, version: str, settings: Settings, signals: Signals | None = None
+) -> dict:
+    """The end of a fanned-out refresh, run by its last chunk: the duplicates pass, the
+    version selection and the acquisition order over every chunk's ``signals``. Returns
+    ``{"duplicates_deleted", "selected"}`` and what writing the order did."""
     store = ModelStore.from_settings(settings)
     summary = RefreshSummary(project, version, _noop)
     with LabelStudioSession(settings.label_studio_url, settings.label_studio_api_key) as ls:
-        _finish(ls, store, summary, settings)
-    return {"duplicates_deleted": summary.duplicates_deleted, "selected": summary.selected}
+        _finish(ls, store, summary, settings, signals)
+    selected = {"duplicates_deleted": summary.duplicates_deleted, "selected": summary.selected}
+    return {**selected, **summary.ranks}
 
 
 def _finish(
-    ls: LabelStudioSession, store: ModelStore, summary: RefreshSummary, settings: Settings
+    ls: LabelStudioSession,
+    store: ModelStore,
+    summary: RefreshSummary,
+    settings: Settings,
+    signals: Signals | None,
 ) -> None:
+    from training.jobs.acquisition_rank import rank_tasks
+
     summary.duplicates_deleted = _delete_duplicates(ls, summary.project, summary.version)
     if settings.select_new_version:
         summary.selected = _select(ls, store, summary.project, summary.version)
+    summary.ranks = rank_tasks(ls, summary.project, summary.version, settings, signals)
+
+
+def _memory_signals(project: str, version: str) -> Signals:
+    from training.jobs.acquisition_rank import Signals
+
+    return Signals(None, project, version)
 
 
 def _predict_and_write(
@@ -184,18 +203,20 @@ def _predict_and_write(
     summary: RefreshSummary,
     claims: PredictionClaims | None,
     settings: Settings,
+    signals: Signals | None = None,
 ) -> tuple[str, str | None]:
     """Load the version and run the TaskRefresher over ``todo``: (status, why skipped)."""
     from training.labelstudio.results import fillable_controls
     from training.model.loaded import load_version
 
-    model = load_version(info, batch_size=settings.predict_batch_size)
+    embeddings = settings.acquisition != "score"  # acquisition_rank needs them
+    model = load_version(info, batch_size=settings.predict_batch_size, embeddings=embeddings)
     if not fillable_controls(model, controls):
         return "skipped", (
             f"the model's labels {model.labels} / timeline labels "
             f"{model.timeline_labels} fill none of the config's controls"
         )
-    refresher = TaskRefresher(ls, controls, model, settings, summary, claims)
+    refresher = TaskRefresher(ls, controls, model, settings, summary, claims, signals)
     project, version = summary.project, summary.version
     return refresher.run(todo, lambda: store.get_current(project) == version), None
 
@@ -244,66 +265,6 @@ def _select(ls: LabelStudioSession, store: ModelStore, project: str, version: st
 
 
 @dataclass
-class RefreshSummary:
-    """Counts of a refresh run, reported as progress and returned as the job's result."""
-
-    project: str
-    version: str
-    progress: Progress = field(repr=False)
-    total: int = 0
-    written: int = 0
-    skipped: int = 0
-    already: int = 0
-    """Tasks that had a prediction of this version (before the run, or written meanwhile)."""
-    duplicates_deleted: int = 0
-    skipped_tasks: list[dict] = field(default_factory=list)
-    selected: bool = False
-    """Whether the version was made the project's selected predictions version."""
-
-    def skip(self, task_id: int, reason: str) -> None:
-        log.warning("project %s: refresh skips task %s: %s", self.project, task_id, reason)
-        self.skipped += 1
-        if len(self.skipped_tasks) < SKIPPED_LISTED:
-            self.skipped_tasks.append({"task": task_id, "reason": reason})
-
-    def report(self) -> None:
-        self.progress(
-            {
-                "stage": "refresh",
-                "done": self.written + self.skipped,
-                "total": self.total,
-                "written": self.written,
-                "skipped": self.skipped,
-            }
-        )
-
-    def log_done(self, seconds: float) -> None:
-        log.info(
-            "project %s: refreshed predictions with %s in %.1f s: %d written, %d skipped, "
-            "%d already there",
-            self.project,
-            self.version,
-            seconds,
-            self.written,
-            self.skipped,
-            self.already,
-        )
-
-    def as_dict(self, status: str) -> dict:
-        return {
-            "status": status,
-            "version": self.version,
-            "total": self.total,
-            "written": self.written,
-            "skipped": self.skipped,
-            "already": self.already,
-            "duplicates_deleted": self.duplicates_deleted,
-            "selected": self.selected,
-            "skipped_tasks": list(self.skipped_tasks),
-        }
-
-
-@dataclass
 class TaskRefresher:
     """Predicts a refresh's tasks through the one prediction path and writes each prediction."""
 
@@ -313,6 +274,8 @@ class TaskRefresher:
     settings: Settings
     summary: RefreshSummary
     claims: PredictionClaims | None = None
+    signals: Signals | None = None
+    """Where each predicted task's acquisition signal goes (acquisition_rank.py)."""
     owner: str = field(default_factory=lambda: f"{REFRESH_OWNER}{uuid.uuid4().hex}")
     """Whose claims these are: each refresh its own, so twin jobs never both write."""
 
@@ -367,6 +330,8 @@ class TaskRefresher:
         if formatted is None:
             self.summary.skip(task.task_id, "the model fills none of the task's controls")
             return
+        if self.signals is not None:
+            self._keep_signal(task.task_id, prediction, float(formatted["score"]))
         if not self._claim(task.task_id):
             self.summary.already += 1  # /predict answered it, or a twin job writes it
             return
@@ -382,6 +347,12 @@ class TaskRefresher:
             self.summary.skip(task.task_id, str(exc))
             return
         self.summary.written += 1
+
+    def _keep_signal(self, task_id: int, prediction: ClipPrediction, score: float) -> None:
+        from training.jobs.acquisition_rank import signal_of
+
+        samples = self.settings.acquisition_mc_samples
+        self.signals.add(task_id, signal_of(prediction, score, self.model.head, samples))  # type: ignore[union-attr]
 
     def _claim(self, task_id: int) -> bool:
         if self.claims is None:

@@ -17,6 +17,7 @@ import functools
 import logging
 import time
 from datetime import UTC
+from typing import TYPE_CHECKING
 
 import redis
 from rq import get_current_job
@@ -30,6 +31,9 @@ from training.jobs.progress import JobProgress, LeaseKeeper, LeaseLost
 from training.jobs.refresh_queue import REFRESH_AGAIN_KEY, enqueue_refresh
 from training.logs import log_context
 from training.settings import Settings
+
+if TYPE_CHECKING:
+    from training.jobs.acquisition_rank import Signals
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +169,13 @@ def _refresh(job: Job | None, project: str, version: str) -> dict:
         if job is not None:
             fan_out = functools.partial(chunks.fan_out, job.connection, project, version, settings)
         result = refresh(
-            project, version, settings, progress=progress, claims=claims, fan_out=fan_out
+            project,
+            version,
+            settings,
+            progress=progress,
+            claims=claims,
+            fan_out=fan_out,
+            signals=_signals(job, project, version, settings),
         )
         passes += 1
         if job is None or result["status"] != "done" or not job.connection.exists(again):
@@ -204,6 +214,7 @@ def _refresh_chunk(
             settings,
             progress=progress,
             claims=PredictionClaims(job.connection),
+            signals=_signals(job, project, version, settings),
         )
     except Exception:
         if job.retries_left:  # RQ runs it again: not finished yet
@@ -246,8 +257,18 @@ def _end_refresh(job: Job, project: str, version: str, settings: Settings) -> di
 
     if ModelStore.from_settings(settings).get_current(project) != version:
         return None
-    end = finish_refresh(project, version, settings)
+    end = finish_refresh(project, version, settings, _signals(job, project, version, settings))
     if job.connection.exists(REFRESH_AGAIN_KEY.format(project=project, version=version)):
         log.info("project %s: tasks were added during the refresh; another pass", project)
         enqueue_refresh(job.connection, project, version, settings)
     return end
+
+
+def _signals(job: Job | None, project: str, version: str, settings: Settings) -> Signals | None:
+    """Where a refresh keeps acquisition signals: Redis under a job (the chunks of a fan-out,
+    and passes after the first, add to one hash), else memory; none needed under ``score``."""
+    from training.jobs.acquisition_rank import Signals
+
+    if job is None or settings.acquisition == "score":
+        return None
+    return Signals(job.connection, project, version)

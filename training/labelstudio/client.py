@@ -259,6 +259,19 @@ class LabelStudioSession:
             raise self._reader.error(where, exc, verb="write to") from None
         return getattr(created, "id", None)
 
+    def update_task_data(self, task_id: int, data: Mapping[str, Any]) -> None:
+        """Replace a task's data (``PATCH /api/tasks/<id>/`` with ``{"data": ...}``): Label
+        Studio 1.23 stores the dict whole, so pass every field, the video URL included.
+
+        Raises:
+            LabelStudioError: the write failed; ``status`` says how (404: task deleted).
+        """
+        tid = task_id_int(task_id)  # raises ValueError: never "1/../.." into a URL
+        try:
+            self.client.tasks.update(str(tid), data=dict(data))
+        except Exception as exc:
+            raise self._reader.error(f"/api/tasks/{tid}/", exc, verb="write to") from None
+
     def delete_duplicate_predictions(self, project: str | int, version: str) -> int:
         """Delete all but the oldest prediction of ``version`` on each of the project's tasks
         (``GET /api/predictions/?project=``, ``DELETE /api/predictions/<id>/``): the refresh's

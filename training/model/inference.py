@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from training.labelstudio.timeline import ScoredSegment, predict_segments
+from training.model.embedding import EMBEDDING
 from training.model.loaded import LoadedModel
 from training.model.uncertainty import Measure, confidence
 from training.video.clip import Clip, stack_clips
@@ -105,6 +106,8 @@ class ClipPrediction:
     timeline_labels: tuple[str, ...]
     classes: np.ndarray | None
     timeline: np.ndarray | None
+    embedding: np.ndarray | None = None
+    """(D,) the classifier head's input, when the model was loaded with embeddings."""
 
     def best_label(self, offered: Collection[str] | None = None) -> tuple[str, float] | None:
         """The most probable offered label and its probability; None if none is offered."""
@@ -244,6 +247,7 @@ def _run_batch(
     for row, (index, clip) in enumerate(batch):
         classes = outputs.get("classes")
         timeline = outputs.get("timeline")
+        embedding = outputs.get(EMBEDDING)
         n = len(clip.indices)
         yield (
             index,
@@ -254,5 +258,6 @@ def _run_batch(
                 timeline_labels=timeline_labels,
                 classes=None if classes is None else np.asarray(classes[row], np.float32),
                 timeline=None if timeline is None else np.asarray(timeline[row][:n], np.float32),
+                embedding=None if embedding is None else np.asarray(embedding[row], np.float32),
             ),
         )

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from training.model.embedding import ClassifierHead, with_embedding
 from training.versions.store import VersionInfo
 from training.video.clip import SamplingConfig
 
@@ -34,6 +35,8 @@ class LoadedModel:
     meta: dict = field(repr=False)
     _predict_fn: object = field(repr=False)
     timeline_labels: list[str] = field(default_factory=list)
+    head: ClassifierHead | None = field(default=None, repr=False)
+    """With ``embeddings=True`` at load: the classifier head, for BALD (embedding.py)."""
 
     def predict(self, frames: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
         """Every output of the model for clips.
@@ -44,7 +47,8 @@ class LoadedModel:
 
         Returns:
             ``"classes"``: (B, len(labels)) and/or ``"timeline"``: (B, T,
-            1 + len(timeline_labels)) float32 probabilities (output 0: no label).
+            1 + len(timeline_labels)) float32 probabilities (output 0: no label); loaded with
+            ``embeddings=True``, also ``"embedding"``: (B, D), the classifier head's input.
         """
         expected = (self.sampling.frames, self.sampling.height, self.sampling.width, 3)
         if len(frames) == 0:
@@ -70,7 +74,9 @@ class LoadedModel:
         return self.predict(frames, mask)["classes"]
 
 
-def warmed_up(info: VersionInfo, batch_size: int, predict_fn) -> LoadedModel:
+def warmed_up(
+    info: VersionInfo, batch_size: int, predict_fn, head: ClassifierHead | None = None
+) -> LoadedModel:
     """A version's bundle around ``predict_fn(frames, mask) -> {output: array}`` (any
     runtime's), after one prediction so the first request pays no tracing or allocation."""
     sampling = SamplingConfig.from_dict(info.meta["sampling"])
@@ -82,14 +88,16 @@ def warmed_up(info: VersionInfo, batch_size: int, predict_fn) -> LoadedModel:
         batch_size=batch_size,
         meta=info.meta,
         _predict_fn=predict_fn,
+        head=head,
     )
     t, h, w = sampling.frames, sampling.height, sampling.width
     loaded.predict(np.zeros((1, t, h, w, 3), np.uint8), np.ones((1, t), bool))
     return loaded
 
 
-def load_version(info: VersionInfo, batch_size: int = 8) -> LoadedModel:
-    """Load a version's model from the store and warm it up.
+def load_version(info: VersionInfo, batch_size: int = 8, embeddings: bool = False) -> LoadedModel:
+    """Load a version's model from the store and warm it up; with ``embeddings``, its
+    predictions carry each clip's embedding and ``head`` is set (acquisition, embedding.py).
 
     Raises:
         OSError / ValueError: the model file is missing or unreadable.
@@ -100,6 +108,9 @@ def load_version(info: VersionInfo, batch_size: int = 8) -> LoadedModel:
 
     started = time.perf_counter()
     model = load_keras_model(info.model_path)
+    head = None
+    if embeddings:
+        model, head = with_embedding(model)
     sampling = SamplingConfig.from_dict(info.meta["sampling"])
     t, h, w = sampling.frames, sampling.height, sampling.width
 
@@ -113,7 +124,7 @@ def load_version(info: VersionInfo, batch_size: int = 8) -> LoadedModel:
     def predict_fn(frames, mask):
         return model({"frames": frames, "mask": mask}, training=False)
 
-    loaded = warmed_up(info, batch_size, predict_fn)
+    loaded = warmed_up(info, batch_size, predict_fn, head)
     log.info(
         "loaded project %s version %s in %.2f s",
         info.project,

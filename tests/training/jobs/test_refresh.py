@@ -473,3 +473,58 @@ def test_a_chunk_whose_worker_died_runs_again_and_the_refresh_still_ends(
     for task in setup.unlabelled:
         versions = [p["model_version"] for p in setup.ls.predictions(task)]
         assert versions == ([] if task in lost else [setup.version]), (task, lost)
+
+
+def test_a_chunked_refresh_writes_one_acquisition_order_over_every_chunk(
+    setup, redis_conn, monkeypatch
+):
+    """ACQUISITION=badge over three chunks: the last one ranks every predicted task (1..4,
+    whichever chunk predicted it), the other tasks after them by id, the video URLs kept; a
+    task that refuses its write is a failure with the reason, and the next refresh of the
+    version writes just that one."""
+    monkeypatch.setenv("REFRESH_CHUNK_TASKS", "2")
+    monkeypatch.setenv("ACQUISITION", "badge")
+    monkeypatch.setenv("ACQUISITION_BATCH", "2")
+    refused = setup.unlabelled[1]
+    setup.ls.fail_next(403, path_prefix=f"/api/tasks/{refused}/")
+    every = [*setup.unlabelled, *setup.labelled, setup.broken, setup.missing]
+    before = {t: setup.ls.task_json(t)["data"] for t in every}
+    parent = run_refresh(redis_conn, setup).return_value()
+    results = [job.return_value() for job in chunk_jobs(redis_conn, parent["chunk_jobs"])]
+    (end,) = [r["end"] for r in results if "end" in r]
+    assert end["ranked"] == len(setup.unlabelled)
+    assert [f["task"] for f in end["rank_failed"]] == [refused]
+    assert "403" in end["rank_failed"][0]["reason"]
+    data = {t: setup.ls.task_json(t)["data"] for t in before}
+    ranks = {t: d.get("videoloop_rank") for t, d in data.items()}
+    assert ranks[refused] is None
+    ranked = sorted(ranks[t] for t in setup.unlabelled if t != refused)
+    assert set(ranked) <= {"000001", "000002", "000003", "000004"} and len(set(ranked)) == 3
+    after = sorted(t for t in before if t not in setup.unlabelled)
+    assert [ranks[t] for t in after] == ["000005", "000006", "000007", "000008"]
+    for task, fields in data.items():
+        assert {k: v for k, v in fields.items() if k != "videoloop_rank"} == before[task]
+    for task in setup.unlabelled:  # the score stays the prediction's confidence
+        (prediction,) = setup.ls.predictions(task)
+        assert 0.0 <= prediction["score"] <= 1.0
+
+    monkeypatch.setenv("REFRESH_CHUNK_TASKS", "200")
+    again = run_refresh(redis_conn, setup).return_value()
+    assert (again["ranked"], again["rank_written"], again["rank_failed"]) == (4, 1, [])
+    assert setup.ls.task_json(refused)["data"]["videoloop_rank"] not in ranked
+
+
+def test_a_refresh_in_one_process_orders_its_tasks_from_memory(setup, monkeypatch):
+    """Without a job (the embedded mode: no Redis), the signals stay in memory and the end of
+    the same call writes the order: ACQUISITION=kcenter ranks the four predicted tasks first,
+    and a second call with nothing to predict leaves the order as it is."""
+    monkeypatch.setenv("ACQUISITION", "kcenter")
+    settings = Settings.from_env()
+    result = refresh_predictions(str(setup.project), setup.version, settings)
+    assert (result["status"], result["ranked"], result["rank_failed"]) == ("done", 4, [])
+    ranks = {t: setup.ls.task_json(t)["data"]["videoloop_rank"] for t in setup.unlabelled}
+    assert sorted(ranks.values()) == ["000001", "000002", "000003", "000004"]
+    patches = sum(s.method == "PATCH" for s in setup.ls.seen)
+    again = refresh_predictions(str(setup.project), setup.version, settings)
+    assert again["written"] == 0 and "ranked" not in again
+    assert sum(s.method == "PATCH" for s in setup.ls.seen) == patches
