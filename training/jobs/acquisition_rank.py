@@ -130,10 +130,16 @@ def rank_text(rank: int) -> str:
     return str(rank).zfill(RANK_WIDTH)
 
 
+UNRANKED = "9" * RANK_WIDTH
+"""The rank of every task the order does not place: after all of them, the same each time."""
+
+
 def write_ranks(ls: LabelStudioSession, project: str, order: list[int], name: str) -> dict:
     """Write each task's rank to ``data[name]``: the ordered tasks 1, 2, ...; every other task
-    (labelled, or predicted before this refresh) after them by id, so no stale rank from an
-    earlier version puts it first. Only changed ranks are written.
+    (labelled, or predicted before this refresh) UNRANKED, after them, so no stale rank from
+    an earlier version puts it first. Only changed ranks are written, so a refresh after a few
+    imports writes a few, and each write merges the rank into the task's data read just
+    before it (Label Studio stores the dict whole: an edit since the listing is kept).
 
     Returns:
         ``{"ranked", "rank_written", "rank_failed": [{"task", "reason"}, ...]}``.
@@ -142,19 +148,18 @@ def write_ranks(ls: LabelStudioSession, project: str, order: list[int], name: st
         LabelStudioError: the task list could not be read (nothing written).
     """
     place = {task: i + 1 for i, task in enumerate(order)}
-    tasks = sorted(ls.iter_tasks(project), key=lambda t: t.get("id") or 0)
     written, failed = 0, []
-    later = len(order)
-    for task in tasks:
+    for task in ls.iter_tasks(project):
         task_id = task.get("id")
-        if task_id not in place:
-            later += 1
-        wanted = rank_text(place.get(task_id, later))
+        wanted = rank_text(place[task_id]) if task_id in place else UNRANKED
         data = task.get("data")
         if not isinstance(data, dict) or data.get(name) == wanted:
             continue
         try:
-            ls.update_task_data(task_id, {**data, name: wanted})
+            fresh = ls.get_task_data(task_id)
+            if fresh.get(name) == wanted:
+                continue
+            ls.update_task_data(task_id, {**fresh, name: wanted})
             written += 1
         except (LabelStudioError, ValueError) as exc:
             if len(failed) < FAILURES_LISTED:
@@ -176,12 +181,12 @@ def rank_tasks(
     are written, and the next refresh writes the order again)."""
     if settings.acquisition == Strategy.SCORE.value or signals is None:
         return {}
-    order = order_of(settings.acquisition, signals.all(), settings.acquisition_batch, version)
-    if not order:
-        return {}  # nothing predicted: keep the order there is, never one by id alone
     try:
+        order = order_of(settings.acquisition, signals.all(), settings.acquisition_batch, version)
+        if not order:
+            return {}  # nothing predicted: keep the order there is, never one by id alone
         result = write_ranks(ls, project, order, settings.acquisition_field)
-    except LabelStudioError as exc:
+    except Exception as exc:  # Label Studio, Redis, odd signals: the predictions stand
         log.warning("project %s: acquisition order not written: %s", project, exc)
         return {"ranked": 0, "rank_written": 0, "rank_failed": [{"task": None, "reason": str(exc)}]}
     log.info("project %s: %s order of %d tasks written", project, settings.acquisition, len(order))

@@ -256,10 +256,10 @@ def _delete_duplicates(ls: LabelStudioSession, project: str, version: str) -> in
 def _select(ls: LabelStudioSession, store: ModelStore, project: str, version: str) -> bool:
     """SELECT_NEW_VERSION: show this version's predictions (and scores) in Label Studio; a
     failure is logged, not raised (the predictions are written)."""
-    known = {v.version for v in store.list_versions(project)}
     try:
+        known = set(store.version_names(project))  # names only: list_versions downloads on S3
         return ls.select_version(project, version, is_ours=known.__contains__) == version
-    except LabelStudioError as exc:
+    except (LabelStudioError, OSError) as exc:  # OSError: the store (S3) unreachable
         log.warning("project %s: could not select %s in Label Studio: %s", project, version, exc)
         return False
 

@@ -221,12 +221,26 @@ def _refresh_chunk(
             raise
         with contextlib.suppress(Exception):  # the chunk's own error is the one to keep
             if progress.finish(job.id, failed=True):
-                _end_refresh(job, project, version, settings)
+                _end_or_queue(job, project, version, fanout, settings)
         raise
     progress.add(result)
     if progress.finish(job.id, failed=False):
-        result["end"] = _end_refresh(job, project, version, settings)
+        result["end"] = _end_or_queue(job, project, version, fanout, settings)
     return result
+
+
+def _end_or_queue(
+    job: Job, project: str, version: str, fanout: str, settings: Settings
+) -> dict | None:
+    """The end of the refresh, run by its last chunk; if it fails, it is queued as a job of
+    its own (the chunk counts as finished already: failing it would re-predict its tasks and
+    never end the refresh)."""
+    try:
+        return _end_refresh(job, project, version, settings)
+    except Exception:
+        log.exception("project %s: the end of the refresh failed; queued on its own", project)
+        chunks.queue_end(job.connection, project, version, fanout)
+        return None
 
 
 def chunk_failed(job: Job, connection: redis.Redis, *exc_info: object) -> None:

@@ -62,7 +62,9 @@ def served_file(info: VersionInfo) -> Path:
     if not record:
         raise ValueError(
             f"version {info.version} has no LiteRT export (published before LITERT_EXPORT, "
-            "or with LITERT_EXPORT=off): serve it with SERVING_RUNTIME=tensorflow"
+            "or by a worker whose LITERT_EXPORT is off, or auto without SERVING_RUNTIME=litert: "
+            "set SERVING_RUNTIME=litert on the workers too); serve it with "
+            "SERVING_RUNTIME=tensorflow"
         )
     name = record.get("file")
     if not name:

@@ -20,9 +20,14 @@ if TYPE_CHECKING:
 def parse_store_url(url: str) -> tuple[str, str]:
     """``s3://bucket/prefix`` as (bucket, prefix); raises ValueError for anything else."""
     parts = urlsplit(url)
+    if parts.username or parts.password:  # checked first: an error never echoes a secret
+        raise ValueError(
+            "MODEL_STORE_URL takes no credentials: use AWS_ACCESS_KEY_ID, "
+            "AWS_SECRET_ACCESS_KEY and S3_ENDPOINT_URL"
+        )
     if parts.scheme != "s3" or not parts.hostname or parts.query or parts.fragment:
         raise ValueError(f"MODEL_STORE_URL must look like s3://bucket/prefix, got {url!r}")
-    if parts.username or parts.password or parts.port:
+    if parts.port:
         raise ValueError(
             "MODEL_STORE_URL takes no credentials nor port: use AWS_ACCESS_KEY_ID, "
             "AWS_SECRET_ACCESS_KEY and S3_ENDPOINT_URL"

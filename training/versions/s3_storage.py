@@ -208,7 +208,7 @@ class S3Storage:
             base = self._key(project, "versions", version) + "/"
             for obj in self._keys(base):
                 rel = PurePosixPath(obj["Key"][len(base) :])
-                if ".." in rel.parts or not rel.parts:
+                if rel.is_absolute() or ".." in rel.parts or not rel.parts:
                     continue  # not a key this store writes: never a path outside the cache
                 (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
                 self._call("download_file", Key=obj["Key"], Filename=str(tmp / rel))

@@ -336,6 +336,10 @@ class ModelStore:
         line = (json.dumps(entry, sort_keys=True, default=str) + "\n").encode()
         self.storage.append_history(validate_project(project), line)
 
+    def version_names(self, project: str) -> list[str]:
+        """The project's version names, oldest first; on S3 nothing is downloaded."""
+        return self._version_names(project)
+
     def _version_names(self, project: str) -> list[str]:
         names = self.storage.version_names(validate_project(project))
         names.sort(key=lambda n: int(_VERSION_RE.match(n).group(1)))  # type: ignore[union-attr]
