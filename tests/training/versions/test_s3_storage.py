@@ -154,13 +154,37 @@ def test_an_unreachable_store_is_an_oserror_naming_the_operation(s3_env, tmp_pat
 
 @pytest.mark.parametrize(
     "url",
-    ["http://bucket/models", "s3://", "s3://user:secret@bucket/x", "s3://bucket:9000/x", "/data"],
+    [
+        "http://bucket/models",
+        "s3://",
+        "s3://user:secret@bucket/x",
+        "https://user:secret@minio:9000/bucket",  # wrong scheme and credentials: never echoed
+        "s3://user:secret@bucket/x?region=eu",
+        "s3://bucket:9000/x",
+        "/data",
+    ],
 )
 def test_a_malformed_store_url_is_refused_at_start(url, monkeypatch):
     monkeypatch.setenv("MODEL_STORE_URL", url)
     with pytest.raises(ValueError, match="MODEL_STORE_URL") as refused:
         Settings.from_env()
     assert "secret" not in str(refused.value)
+
+
+def test_a_key_that_names_an_absolute_path_never_leaves_the_cache(s3_env, tmp_path):
+    """Someone with write access to the bucket adds ``.../versions/<v>//<absolute path>``: the
+    version's download skips it, and nothing is written outside the machine's cache."""
+    publisher = open_store(s3_env, tmp_path / "machine-a")
+    info = publisher.publish("7", write_model)
+    outside = tmp_path / "outside" / "planted.txt"
+    bucket, prefix = bucket_of(s3_env)
+    key = f"{prefix}/7/versions/{info.version}/{outside}"  # the key holds "//" + absolute path
+    assert f"/{info.version}//" in key
+    client(s3_env).put_object(Bucket=bucket, Key=key, Body=b"planted")
+    reader = open_store(s3_env, tmp_path / "machine-b")
+    assert reader.get_current_info("7").model_path.read_bytes() == b"weights"
+    assert not outside.exists()
+    assert not [p for p in (tmp_path / "machine-b").rglob("planted.txt")]
 
 
 def test_the_pointer_holds_the_instant_every_reader_swaps_at(s3_env, tmp_path):
