@@ -444,13 +444,6 @@ class FakeLabelStudio(MediaHost):
             return self._get_project(req, parts[2])
         if parts == ["api", "tasks"]:
             return self._list_tasks(req, parse_qs(parsed.query))
-        if len(parts) == 3 and parts[:2] == ["api", "tasks"] and parts[2].isdigit():
-            with self._lock:
-                task = self._tasks.get(int(parts[2]))
-                payload = None if task is None else self._task_json(task, False)
-            if payload is None:
-                return self._send_json(req, 404, {"detail": "Not found."})
-            return self._send_json(req, 200, payload)
         if parts == ["api", "predictions"]:
             return self._list_predictions(req, parse_qs(parsed.query))
         if parts == ["api", "ml"]:

@@ -138,8 +138,9 @@ def write_ranks(ls: LabelStudioSession, project: str, order: list[int], name: st
     """Write each task's rank to ``data[name]``: the ordered tasks 1, 2, ...; every other task
     (labelled, or predicted before this refresh) UNRANKED, after them, so no stale rank from
     an earlier version puts it first. Only changed ranks are written, so a refresh after a few
-    imports writes a few, and each write merges the rank into the task's data read just
-    before it (Label Studio stores the dict whole: an edit since the listing is kept).
+    imports writes a few. Label Studio stores the dict whole, so each write sends the data of
+    the listing's page with the rank added: an edit of that task made since its page was read
+    (seconds) is written over.
 
     Returns:
         ``{"ranked", "rank_written", "rank_failed": [{"task", "reason"}, ...]}``.
@@ -156,10 +157,9 @@ def write_ranks(ls: LabelStudioSession, project: str, order: list[int], name: st
         if not isinstance(data, dict) or data.get(name) == wanted:
             continue
         try:
-            fresh = ls.get_task_data(task_id)
-            if fresh.get(name) == wanted:
-                continue
-            ls.update_task_data(task_id, {**fresh, name: wanted})
+            # Not a fresh GET of the task: Label Studio 1.23 answers GET /api/tasks/<id>/ by
+            # asking the ML backend to predict it (a second prediction of the version).
+            ls.update_task_data(task_id, {**data, name: wanted})
             written += 1
         except (LabelStudioError, ValueError) as exc:
             if len(failed) < FAILURES_LISTED:

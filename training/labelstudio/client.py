@@ -259,21 +259,6 @@ class LabelStudioSession:
             raise self._reader.error(where, exc, verb="write to") from None
         return getattr(created, "id", None)
 
-    def get_task_data(self, task_id: int) -> dict:
-        """A task's data as it is now (``GET /api/tasks/<id>/``): read just before a write of
-        the whole dict, so that nobody's edit since a listing is written over.
-
-        Raises:
-            LabelStudioError: the read failed; ``status`` says how (404: task deleted).
-        """
-        tid = task_id_int(task_id)  # raises ValueError: never "1/../.." into a URL
-        try:
-            task = self.client.tasks.get(str(tid))
-        except Exception as exc:
-            raise self._reader.error(f"/api/tasks/{tid}/", exc) from None
-        data = getattr(task, "data", None)
-        return dict(data) if isinstance(data, Mapping) else {}
-
     def update_task_data(self, task_id: int, data: Mapping[str, Any]) -> None:
         """Replace a task's data (``PATCH /api/tasks/<id>/`` with ``{"data": ...}``): Label
         Studio 1.23 stores the dict whole, so pass every field, the video URL included.
