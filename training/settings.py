@@ -122,6 +122,10 @@ class Settings:
     worker_max_jobs: int = 50
     """Jobs a ``videoloop worker`` process runs before it replaces itself with a fresh one
     (training/jobs/worker.py): it keeps TensorFlow loaded between jobs; 0 never recycles."""
+    worker_keep_warm: bool = True
+    """A ``videoloop worker`` keeps its last trained model built and traced, and the version
+    models it loaded, for its next jobs (training/learn/warm_model.py,
+    training/model/kept_versions.py)."""
     gate_tolerance: float = 0.0
     """How much lower (accuracy, 0-1) a new version may score than the current one and still
     become current."""

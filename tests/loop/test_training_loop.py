@@ -412,6 +412,9 @@ def test_retraining_on_more_labels_beats_the_previous_version_and_is_served(loop
             "the retrained version",
         )["last"]
     assert second["status"] == "trained", second
+    # The same worker trained both: the retrain took the first run's model, built and traced
+    # (WORKER_KEEP_WARM), and still beats the first version below.
+    assert "training on the warm model" in (loop.workdir / "w1.log").read_text(errors="replace")
     store = ModelStore(loop.workdir / "models")
     # Fine-tuned from the first, same labels (directly, or through a follow-up run when the
     # later events arrived after the run they asked for had started).

@@ -3,9 +3,11 @@
 ``videoloop worker`` runs each job in its own process, without RQ's fork per job: TensorFlow
 is imported once, before the first job, instead of once per job (3-5 s each time, more on a
 loaded machine, and the lease renewals of a starting horse starved meanwhile). Nothing forks
-after TensorFlow has started (docs/design.md). Keras state is cleared after every job, and
-after ``WORKER_MAX_JOBS`` jobs the process asks to be replaced by a fresh one (the CLI re-execs
-itself), so nothing one job leaves behind accumulates. Killing the process kills its job:
+after TensorFlow has started (docs/design.md). The last trained model stays built and traced,
+and the versions it loaded stay loaded, for the next jobs (``WORKER_KEEP_WARM``; else Keras
+state is cleared after every job). After ``WORKER_MAX_JOBS`` jobs the process asks to be
+replaced by a fresh one (the CLI re-execs itself), so nothing one job leaves behind
+accumulates. Killing the process kills its job:
 the run's lease expires and recovery queues it again (docs/retraining.md).
 
 The embedded worker (no REDIS_URL) runs jobs in a thread of the serving process against an
@@ -50,12 +52,16 @@ class JobWorker(SimpleWorker):
     stop_requested = False
     """Set by SIGTERM or SIGINT (RQ's own flag is private)."""
 
+    keep_warm = False
+    """Keep the last trained model and the loaded versions between jobs (WORKER_KEEP_WARM)."""
+
     def execute_job(self, job, queue) -> None:
         self.jobs_run += 1
         try:
             super().execute_job(job, queue)
         finally:
-            _release_models()
+            if not self.keep_warm:
+                _release_models()
 
     def request_stop(self, signum, frame) -> None:
         self.stop_requested = True
@@ -79,10 +85,16 @@ def _release_models() -> None:
         keras.backend.clear_session()
 
 
-def _import_tensorflow() -> None:
-    """Import TensorFlow and Keras once, before the first job: every job needs them."""
+def _import_tensorflow(keep_warm: bool) -> None:
+    """Import TensorFlow and Keras once, before the first job: every job needs them. With
+    ``keep_warm``, jobs keep their models for the next ones (WORKER_KEEP_WARM)."""
     import keras  # noqa: F401
     import tensorflow  # noqa: F401
+
+    from training.learn.warm_model import WARM_MODEL
+    from training.model.kept_versions import KEPT_VERSIONS
+
+    WARM_MODEL.enabled = KEPT_VERSIONS.enabled = keep_warm
 
 
 def run_worker(settings: Settings, *, burst: bool = False, name: str | None = None) -> WorkerExit:
@@ -106,8 +118,9 @@ def run_worker(settings: Settings, *, burst: bool = False, name: str | None = No
         expected=(redis.RedisError,),
     ).start()
     try:
-        _import_tensorflow()
+        _import_tensorflow(settings.worker_keep_warm)
         worker = JobWorker([coordinator.queue], connection=connection, name=name)
+        worker.keep_warm = settings.worker_keep_warm
         max_jobs = settings.worker_max_jobs if settings.worker_max_jobs > 0 else None
         try:
             worker.work(

@@ -13,8 +13,10 @@ from collections.abc import Sequence
 from training.learn.config import Progress, TrainConfig, no_progress
 from training.learn.dataset import ClipArrays, class_weights
 from training.learn.pipeline import make_dataset
-from training.model.build import build_model, compile_model, load_keras_model
+from training.learn.warm_model import WARM_MODEL, ModelShape, set_learning_rate
+from training.model.build import build_model
 from training.model.config import ModelConfig
+from training.model.kept_versions import KEPT_VERSIONS
 from training.versions.store import VersionInfo
 from training.video.clip import SamplingConfig
 
@@ -34,7 +36,7 @@ def warm_start(
     LSTM kept, new output layers where the labels differ), or ``"scratch"`` when no layer
     matched.
     """
-    old = load_keras_model(parent.model_path)
+    old = KEPT_VERSIONS.load(parent.model_path)
     same = {
         "classes": list(parent.labels) == list(labels),
         "timeline": list(parent.meta.get("timeline_labels") or []) == list(timeline_labels),
@@ -88,12 +90,15 @@ def fit(
 
     keras.utils.set_random_seed(train_config.seed)
     n_timeline = len(timeline_labels)
-    model = build_model(len(labels), sampling, model_config, timeline_labels=n_timeline)
+    shape = ModelShape(len(labels), n_timeline, sampling, model_config, train_config.seed)
+    model = WARM_MODEL.model_for(
+        shape, lambda: build_model(len(labels), sampling, model_config, timeline_labels=n_timeline)
+    )
     init = "scratch"
     if parent is not None:
         init = warm_start(model, parent, labels, timeline_labels)
-        if init != "scratch":
-            compile_model(model, model_config, model_config.learning_rate * WARM_START_LR_FACTOR)
+    factor = WARM_START_LR_FACTOR if init != "scratch" else 1.0
+    set_learning_rate(model, model_config.learning_rate * factor)
     if init == "scratch" and train_config.pretrain != "none" and unlabelled is not None:
         init = _pretrained_start(
             model, unlabelled, train, sampling, model_config, train_config, progress

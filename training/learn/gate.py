@@ -205,7 +205,7 @@ def _current_scores(
     (None: it could not read the clip); None when the current version has no such head, or
     (timeline) samples other frames than the candidate, so the per-frame targets do not
     apply to it."""
-    from training.model.build import load_keras_model
+    from training.model.kept_versions import KEPT_VERSIONS
 
     head, sampling = held_out.head, held_out.sampling
     current_names = (
@@ -229,7 +229,7 @@ def _current_scores(
             return [None] * len(clips)
         frames, mask = stack_clips([decoded[i] for i in readable])
         arrays = ClipArrays(frames, mask, clips.y[readable], [clips.sources[i] for i in readable])
-    model = load_keras_model(current.model_path)
+    model = KEPT_VERSIONS.load(current.model_path)
     outputs = predict_outputs(model, arrays)
     if head not in outputs:
         return None

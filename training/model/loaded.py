@@ -104,10 +104,10 @@ def load_version(info: VersionInfo, batch_size: int = 8, embeddings: bool = Fals
     """
     import tensorflow as tf
 
-    from training.model.build import load_keras_model
+    from training.model.kept_versions import KEPT_VERSIONS
 
     started = time.perf_counter()
-    model = load_keras_model(info.model_path)
+    model = KEPT_VERSIONS.load(info.model_path)
     head = None
     if embeddings:
         model, head = with_embedding(model)
