@@ -85,6 +85,8 @@ class LocalStorage:
     def local_folder(self, project: str, version: str) -> Path:
         return self._versions_dir(project) / version
 
+    folder_of = local_folder
+
     def add_version(self, project: str, staging: Path, meta: dict) -> str:
         """Name the version with the next number and rename it into place, under the
         project's lock: concurrent publishers (threads, processes) each get their own number."""

@@ -187,7 +187,7 @@ class S3Storage:
                 names.append(rel.parts[0])
         return names
 
-    def _cached(self, project: str, version: str) -> Path:
+    def folder_of(self, project: str, version: str) -> Path:
         return self.cache_root / project / "versions" / version
 
     def read_meta(self, project: str, version: str) -> dict | None:
@@ -199,7 +199,7 @@ class S3Storage:
     def local_folder(self, project: str, version: str) -> Path:
         """The cached copy, fetched first if this machine has none (into a temporary folder
         renamed into place: a reader never sees half of it)."""
-        target = self._cached(project, version)
+        target = self.folder_of(project, version)
         if target.is_dir():
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -242,8 +242,8 @@ class S3Storage:
         (staging / META_FILE).write_text(text)
         if not self._put_if(f"{base}/{META_FILE}", text.encode(), None):
             raise WriteConflict(f"project {project}: {version} was published by another writer")
-        self._cached(project, version).parent.mkdir(parents=True, exist_ok=True)
-        staging.rename(self._cached(project, version))  # this machine has it already
+        self.folder_of(project, version).parent.mkdir(parents=True, exist_ok=True)
+        staging.rename(self.folder_of(project, version))  # this machine has it already
         return version
 
     def remove_version(self, project: str, version: str) -> None:
@@ -251,7 +251,7 @@ class S3Storage:
         base = self._key(project, "versions", version)
         self._call("delete_object", Key=f"{base}/{META_FILE}")
         self._delete_keys([o["Key"] for o in self._keys(base + "/")])
-        if self._cached(project, version).is_dir():
+        if self.folder_of(project, version).is_dir():
             pdir = self.cache_root / project
             retention.move_aside(pdir / "versions", pdir, version)
 

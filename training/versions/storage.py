@@ -98,6 +98,10 @@ class VersionStorage(Protocol):
         """A local folder holding all of a published version's files (S3: fetched once)."""
         ...
 
+    def folder_of(self, project: str, version: str) -> Path:
+        """Where :meth:`local_folder` has or will have the version's files, fetching nothing."""
+        ...
+
     def add_version(self, project: str, staging: Path, meta: dict) -> str:
         """Publish the complete folder ``staging`` under the next free number; returns the
         version's name. It becomes visible in one step, with every file in place."""

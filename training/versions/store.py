@@ -15,7 +15,6 @@ versions past the newest few are deleted (training.versions.retention).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 import shutil
@@ -186,13 +185,16 @@ class ModelStore:
         return VersionInfo(project=project, version=version, path=path, meta=meta)
 
     def list_versions(self, project: str) -> list[VersionInfo]:
-        """Published versions, oldest first, each with its status."""
+        """Published versions, oldest first, each with its status and metadata. Their files
+        are not fetched (an S3 store's ``path`` may not exist yet: get_version fetches)."""
         names = self._version_names(project)
         if not names:
             return []
         statuses = self.get_statuses(project)
+        folder, meta = self.storage.folder_of, self._get_meta
         return [
-            dataclasses.replace(self.get_version(project, n), status=statuses.get(n)) for n in names
+            VersionInfo(project, n, folder(project, n), meta(project, n), statuses.get(n))
+            for n in names
         ]
 
     def set_current(

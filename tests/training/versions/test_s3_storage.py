@@ -79,6 +79,12 @@ def test_a_half_uploaded_version_is_never_a_version(s3_env, tmp_path):
     s3.put_object(Bucket=bucket, Key=f"{prefix}/7/versions/{dead}/{MODEL_FILE}", Body=b"half")
 
     assert [v.version for v in store.list_versions("7")] == [v1]
+    # Listing reads each version's meta.json, never its files (`videoloop models list` on a
+    # machine that has none of them cached): another machine's cache stays empty.
+    other = open_store(s3_env, tmp_path / "other-cache")
+    (listed,) = other.list_versions("7")
+    assert listed.meta["labels"] and not listed.path.exists()
+    assert other.get_version("7", v1).model_path.is_file()  # fetched when asked for
     with pytest.raises(StoreError):
         store.get_version("7", dead)
     with pytest.raises(StoreError):
