@@ -48,9 +48,12 @@ V1_GRID = {
     "conv_filters": (16, 32, 64, 64),
     "lstm_units": 128,
 }
-"""videoloop's first default per-frame network (0.31 M parameters), for comparison."""
+"""The grid network (0.31 M parameters), ModelConfig's defaults spelled out: a timeline
+project's first model under TRAIN_NETWORK=auto."""
 COMPACT = {"frame_net": "separable", "temporal_kernel": 3, "lstm_units": 64}
-"""The compact option (0.16 M parameters): not the default, it labels timeline frames worse."""
+"""The compact network (0.16 M parameters; training/model/config.py NETWORKS): a
+classification project's first model under TRAIN_NETWORK=auto; not a timeline project's, it
+labels timeline frames worse."""
 VARIANTS: dict[str, dict] = {
     "v1 grid": V1_GRID,
     "compact": COMPACT,

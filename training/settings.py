@@ -13,7 +13,7 @@ from training.learn.augment import parse_augment
 from training.learn.config import TrainConfig, check_pretext
 from training.logs import LOG_FORMATS
 from training.model.acquisition import parse_strategy
-from training.model.config import AUTO_TEMPORAL, check_temporal
+from training.model.config import AUTO_TEMPORAL, check_network, check_temporal
 from training.model.litert import EXPORT_MODES, RUNTIMES, check_choice
 from training.model.uncertainty import parse_measure
 from training.versions.configured import parse_store_url
@@ -146,6 +146,9 @@ class Settings:
     train_temporal: str = "auto"
     """The temporal head of a project's first model (training/model/config.py TEMPORAL_HEADS),
     or ``auto``: bilstm for projects with a <TimelineLabels>, lstm for the others."""
+    train_network: str = "auto"
+    """The per-frame network of a project's first model (training/model/config.py NETWORKS),
+    or ``auto``: grid for projects with a <TimelineLabels>, compact for the others."""
     # lean serving: LiteRT export at publish, and the serving runtime
     litert_export: str = "auto"
     """Export each published version to LiteRT (training/model/litert_export.py): 'off',
@@ -212,6 +215,11 @@ class Settings:
                 check_temporal(self.train_temporal)
             except ValueError as exc:
                 raise ValueError(f"TRAIN_TEMPORAL: {exc} (or {AUTO_TEMPORAL})") from None
+        if self.train_network != AUTO_TEMPORAL:
+            try:
+                check_network(self.train_network)
+            except ValueError as exc:
+                raise ValueError(f"TRAIN_NETWORK: {exc} (or {AUTO_TEMPORAL})") from None
         self._check_media()
         if self.model_store_url:
             parse_store_url(self.model_store_url)  # ValueError naming MODEL_STORE_URL

@@ -9,7 +9,13 @@ import time
 
 from backend.cli.common import command_redis, quiet_tensorflow
 from training.learn.config import PRETEXT_TASKS, TrainConfig, TrainingRun
-from training.model.config import BACKBONES, TEMPORAL_HEADS, ModelConfig
+from training.model.config import (
+    BACKBONES,
+    NETWORKS,
+    TEMPORAL_HEADS,
+    ModelConfig,
+    default_network,
+)
 from training.settings import Settings
 from training.video.clip import SamplingConfig
 
@@ -106,8 +112,8 @@ def _training_run(args: argparse.Namespace, settings: Settings) -> TrainingRun:
             backbone=args.backbone,
             backbone_weights=args.backbone_weights,
             temporal=args.temporal,
-            lstm_units=args.lstm_units,
             dropout=args.dropout,
+            **_network(args),
         ),
         train_config=settings.train_config(
             epochs=args.epochs,
@@ -121,6 +127,14 @@ def _training_run(args: argparse.Namespace, settings: Settings) -> TrainingRun:
         make_current=False,
         litert=settings.litert_export_mode,
     )
+
+
+def _network(args: argparse.Namespace) -> dict:
+    """--network's ModelConfig fields, with --lstm-units' width where it is given."""
+    fields = dict(NETWORKS[args.network])
+    if args.lstm_units:
+        fields["lstm_units"] = args.lstm_units
+    return fields
 
 
 def _pretext_task(args: argparse.Namespace, settings: Settings) -> str:
@@ -161,7 +175,14 @@ def add_train_parser(sub) -> None:
         default=model.backbone_weights,
         help="mobilenet only: 'imagenet' or a .weights.h5 file",
     )
-    p.add_argument("--lstm-units", type=int, default=model.lstm_units)
+    p.add_argument(
+        "--network",
+        default=default_network(timeline=False),
+        choices=list(NETWORKS),
+        help="per-frame network (default %(default)s, as TRAIN_NETWORK=auto for a "
+        "classification project): compact (0.16 M parameters) or grid (0.31 M)",
+    )
+    p.add_argument("--lstm-units", type=int, help="LSTM width (default: the network's)")
     p.add_argument("--dropout", type=float, default=model.dropout)
     p.add_argument("--seed", type=int, default=train.seed)
     p.add_argument(

@@ -12,7 +12,7 @@ from training.settings import Settings
 @pytest.fixture
 def clean_env(monkeypatch):
     names = ("GATE_TOLERANCE", "PROMOTE_ON_START_TRAINING", "REFRESH_ALL_TASKS", "PORT")
-    for name in (*names, "UNCERTAINTY_MEASURE", "TRAIN_TEMPORAL", "ACQUISITION"):
+    for name in (*names, "UNCERTAINTY_MEASURE", "TRAIN_TEMPORAL", "TRAIN_NETWORK", "ACQUISITION"):
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
 
@@ -24,16 +24,18 @@ def test_defaults_when_nothing_is_set(clean_env):
     assert settings.refresh_all_tasks is False
     assert settings.port == 9090 and isinstance(settings.model_dir, Path)
     assert settings.uncertainty_measure == "least_confidence"
-    assert settings.train_temporal == "auto"
+    assert settings.train_temporal == settings.train_network == "auto"
     assert settings.acquisition == "score"
 
 
 def test_measure_and_temporal_head_are_read_and_checked(clean_env):
     clean_env.setenv("UNCERTAINTY_MEASURE", " Margin")
     clean_env.setenv("TRAIN_TEMPORAL", "attention")
+    clean_env.setenv("TRAIN_NETWORK", "grid")
     clean_env.setenv("ACQUISITION", " BADGE")
     settings = Settings.from_env()
     assert (settings.uncertainty_measure, settings.train_temporal) == ("margin", "attention")
+    assert settings.train_network == "grid"
     assert settings.acquisition == "badge"
 
 
@@ -57,6 +59,7 @@ def test_floats_and_switches_are_parsed(clean_env):
         ("PORT", "1.5", "PORT must be an integer"),
         ("UNCERTAINTY_MEASURE", "variance", "UNCERTAINTY_MEASURE: unknown uncertainty measure"),
         ("TRAIN_TEMPORAL", "gru", "TRAIN_TEMPORAL: unknown temporal head 'gru'"),
+        ("TRAIN_NETWORK", "resnet", "TRAIN_NETWORK: unknown network 'resnet'"),
         ("LITERT_EXPORT", "int4", "LITERT_EXPORT must be one of auto, off, float, float16"),
         ("SERVING_RUNTIME", "onnx", "SERVING_RUNTIME must be one of tensorflow, litert"),
         ("ACQUISITION", "coreset", "ACQUISITION: unknown acquisition strategy"),

@@ -24,7 +24,7 @@ from training.labelstudio.tasks import ProjectData, count_per_label, count_per_t
 from training.learn.accelerator import configure_accelerator
 from training.learn.config import Progress, TrainingData, TrainingRun
 from training.learn.dataset import LabelledVideo
-from training.model.config import AUTO_TEMPORAL, ModelConfig, default_temporal
+from training.model.config import first_model_config
 from training.settings import Settings
 from training.versions.store import ModelStore, VersionInfo
 from training.video.clip import SamplingConfig
@@ -258,9 +258,9 @@ def training_run(
     """How the job trains: fine-tuning the current version with its own settings, or a first
     model with the settings' sampling and temporal head; published without becoming current
     (:func:`promote` decides)."""
-    temporal = settings.train_temporal
-    if temporal == AUTO_TEMPORAL:
-        temporal = default_temporal(bool(tasks.wanted.timeline_labels))
+    model = first_model_config(
+        bool(tasks.wanted.timeline_labels), settings.train_temporal, settings.train_network
+    )
     first = SamplingConfig(
         frames=settings.train_frames,
         height=settings.train_frame_size,
@@ -273,7 +273,7 @@ def training_run(
     }
     return TrainingRun(
         sampling=None if parent else first,
-        model_config=None if parent else ModelConfig(temporal=temporal),
+        model_config=None if parent else model,
         train_config=settings.train_config(),
         parent=parent,
         cache=cache,

@@ -37,6 +37,35 @@ def default_temporal(timeline: bool) -> str:
     return "bilstm" if timeline else "lstm"
 
 
+NETWORKS: dict[str, dict] = {
+    "grid": {"frame_net": "grid", "temporal_kernel": 0, "lstm_units": 128},
+    "compact": {"frame_net": "separable", "temporal_kernel": 3, "lstm_units": 64},
+}
+"""The per-frame networks of a project's first model (TRAIN_NETWORK), as ModelConfig fields:
+``grid``, plain convolutions and LSTM(128), 0.31 M parameters at 16 x 112 x 112; ``compact``,
+depthwise-separable convolutions, a temporal convolution over 3 frames and LSTM(64), 0.16 M
+(under 1 % of the origin guide's 22.2 M). Both classify motion4's test clips all right; the
+compact one labels timeline frames 4 points worse (bench/RESULTS.md#motion-set)."""
+
+
+def default_network(timeline: bool) -> str:
+    """The per-frame network of a project's first model: ``compact`` for a classification
+    project (half the parameters, as accurate on motion4), ``grid`` where frames are labelled
+    (its wider LSTM labels them better: 0.906 of the frames against 0.866)."""
+    return "grid" if timeline else "compact"
+
+
+def check_network(name: str) -> str:
+    """``name`` if it is one of NETWORKS.
+
+    Raises:
+        ValueError: naming the valid networks.
+    """
+    if name not in NETWORKS:
+        raise ValueError(f"unknown network {name!r}; one of {', '.join(NETWORKS)}")
+    return name
+
+
 def check_temporal(name: str) -> str:
     """``name`` if it is one of TEMPORAL_HEADS.
 
@@ -71,8 +100,8 @@ class ModelConfig:
     """Channels of the 1x1 projection whose spatial grid is flattened (keeps position)."""
     frame_features: int = 128
     lstm_units: int = 128
-    """128 (0.31 M parameters in all); the compact option of bench/RESULTS.md#motion-set
-    (frame_net='separable', temporal_kernel=3, lstm_units=64) has 0.16 M."""
+    """128 (0.31 M parameters in all); NETWORKS["compact"] (the first model of a
+    classification project) has 64 (0.16 M)."""
     dropout: float = 0.3
     recurrent_dropout: float = 0.0
     frame_differences: bool = True
@@ -113,3 +142,13 @@ class ModelConfig:
         if "conv_filters" in known:
             known["conv_filters"] = tuple(known["conv_filters"])
         return cls(**known)
+
+
+def first_model_config(timeline: bool, temporal: str, network: str) -> ModelConfig:
+    """A project's first model: TRAIN_TEMPORAL's head and TRAIN_NETWORK's network, each
+    ``auto`` resolved by whether the project labels frames (``timeline``)."""
+    if temporal == AUTO_TEMPORAL:
+        temporal = default_temporal(timeline)
+    if network == AUTO_TEMPORAL:
+        network = default_network(timeline)
+    return ModelConfig(temporal=temporal, **NETWORKS[network])

@@ -8,7 +8,7 @@ import numpy as np
 from training.learn.config import TrainingRun
 from training.learn.fit import warm_start
 from training.model.build import build_model
-from training.model.config import LEGACY_FIELDS, ModelConfig
+from training.model.config import LEGACY_FIELDS, ModelConfig, first_model_config
 from training.model.loaded import load_version
 from training.versions.store import MODEL_FILE, ModelStore
 from training.video.clip import SamplingConfig
@@ -79,3 +79,19 @@ def test_an_old_version_serves_and_fine_tunes_as_itself(tmp_path):
     assert warm_start(child, info, ["a", "b"]) == "parent"
     got = np.asarray(child.predict_on_batch({"frames": frames, "mask": mask})["classes"])
     np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_a_first_model_is_compact_unless_the_project_labels_frames():
+    """TRAIN_NETWORK=auto: under 1 % of the origin guide's 22.2 M parameters (at most 222 k at
+    16 x 112 x 112, on 4 classes) for a classification project; the wider grid network with a
+    bidirectional LSTM for a timeline project; each setting wins over auto."""
+    compact = first_model_config(timeline=False, temporal="auto", network="auto")
+    assert (compact.frame_net, compact.temporal, compact.lstm_units) == ("separable", "lstm", 64)
+    model = build_model(4, SamplingConfig(), compact)
+    assert model.count_params() <= 222_000
+    assert any(layer.__class__.__name__ == "SeparableConv2D" for layer in model.layers)
+
+    timeline = first_model_config(timeline=True, temporal="auto", network="auto")
+    assert (timeline.frame_net, timeline.temporal, timeline.lstm_units) == ("grid", "bilstm", 128)
+    chosen = first_model_config(timeline=False, temporal="attention", network="grid")
+    assert (chosen.frame_net, chosen.temporal) == ("grid", "attention")
