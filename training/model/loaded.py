@@ -98,10 +98,18 @@ def warmed_up(
 def load_version(info: VersionInfo, batch_size: int = 8, embeddings: bool = False) -> LoadedModel:
     """Load a version's model from the store and warm it up; with ``embeddings``, its
     predictions carry each clip's embedding and ``head`` is set (acquisition, embedding.py).
+    In a worker that keeps versions (WORKER_KEEP_WARM), the bundle made before, if any.
 
     Raises:
         OSError / ValueError: the model file is missing or unreadable.
     """
+    from training.model.kept_versions import KEPT_VERSIONS
+
+    key = (str(info.model_path), batch_size, embeddings)
+    return KEPT_VERSIONS.keep(key, lambda: _load_version(info, batch_size, embeddings))
+
+
+def _load_version(info: VersionInfo, batch_size: int, embeddings: bool) -> LoadedModel:
     import tensorflow as tf
 
     from training.model.kept_versions import KEPT_VERSIONS

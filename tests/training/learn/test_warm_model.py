@@ -15,6 +15,7 @@ from training.learn.fit import WARM_START_LR_FACTOR, fit
 from training.learn.warm_model import WARM_MODEL
 from training.model.config import ModelConfig
 from training.model.kept_versions import KEPT_VERSIONS, KeptVersions
+from training.model.loaded import load_version
 from training.video.clip import SamplingConfig
 
 TINY = ModelConfig(conv_filters=(8, 16, 16, 16), frame_features=16, lstm_units=16)
@@ -79,6 +80,15 @@ def test_a_warm_start_on_the_kept_model_trains_at_the_lower_rate(warm, arrays, t
     # warm-start rate, set on the kept optimizer without compiling again.
     expected = TINY.learning_rate * WARM_START_LR_FACTOR
     assert float(model.optimizer.learning_rate) == pytest.approx(expected)
+
+
+def test_a_kept_version_serves_every_job_from_one_traced_bundle(warm, trained_model):
+    first = load_version(trained_model.info, batch_size=4)
+    assert load_version(trained_model.info, batch_size=4) is first
+    assert load_version(trained_model.info, batch_size=2) is not first  # another bundle
+    probe = np.zeros((3, CLIPS.frames, CLIPS.height, CLIPS.width, 3), np.uint8)
+    probs = first.predict_proba(probe, np.ones((3, CLIPS.frames), bool))
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
 
 
 def test_kept_versions_load_a_file_once_and_forget_the_least_recently_used(trained_model, tmp_path):
