@@ -542,3 +542,43 @@ def test_a_request_larger_than_a_refresh_chunk_goes_to_the_refresh_at_once(
     without_ls = predictor()  # the refresh could not write: never handed over
     assert all(without_ls.predict("1", tasks(4), CONTROLS))
     assert asked == ["1"] * 4
+
+
+@dataclass(frozen=True)
+class SlowModel(BrightnessModel):
+    """A model whose every batch takes ``batch_s``: decoding (cache hits) keeps ahead of it."""
+
+    batch_s: float = 0.3
+
+    def predict(self, frames: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+        time.sleep(self.batch_s)
+        return super().predict(frames, mask)
+
+
+def test_the_deadline_holds_when_decoding_keeps_ahead_of_the_model(store, make_server):
+    """PREDICT_DEADLINE_S bounds a request whose videos are ready before the model gets to
+    them (the same clip for every task: cache hits), not only one waiting on a video: once it
+    passes, the clips at hand are predicted and the other tasks get [] for the refresh."""
+    info = publish(store, "1")
+
+    def load(version: VersionInfo, batch_size: int) -> SlowModel:
+        return SlowModel(version.version, version.labels, SAMPLING, batch_size)
+
+    server = make_server(store, load, predict_deadline_s=1.0, decode_threads=2)
+    media = MediaResolver(
+        server.settings.cache_dir / "media", max_bytes=1 << 30, allow_local_files=True
+    )
+    handed: list[str] = []
+    predictor = TaskPredictor(server, server.settings, media, on_unfinished=handed.append)
+    tasks = [{"id": i, "data": {"video": str(DATA_DIR / "b.mp4")}} for i in range(30)]
+
+    started = time.monotonic()
+    results = predictor.predict("1", tasks, CONTROLS)
+    seconds = time.monotonic() - started
+
+    predicted = [r for r in results if r]
+    assert predicted and all(r["model_version"] == info.version for r in predicted)
+    assert len(predicted) < len(tasks), "every task waited for the slow model"
+    assert results[len(predicted) :] == [[]] * (len(tasks) - len(predicted))  # in order
+    assert handed == ["1"]
+    assert seconds < 1.0 + 4 * 0.3 + 1.0, seconds  # the deadline, a batch or two, slack
