@@ -27,7 +27,7 @@ What it does, per worker count (``--workers 1 2``), each run on its own:
 Prints a machine header and the load average before each run, the table of runs, the ratio of
 the times to all predictions (1 worker / most workers: want at least 1.8x), and each process's
 peak resident memory (VmRSS sampled every 0.5 s from /proc: Label Studio, the gunicorn master
-and worker, each RQ worker); writes a PNG of tasks predicted over time (``--chart``).
+and worker, each RQ worker) and the CPU seconds each used during the run; writes a PNG of tasks predicted over time (``--chart``).
 Run from the repository root (not imported by the packages):
 
     .venv/bin/python bench/scale.py --tasks 2000 --clips 300 --workers 1 2

@@ -74,6 +74,8 @@ class Run:
     other_versions: int = 0
     refresh: dict = field(default_factory=dict)
     peak_mib: dict[str, float] = field(default_factory=dict)
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    """CPU seconds each role used from just before the press to the end of the check."""
     load_before: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
 
@@ -159,10 +161,10 @@ class Bench:
                 "gunicorn worker": lambda: sorted(worker_pids(server.pid)),
                 **{f"rq worker {i + 1}": (lambda p=p: _tree(p.pid)) for i, p in enumerate(procs)},
             }
-            sampler = stack.enter_context(_sample_rss(roles))
+            usage = stack.enter_context(_sample_usage(roles))
             self._measure(run, project, timeout_s)
             run.predict_s = max(proxy.seconds.get("/predict", [float("nan")]))
-            run.peak_mib = dict(sampler)
+            run.peak_mib, run.cpu_s = dict(usage.peak_mib), dict(usage.cpu_s)
         return run
 
     @property
@@ -292,23 +294,46 @@ def _rss_mib(pid: int) -> float:
     return 0.0
 
 
+def _cpu_s(pid: int) -> float:
+    """User and system CPU seconds ``pid`` has used (/proc/PID/stat)."""
+    with suppress(OSError, IndexError, ValueError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return 0.0
+
+
+@dataclass
+class Usage:
+    """Per role: peak VmRSS (the largest process of the role) and CPU seconds used."""
+
+    peak_mib: dict[str, float]
+    cpu_s: dict[str, float]
+
+
 @contextmanager
-def _sample_rss(roles: dict) -> Iterator[dict[str, float]]:
-    """Peak VmRSS per role (the largest process of the role), sampled every SAMPLE_S."""
-    peaks: dict[str, float] = dict.fromkeys(roles, 0.0)
+def _sample_usage(roles: dict) -> Iterator[Usage]:
+    """Samples every role's processes every SAMPLE_S until the block ends: the peak VmRSS,
+    and the CPU seconds each process used since it was first seen."""
+    usage = Usage(dict.fromkeys(roles, 0.0), dict.fromkeys(roles, 0.0))
+    first: dict[int, float] = {}
     stop = threading.Event()
 
     def sample() -> None:
         while not stop.is_set():
             for role, pids in roles.items():
                 with suppress(OSError, ValueError, IndexError):
-                    peaks[role] = max([peaks[role], *(_rss_mib(p) for p in pids())])
+                    found = pids()
+                    usage.peak_mib[role] = max([usage.peak_mib[role], *map(_rss_mib, found)])
+                    now = {p: _cpu_s(p) for p in found}
+                    for p, cpu in now.items():
+                        first.setdefault(p, cpu)
+                    usage.cpu_s[role] = sum(cpu - first[p] for p, cpu in now.items())
             stop.wait(SAMPLE_S)
 
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
     try:
-        yield peaks
+        yield usage
     finally:
         stop.set()
         thread.join(5)
@@ -316,7 +341,8 @@ def _sample_rss(roles: dict) -> Iterator[dict[str, float]]:
 
 def print_runs(runs: list[Run]) -> None:
     print(
-        f"\n{'workers':>7} {'tasks':>6} {'retrieve answered s':>20} {'stored by it':>13} "
+        f"\n{'workers':>7} {'tasks':>6} {'retrieve answered s':>20} {'/predict s':>11} "
+        f"{'stored by it':>13} "
         f"{'time to all s':>14} {'tasks/s':>8} {'exactly 1':>10} {'dupes':>6} "
         f"{'missing':>8} {'chunks':>7} {'load before':>16}"
     )
@@ -326,7 +352,8 @@ def print_runs(runs: list[Run]) -> None:
         dupes = sum(n for k, n in r.per_task.items() if k > 1)
         load = " ".join(f"{x:.2f}" for x in r.load_before)
         print(
-            f"{r.workers:>7} {r.tasks:>6} {r.retrieve_s:>20.1f} {r.stored_at_answer:>13} "
+            f"{r.workers:>7} {r.tasks:>6} {r.retrieve_s:>20.1f} {r.predict_s:>11.1f} "
+            f"{r.stored_at_answer:>13} "
             f"{total} {rate} {r.per_task[1]:>10} {dupes:>6} {r.per_task[0]:>8} "
             f"{r.refresh.get('chunks', 0):>7} {load:>16}"
         )
@@ -345,10 +372,11 @@ def print_runs(runs: list[Run]) -> None:
         )
     roles = list(dict.fromkeys(role for r in runs for role in r.peak_mib))
     heads = "".join(f"{str(r.workers) + ' worker(s)':>14}" for r in runs)
-    print(f"\n{'peak RSS MiB':<20}{heads}")
-    for role in roles:
-        cells = "".join(f"{r.peak_mib.get(role, float('nan')):>14.0f}" for r in runs)
-        print(f"{role:<20}{cells}")
+    for title, of in (("peak RSS MiB", "peak_mib"), ("CPU seconds", "cpu_s")):
+        print(f"\n{title:<20}{heads}")
+        for role in roles:
+            cells = "".join(f"{getattr(r, of).get(role, float('nan')):>14.0f}" for r in runs)
+            print(f"{role:<20}{cells}")
 
 
 def _refresh_line(state: dict) -> str:
