@@ -39,10 +39,11 @@ MEDIA_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 MODEL_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 """Forward pass time bounds for one batch, in seconds (about 5 ms a clip on 2 cores)."""
 
-TASK_FAILURES = ("no_model", "no_matching_control", "no_result", "refresh_claimed")
+TASK_FAILURES = ("no_model", "no_matching_control", "no_result", "refresh_claimed", "handed_over")
 """Why a task got ``[]`` besides its video failing (backend/predictor.py): the project has no
-model, the model fills none of the config's controls, it filled nothing for this task, or the
-refresh job writes this task's prediction. The video's own failures are Failure.kind's words."""
+model, the model fills none of the config's controls, it filled nothing for this task, the
+refresh job writes this task's prediction, or the request was larger than a refresh chunk and
+the refresh predicts all of it. The video's own failures are Failure.kind's words."""
 
 WEBHOOK_ACTIONS = TRAINING_ACTIONS | REFRESH_ACTIONS
 """Webhook actions counted by name; any other is counted as ``other``."""

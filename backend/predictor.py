@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 
 NO_PREDICTION: list = []
 """A task's entry when it gets no prediction: Label Studio stores nothing and asks later."""
+HANDED_OVER = ("queued", "pending")
+"""What ``request_refresh`` answers when a refresh will predict the project's tasks."""
 
 
 class TaskPredictor:
@@ -61,13 +63,15 @@ class TaskPredictor:
     request's slow media never queues another request's; the number of requests at once is
     bounded by the server's threads. Past PREDICT_DEADLINE_S the request answers with what is
     ready: the other tasks get ``[]`` (Label Studio stores nothing and asks again later) and
-    ``on_unfinished(project)`` is called so that a background refresh predicts them.
+    ``on_unfinished(project)`` is called so that a background refresh predicts them. A request
+    of more than REFRESH_CHUNK_TASKS tasks goes to that refresh before any is predicted.
 
     Args:
         server: which model each project serves.
         settings: decode_threads, predict_deadline_s, uncertainty_measure, media settings.
         media: resolves video references (default: MediaResolver.from_settings).
-        on_unfinished: called with the project when a deadline cut a request short.
+        on_unfinished: called with the project when a deadline cut a request short, or for
+            a request larger than a refresh chunk; answers as ``request_refresh`` does.
         claims: where a task's prediction of a version is claimed (None: no claims; tests
             and a process without Redis).
     """
@@ -101,7 +105,7 @@ class TaskPredictor:
         with log_context(project=project):
             deadline = time.monotonic() + self.settings.predict_deadline_s
             model = self._usable_model(project, controls, deadline, len(tasks))
-            if model is None:
+            if model is None or self._handed_over(project, len(tasks)):
                 return [NO_PREDICTION for _ in tasks]
             results = self._predict(project, model, tasks, controls, deadline)
             metrics.count_predicted(sum(1 for r in results if r))
@@ -130,6 +134,40 @@ class TaskPredictor:
             metrics.count_failed("no_matching_control", tasks)
             return None
         return model
+
+    def _handed_over(self, project: str, tasks: int) -> bool:
+        """Give a request of more tasks than one refresh chunk (REFRESH_CHUNK_TASKS) to the
+        refresh at once; True when it took them (every task then gets ``[]``).
+
+        Why: "Retrieve predictions" sends every task in one request. Predicted here, a large
+        one kept this process decoding for PREDICT_DEADLINE_S while the workers waited, and
+        the refresh that followed predicted again what the answer held (it lists tasks before
+        Label Studio has stored the answer). Handed over, the refresh's chunks are shared by
+        every worker from the start, and Label Studio has its answer in a moment. Not without
+        LABEL_STUDIO_URL, which the refresh needs to write.
+        """
+        chunk = self.settings.refresh_chunk_tasks
+        if self.on_unfinished is None or not self.settings.label_studio_url:
+            return False
+        if chunk <= 0 or tasks <= chunk:
+            return False
+        try:
+            outcome = self.on_unfinished(project)
+        except Exception:  # Redis down: predict them here, within the deadline
+            log.exception("project %s: could not hand %d tasks to the refresh", project, tasks)
+            return False
+        if outcome not in HANDED_OVER:
+            return False
+        metrics.count_failed("handed_over", tasks)
+        log.info(
+            "project %s: %d tasks, more than REFRESH_CHUNK_TASKS=%d: [] for each, the refresh "
+            "predicts them (%s)",
+            project,
+            tasks,
+            chunk,
+            outcome,
+        )
+        return True
 
     def _predict(
         self,

@@ -55,8 +55,8 @@ import redis
 import requests
 from support import (
     CONFIG,
-    INHERITED_NOT,
     REPO,
+    child_env,
     find_redis,
     host_port,
     machine_header,
@@ -335,14 +335,7 @@ def main() -> None:
                 env["REDIS_URL"] = redis_url
             with start_backend(work, env, args.workers, args.threads) as (url, server, log):
                 clips = [f"{media_url}/{p.name}" for p in sorted((work / "media").iterdir())]
-                train_env = {k: v for k, v in os.environ.items() if not k.startswith(INHERITED_NOT)}
-                train_env.update(
-                    MODEL_DIR=str(work / "models"),
-                    CACHE_DIR=str(work / "cache"),
-                    KERAS_HOME=str(work / "keras"),
-                    PYTHONUNBUFFERED="1",
-                    TF_CPP_MIN_LOG_LEVEL="2",
-                )
+                train_env = child_env(work)
                 if redis_url:
                     train_env["REDIS_URL"] = redis_url
                 soak(args, info, url, server, clips, log, work, train_env)

@@ -46,6 +46,22 @@ INHERITED_NOT = ("LABEL_STUDIO_", "BASIC_AUTH_", "REDIS_URL", "MEDIA_ALLOWED_HOS
 basic auth the clients don't send, someone's Redis)."""
 
 
+def child_env(work: Path, **extra: str) -> dict[str, str]:
+    """The environment of a process a bench starts beside the backend (a worker, a training
+    run): this shell's without INHERITED_NOT, the store, caches and Keras files under
+    ``work``, then ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(INHERITED_NOT)}
+    env.update(
+        MODEL_DIR=str(work / "models"),
+        CACHE_DIR=str(work / "cache"),
+        KERAS_HOME=str(work / "keras"),
+        PYTHONUNBUFFERED="1",
+        TF_CPP_MIN_LOG_LEVEL="2",
+    )
+    env.update(extra)
+    return env
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

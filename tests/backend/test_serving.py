@@ -492,3 +492,93 @@ def test_tasks_the_refresh_is_writing_get_no_prediction_from_predict(
         assert results[0]["model_version"] == results[2]["model_version"] == info.version
     owners = claims.claim("1", info.version, [1, 2, 3], owner=f"{REFRESH_OWNER}other", ttl_s=60)
     assert owners == {1: PREDICT_OWNER, 2: f"{REFRESH_OWNER}job", 3: PREDICT_OWNER}
+
+
+def test_a_request_larger_than_a_refresh_chunk_goes_to_the_refresh_at_once(
+    store, make_server, caplog
+):
+    """ "Retrieve predictions" on a large project: a request of more tasks than
+    REFRESH_CHUNK_TASKS is handed to the refresh before any video is fetched (every task
+    gets [], Label Studio stores nothing), so the workers share its chunks from the start.
+    One chunk's worth or fewer, no Label Studio for the refresh to write to, or a refresh
+    that cannot be queued: predicted here, as before."""
+    publish(store, "1")
+    loader = Loader()
+    loader.release.set()
+    answers = ["queued", "pending", "no_model", OSError("Redis down")]
+    asked: list[str] = []
+
+    def refresh(project: str) -> str:
+        asked.append(project)
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def predictor(**settings) -> TaskPredictor:
+        server = make_server(store, loader, refresh_chunk_tasks=3, **settings)
+        media = MediaResolver(
+            server.settings.cache_dir / "media", max_bytes=1 << 30, allow_local_files=True
+        )
+        return TaskPredictor(server, server.settings, media, on_unfinished=refresh)
+
+    def tasks(n: int) -> list[dict]:
+        return [{"id": i, "data": {"video": str(DATA_DIR / "b.mp4")}} for i in range(n)]
+
+    with_ls = predictor(label_studio_url="http://ls.test", label_studio_api_key="key")
+    with caplog.at_level(logging.INFO, logger="backend"):
+        assert with_ls.predict("1", tasks(4), CONTROLS) == [[]] * 4  # queued
+        assert with_ls.predict("1", tasks(5), CONTROLS) == [[]] * 5  # under way: one more pass
+    assert asked == ["1", "1"]
+    assert with_ls.server.get_loaded("1").batches == []  # nothing was fetched or predicted
+    assert sum("the refresh predicts them" in r.getMessage() for r in caplog.records) == 2
+
+    assert all(with_ls.predict("1", tasks(3), CONTROLS))  # one chunk: predicted here
+    assert asked == ["1", "1"]
+    for _ in range(2):  # the refresh cannot take them: "no_model", then Redis down
+        assert all(with_ls.predict("1", tasks(4), CONTROLS))
+    assert asked == ["1"] * 4
+
+    without_ls = predictor()  # the refresh could not write: never handed over
+    assert all(without_ls.predict("1", tasks(4), CONTROLS))
+    assert asked == ["1"] * 4
+
+
+@dataclass(frozen=True)
+class SlowModel(BrightnessModel):
+    """A model whose every batch takes ``batch_s``: decoding (cache hits) keeps ahead of it."""
+
+    batch_s: float = 0.3
+
+    def predict(self, frames: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+        time.sleep(self.batch_s)
+        return super().predict(frames, mask)
+
+
+def test_the_deadline_holds_when_decoding_keeps_ahead_of_the_model(store, make_server):
+    """PREDICT_DEADLINE_S bounds a request whose videos are ready before the model gets to
+    them (the same clip for every task: cache hits), not only one waiting on a video: once it
+    passes, the clips at hand are predicted and the other tasks get [] for the refresh."""
+    info = publish(store, "1")
+
+    def load(version: VersionInfo, batch_size: int) -> SlowModel:
+        return SlowModel(version.version, version.labels, SAMPLING, batch_size)
+
+    server = make_server(store, load, predict_deadline_s=1.0, decode_threads=2)
+    media = MediaResolver(
+        server.settings.cache_dir / "media", max_bytes=1 << 30, allow_local_files=True
+    )
+    handed: list[str] = []
+    predictor = TaskPredictor(server, server.settings, media, on_unfinished=handed.append)
+    tasks = [{"id": i, "data": {"video": str(DATA_DIR / "b.mp4")}} for i in range(30)]
+
+    started = time.monotonic()
+    results = predictor.predict("1", tasks, CONTROLS)
+    seconds = time.monotonic() - started
+
+    predicted = [r for r in results if r]
+    assert predicted and all(r["model_version"] == info.version for r in predicted)
+    assert len(predicted) < len(tasks), "every task waited for the slow model"
+    assert results[len(predicted) :] == [[]] * (len(tasks) - len(predicted))  # in order
+    assert handed == ["1"]
+    assert seconds < 1.0 + 4 * 0.3 + 1.0, seconds  # the deadline, a batch or two, slack

@@ -198,7 +198,10 @@ def predict_clips(
             pending.append((next_source, pool.submit(sources[next_source])))
             next_source += 1
         index, future = pending[0]
-        outcome = _clip_or_failure(future, deadline)
+        if deadline is not None and time.monotonic() >= deadline:
+            outcome = DEADLINE_REACHED  # decoding keeps ahead of a busy model: checked here too
+        else:
+            outcome = _clip_or_failure(future, deadline)
         if outcome is DEADLINE_REACHED:
             yield from _run_batch(model, batch, on_batch)
             for late, _ in pending:
