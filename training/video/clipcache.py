@@ -29,6 +29,7 @@ from training.settings import Settings
 from training.video.clip import Clip, SamplingConfig
 from training.video.decoder import DecodeLimits, sample_clip
 from training.video.diskcache import TMP_PREFIX, evict_lru, touch
+from training.video.windows import WindowedVideo, open_video
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,16 @@ class ClipCache:
             VideoDecodeError: the video cannot be decoded (nothing is cached then).
         """
         return self.sample_counted(path, sampling, limits)[0]
+
+    def open(
+        self, path: str | os.PathLike, sampling: SamplingConfig, limits: DecodeLimits | None = None
+    ) -> Clip | WindowedVideo:
+        """What a model sampled with ``sampling`` predicts from: :meth:`sample`, or under
+        windowed sampling training/video/windows.py ``open_video`` (a long video's windows
+        are streamed, never cached whole)."""
+        if sampling.windowed:
+            return open_video(path, sampling, limits=limits or self.limits)
+        return self.sample(path, sampling, limits)
 
     def sample_counted(
         self, path: str | os.PathLike, sampling: SamplingConfig, limits: DecodeLimits | None = None
