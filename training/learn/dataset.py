@@ -267,6 +267,22 @@ def stable_split(
     return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
 
 
+def grouped_split(
+    keys: Sequence[str], y: np.ndarray, fractions: Sequence[float]
+) -> list[np.ndarray]:
+    """:func:`stable_split` of the distinct keys, each key's items kept together: the windows
+    of one video (training/learn/windowed_data.py) never straddle training and held-out.
+    With one item per key it is stable_split itself."""
+    first: dict[str, int] = {}
+    for i, key in enumerate(keys):
+        first.setdefault(str(key), i)
+    unique = list(first)
+    parts = stable_split(unique, np.asarray(y)[[first[k] for k in unique]], fractions)
+    part_of = {unique[j]: p for p, idx in enumerate(parts) for j in idx}
+    where = np.asarray([part_of[str(k)] for k in keys], np.int64)
+    return [np.flatnonzero(where == p).astype(np.int64) for p in range(len(parts))]
+
+
 def _split_class(keys: list[str], fractions: Sequence[float]) -> list[int]:
     """The part of each item of one class (see :func:`stable_split`); 0 is training.
 
