@@ -40,9 +40,10 @@ from training.video.synth_long import (
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path(".videoloop/bench-long"))
-    p.add_argument("--train-videos", type=int, default=8)
+    p.add_argument("--train-videos", type=int, default=16)
     p.add_argument("--test-videos", type=int, default=4)
-    p.add_argument("--seconds", default="120-180", help="length range of the sets' videos")
+    p.add_argument("--seconds", default="120-180", help="length range of the held-out videos")
+    p.add_argument("--train-seconds", default="60-120", help="length range of training videos")
     p.add_argument("--fps", type=int, default=10, help="the sets' frame rate")
     p.add_argument("--frames", type=int, default=16, help="T")
     p.add_argument("--size", type=int, default=64)
@@ -216,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from training.video.clip import SamplingConfig
 
-    train_set = make_set(args.out / "train", args.train_videos, 1, args.seconds, args.fps)
+    train_set = make_set(args.out / "train", args.train_videos, 1, args.train_seconds, args.fps)
     test_set = make_set(args.out / "test", args.test_videos, 2, args.seconds, args.fps)
     whole = SamplingConfig(frames=args.frames, height=args.size, width=args.size)
     windowed = SamplingConfig(

@@ -109,6 +109,21 @@ def long_track(
     )
 
 
+def moving_parts(segments: Sequence[Segment], track: Track) -> list[Segment]:
+    """Each segment trimmed to the frames where the shape moves: a class's motion may pause
+    at its start and end (synth_scene ``_progress``), which would look like the stillness
+    between segments; the labels follow what is seen. A segment that never moves is dropped."""
+    steps = np.abs(np.diff(np.stack([track.cx, track.cy, track.r], axis=1), axis=0)).sum(axis=1)
+    colour = np.abs(np.diff(np.asarray(track.colour), axis=0)).sum(axis=1)
+    moving = np.concatenate([[False], (steps > 1e-3) | (colour > 1e-3)])  # frame k moved from k-1
+    out = []
+    for s in segments:
+        inside = np.flatnonzero(moving[s.start - 1 : s.end])
+        if len(inside):
+            out.append(Segment(s.start + int(inside[0]), s.start + int(inside[-1]), s.label))
+    return out
+
+
 def _hold(before: Track, n: int) -> Track:
     """The shape standing still for n frames where ``before`` ends."""
     return Track(
@@ -135,8 +150,9 @@ def render_long_video(
     """Draw and encode one long video (H.264 MP4) chunk by chunk; returns its true segments.
     ``clutter=False``: the shape alone on grey (for tests that measure its motion)."""
     frames = max(2, round(seconds * fps))
-    segments = plan_segments(rng, frames, fps, count, labels)
-    track = long_track(segments, rng, frames, width, height, fps)
+    planned = plan_segments(rng, frames, fps, count, labels)
+    track = long_track(planned, rng, frames, width, height, fps)
+    segments = moving_parts(planned, track)
     scene_seed = int(rng.integers(2**63))
     with av.open(os.fspath(path), "w") as container:
         stream = container.add_stream("libx264", rate=int(fps))
