@@ -74,9 +74,10 @@ def _cmd_synth(args: argparse.Namespace, settings: Settings) -> int:
 
 def _synth_long(args: argparse.Namespace) -> int:
     """``synth --long N``: long videos with timeline segments (training/video/synth_long.py)."""
-    from training.video.synth_long import LONG_LABELS, generate_long_set
+    from training.video.synth import select_classes
+    from training.video.synth_long import generate_long_set
 
-    labels = args.classes.split(",") if "_" in args.classes else list(LONG_LABELS)
+    labels = select_classes(args.classes)  # the default, 2, is LONG_LABELS
     tasks = generate_long_set(
         args.out,
         videos=args.long,
