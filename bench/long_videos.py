@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = timing(args, results[list(results)[-1]]["info"])
     if rows:
         print(
-            "| video (360p) | samples | segments | predict (s) | peak RSS (MiB) | RSS after load (MiB) |"
+            "| video (360p) | samples | segments | predict (s) | max RSS predicting (MiB) | process peak RSS (MiB) |"
         )
         print("|---|---|---|---|---|---|")
     for r in rows:
