@@ -154,15 +154,28 @@ def decode_labelled(
     stored = writer.close() if writer is not None else None
     if not masks:
         return _no_clips(sampling, timeline=bool(timeline_labels)), skipped
-    arrays = ClipArrays(
+    parts = (frames, masks, ys, frame_ys if timeline_labels else None, sources, kept_keys)
+    return stacked_arrays(stored, *parts), skipped
+
+
+def stacked_arrays(
+    stored: ClipFile | None,
+    frames: list[np.ndarray],
+    masks: list[np.ndarray],
+    ys: list[int],
+    frame_ys: list[np.ndarray] | None,
+    sources: list[str],
+    keys: list[str],
+) -> ClipArrays:
+    """ClipArrays from per-clip lists (``stored``: the frames already written to a file)."""
+    return ClipArrays(
         stored if stored is not None else np.stack(frames).astype(np.uint8, copy=False),
         np.stack(masks).astype(bool, copy=False),
         np.asarray(ys, np.int32),
         sources,
-        kept_keys,
-        np.stack(frame_ys).astype(np.int32) if timeline_labels else None,
+        keys,
+        np.stack(frame_ys).astype(np.int32) if frame_ys is not None else None,
     )
-    return arrays, skipped
 
 
 def _frame_targets(

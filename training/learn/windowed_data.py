@@ -28,6 +28,7 @@ from training.learn.dataset import (
     _frame_targets,
     _no_clips,
     as_labelled_video,
+    stacked_arrays,
 )
 from training.video.clip import Clip, SamplingConfig
 from training.video.clipcache import ClipCache
@@ -108,12 +109,5 @@ def decode_windowed(
     stored = writer.close() if writer is not None else None
     if not masks:
         return _no_clips(sampling, timeline=bool(timeline_labels)), skipped
-    arrays = ClipArrays(
-        stored if stored is not None else np.stack(frames).astype(np.uint8, copy=False),
-        np.stack(masks).astype(bool, copy=False),
-        np.asarray(ys, np.int32),
-        sources,
-        kept_keys,
-        np.stack(frame_ys).astype(np.int32) if timeline_labels else None,
-    )
-    return arrays, skipped
+    parts = (frames, masks, ys, frame_ys if timeline_labels else None, sources, kept_keys)
+    return stacked_arrays(stored, *parts), skipped
