@@ -43,6 +43,7 @@ from training.video.clip import Clip, SamplingConfig
 from training.video.clipcache import ClipCache
 from training.video.decoder import DecodeLimits, sample_clip
 from training.video.media import MediaError, MediaResolver, get_video_url
+from training.video.windows import WindowedVideo, open_video
 from training.warn_once import WarnOnce
 
 if TYPE_CHECKING:
@@ -278,7 +279,9 @@ class TaskPredictor:
             except Exception:  # Redis down: the next version's refresh predicts them
                 log.exception("project %s: could not queue the refresh", project)
 
-    def _clip(self, task: object, controls: VideoControls, sampling: SamplingConfig) -> Clip:
+    def _clip(
+        self, task: object, controls: VideoControls, sampling: SamplingConfig
+    ) -> Clip | WindowedVideo:
         """Fetch and sample one task's video (runs on the decode pool, in the request's log
         context); each step is timed for the metrics."""
         data = _task_data(task)
@@ -291,7 +294,9 @@ class TaskPredictor:
             fetched = time.perf_counter()
             metrics.observe_fetch(fetched - started)
             limits = DecodeLimits.from_settings(self.settings)
-            if self.clips is None:
+            if sampling.windowed:  # a long video's windows stream through the model
+                clip = open_video(path, sampling, limits=limits)
+            elif self.clips is None:
                 clip = sample_clip(path, sampling, limits=limits)
             else:
                 clip, hit = self.clips.sample_counted(path, sampling, limits)

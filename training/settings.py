@@ -17,6 +17,7 @@ from training.model.config import AUTO_TEMPORAL, check_network, check_temporal
 from training.model.litert import EXPORT_MODES, RUNTIMES, check_choice
 from training.model.uncertainty import parse_measure
 from training.versions.configured import parse_store_url
+from training.video.clip import SamplingConfig
 from training.video.media_policy import parse_allowed_hosts
 
 
@@ -116,6 +117,12 @@ class Settings:
     train_epochs: int = 30
     train_frames: int = 16
     train_frame_size: int = 112
+    sample_fps: float = 0.0
+    """Windowed sampling of a project's first model (training/video/windows.py): videos read
+    at this many frames per second and cut into windows of TRAIN_FRAMES; 0: TRAIN_FRAMES
+    spread over each whole video. Later versions keep their parent's sampling."""
+    window_stride: int = 0
+    """Samples between two windows' starts under SAMPLE_FPS; 0: half a window."""
     train_timeout_s: int = 3600
     train_lease_s: int = 30
     recover_every_s: int = 5
@@ -224,6 +231,12 @@ class Settings:
         if self.model_store_url:
             parse_store_url(self.model_store_url)  # ValueError naming MODEL_STORE_URL
         self._check_unlabelled()
+        try:
+            self.first_sampling()
+        except ValueError as exc:
+            raise ValueError(
+                f"TRAIN_FRAMES, TRAIN_FRAME_SIZE, SAMPLE_FPS, WINDOW_STRIDE: {exc}"
+            ) from None
         object.__setattr__(self, "log_format", self.log_format.lower())
         if self.log_format not in LOG_FORMATS:
             raise ValueError(f"LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}")
@@ -247,6 +260,17 @@ class Settings:
             raise ValueError(
                 "PRETRAIN_CLIPS must be 0 or more, PRETRAIN_EPOCHS and TRAIN_MIN_BATCHES at least 1"
             )
+
+    def first_sampling(self) -> SamplingConfig:
+        """The sampling of a project's first model (TRAIN_FRAMES, TRAIN_FRAME_SIZE,
+        SAMPLE_FPS, WINDOW_STRIDE); later versions keep their parent's."""
+        return SamplingConfig(
+            frames=self.train_frames,
+            height=self.train_frame_size,
+            width=self.train_frame_size,
+            sample_fps=self.sample_fps,
+            window_stride=self.window_stride,
+        )
 
     def train_config(self, **overrides) -> TrainConfig:
         """The TrainConfig of a run under these settings (TRAIN_EPOCHS, AUGMENT, PRETRAIN_*),

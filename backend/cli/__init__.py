@@ -52,6 +52,9 @@ def _cmd_synth(args: argparse.Namespace, settings: Settings) -> int:
 
     from training.video.synth import generate_dataset, select_classes
 
+    if args.long:
+        return _synth_long(args)
+
     classes = select_classes(args.classes)
     total = len(classes) * args.per_class
     with tqdm(total=total, unit="clip", desc="synth", disable=args.quiet) as bar:
@@ -62,11 +65,50 @@ def _cmd_synth(args: argparse.Namespace, settings: Settings) -> int:
             seed=args.seed,
             width=args.width,
             height=args.height,
-            fps=args.fps,
+            fps=args.fps or 25,
             progress=lambda done, _total: bar.update(done - bar.n),
         )
     print(json.dumps({"manifest": str(manifest), "classes": classes, "clips": total}))
     return 0
+
+
+def _synth_long(args: argparse.Namespace) -> int:
+    """``synth --long N``: long videos with timeline segments (training/video/synth_long.py)."""
+    from training.video.synth import select_classes
+    from training.video.synth_long import generate_long_set
+
+    labels = select_classes(args.classes)  # the default, 2, is LONG_LABELS
+    tasks = generate_long_set(
+        args.out,
+        videos=args.long,
+        seed=args.seed,
+        seconds=_range(args.seconds, float),
+        segments=_range(args.segments, int),
+        width=args.width,
+        height=args.height,
+        fps=args.fps or 10,
+        labels=labels,
+    )
+    print(json.dumps({"tasks": str(tasks), "labels": labels, "videos": args.long}))
+    return 0
+
+
+def _add_long_synth_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--long",
+        type=int,
+        default=0,
+        metavar="N",
+        help="write N long videos with timeline segments and their Label Studio tasks "
+        "(tasks.json) instead; --classes then names the timeline labels (comma-separated)",
+    )
+    p.add_argument("--seconds", default="120-300", help="with --long: length range in seconds")
+    p.add_argument("--segments", default="10-30", help="with --long: segments per video")
+
+
+def _range(text: str, parse: type) -> tuple:
+    low, _, high = text.partition("-")
+    return parse(low), parse(high or low)
 
 
 def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
@@ -143,8 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--width", type=int, default=160)
     p.add_argument("--height", type=int, default=120)
-    p.add_argument("--fps", type=int, default=25)
+    p.add_argument("--fps", type=int, default=None, help="frames per second (25; 10 with --long)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_long_synth_args(p)
 
     add_train_parser(sub)
 

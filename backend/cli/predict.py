@@ -18,7 +18,8 @@ def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
     from backend.serving import default_loader
     from training.model.inference import Failure, predict_clips
     from training.versions.store import ModelStore
-    from training.video.decoder import DecodeLimits, sample_clip
+    from training.video.decoder import DecodeLimits
+    from training.video.windows import open_video
 
     info = ModelStore.from_settings(settings).get_current_info(args.project)
     if info is None:
@@ -29,8 +30,7 @@ def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
     model = default_loader(settings)(info, settings.predict_batch_size)  # SERVING_RUNTIME
     limits = DecodeLimits.from_settings(settings)
     sources = [
-        functools.partial(sample_clip, video, model.sampling, limits=limits)
-        for video in args.videos
+        functools.partial(open_video, video, model.sampling, limits=limits) for video in args.videos
     ]
     failed = 0
     rows: dict[int, dict] = {}

@@ -116,3 +116,20 @@ def test_augmentation_and_pretraining_reach_the_training_config(monkeypatch):
     ):
         with pytest.raises(ValueError, match=message):
             Settings(**{name: value})
+
+
+def test_windowed_sampling_is_read_and_checked(monkeypatch):
+    for name in ("TRAIN_FRAMES", "TRAIN_FRAME_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    assert Settings.from_env().first_sampling().windowed is False  # default: today's sampling
+    monkeypatch.setenv("SAMPLE_FPS", "4")
+    monkeypatch.setenv("WINDOW_STRIDE", "4")
+    sampling = Settings.from_env().first_sampling()
+    assert (sampling.sample_fps, sampling.stride, sampling.frames) == (4.0, 4, 16)
+    monkeypatch.setenv("WINDOW_STRIDE", "17")  # longer than a window: samples never read
+    with pytest.raises(ValueError, match="WINDOW_STRIDE"):
+        Settings.from_env()
+    monkeypatch.setenv("WINDOW_STRIDE", "0")
+    monkeypatch.setenv("SAMPLE_FPS", "-1")
+    with pytest.raises(ValueError, match="SAMPLE_FPS"):
+        Settings.from_env()

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from training.video.clip import Clip
     from training.video.clipcache import ClipCache
     from training.video.media import MediaResolver
+    from training.video.windows import WindowedVideo
 
 log = logging.getLogger(__name__)
 
@@ -307,14 +308,16 @@ class TaskRefresher:
         self.summary.report()
         return "done"
 
-    def _clip(self, resolver: MediaResolver, cache: ClipCache, task: TaskRefreshState) -> Clip:
+    def _clip(
+        self, resolver: MediaResolver, cache: ClipCache, task: TaskRefreshState
+    ) -> Clip | WindowedVideo:
         """Fetch and decode one task's video (runs on the decode pool)."""
         from training.video.media import MediaError
 
         if task.video_url is None:
             raise MediaError(f"no video URL under data[{self.controls.video_value_key!r}]")
         path = resolver.resolve(task.video_url, task.task_id)
-        return cache.sample(path, self.model.sampling)
+        return cache.open(path, self.model.sampling)
 
     def _write(self, task: TaskRefreshState, prediction: ClipPrediction) -> None:
         """One prediction, unless the task got one of this version since it was listed or

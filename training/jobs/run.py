@@ -27,7 +27,6 @@ from training.learn.dataset import LabelledVideo
 from training.model.config import first_model_config
 from training.settings import Settings
 from training.versions.store import ModelStore, VersionInfo
-from training.video.clip import SamplingConfig
 from training.video.clipcache import ClipCache
 from training.video.media import MediaError, MediaResolver
 from training.video.pinned import RUNS_SUBDIR, PinnedFiles
@@ -261,11 +260,7 @@ def training_run(
     model = first_model_config(
         bool(tasks.wanted.timeline_labels), settings.train_temporal, settings.train_network
     )
-    first = SamplingConfig(
-        frames=settings.train_frames,
-        height=settings.train_frame_size,
-        width=settings.train_frame_size,
-    )
+    first = settings.first_sampling()
     source = {
         "label_studio_tasks": len(tasks.data.tasks),
         "skipped_tasks": videos.skipped,

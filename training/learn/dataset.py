@@ -154,15 +154,28 @@ def decode_labelled(
     stored = writer.close() if writer is not None else None
     if not masks:
         return _no_clips(sampling, timeline=bool(timeline_labels)), skipped
-    arrays = ClipArrays(
+    parts = (frames, masks, ys, frame_ys if timeline_labels else None, sources, kept_keys)
+    return stacked_arrays(stored, *parts), skipped
+
+
+def stacked_arrays(
+    stored: ClipFile | None,
+    frames: list[np.ndarray],
+    masks: list[np.ndarray],
+    ys: list[int],
+    frame_ys: list[np.ndarray] | None,
+    sources: list[str],
+    keys: list[str],
+) -> ClipArrays:
+    """ClipArrays from per-clip lists (``stored``: the frames already written to a file)."""
+    return ClipArrays(
         stored if stored is not None else np.stack(frames).astype(np.uint8, copy=False),
         np.stack(masks).astype(bool, copy=False),
         np.asarray(ys, np.int32),
         sources,
-        kept_keys,
-        np.stack(frame_ys).astype(np.int32) if timeline_labels else None,
+        keys,
+        np.stack(frame_ys).astype(np.int32) if frame_ys is not None else None,
     )
-    return arrays, skipped
 
 
 def _frame_targets(
@@ -265,6 +278,22 @@ def stable_split(
         for i, part in zip(idx, where, strict=True):
             parts[part].append(i)
     return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
+
+
+def grouped_split(
+    keys: Sequence[str], y: np.ndarray, fractions: Sequence[float]
+) -> list[np.ndarray]:
+    """:func:`stable_split` of the distinct keys, each key's items kept together: the windows
+    of one video (training/learn/windowed_data.py) never straddle training and held-out.
+    With one item per key it is stable_split itself."""
+    first: dict[str, int] = {}
+    for i, key in enumerate(keys):
+        first.setdefault(str(key), i)
+    unique = list(first)
+    parts = stable_split(unique, np.asarray(y)[[first[k] for k in unique]], fractions)
+    part_of = {unique[j]: p for p, idx in enumerate(parts) for j in idx}
+    where = np.asarray([part_of[str(k)] for k in keys], np.int64)
+    return [np.flatnonzero(where == p).astype(np.int64) for p in range(len(parts))]
 
 
 def _split_class(keys: list[str], fractions: Sequence[float]) -> list[int]:

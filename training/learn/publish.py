@@ -24,7 +24,7 @@ from training.learn.dataset import (
     as_labelled_video,
     content_keys,
     decode_labelled,
-    stable_split,
+    grouped_split,
 )
 from training.learn.evaluate import NO_LABEL_NAME, evaluate, predict_outputs
 from training.learn.fit import fit
@@ -37,6 +37,7 @@ from training.learn.reports import (
     plot_confusion_matrix,
     plot_learning_curve,
 )
+from training.learn.windowed_data import decode_windowed
 from training.model.config import ModelConfig
 from training.model.litert import META_KEY as LITERT_META
 from training.model.litert_export import export_for_publish
@@ -63,7 +64,7 @@ def train_and_publish(
 ) -> VersionInfo:
     """Decode, split, train, evaluate on the held-out split, gate and publish a new version.
 
-    The split is stable (training.learn.dataset.stable_split on ``data.keys``): a video keeps
+    The split is stable (training.learn.dataset.grouped_split on ``data.keys``): a video keeps
     its part across runs, so the quality gate's clips are ones the current version never
     trained on. The gate's figures go into ``meta["gate"]``, the split's keys into
     ``split.json``, the metrics into ``meta["metrics"]``.
@@ -120,7 +121,7 @@ class _Clips:
     frame_counts: np.ndarray
 
     def split(self, test_fraction: float, val_fraction: float) -> _Parts:
-        train_idx, test_idx, val_idx = stable_split(
+        train_idx, test_idx, val_idx = grouped_split(
             self.data.keys, self.data.y, (test_fraction, val_fraction)
         )
         subset = self.data.subset
@@ -166,7 +167,8 @@ def _decode(
         raise TrainingError(f"need at least two labels to train, got {labels}")
     keys = data.keys if data.keys is not None else content_keys([v.path for v in items])
     progress({"stage": "decode", "done": 0, "total": len(items)})
-    arrays, skipped = decode_labelled(
+    decode = decode_windowed if sampling.windowed else decode_labelled
+    arrays, skipped = decode(
         items,
         labels,
         sampling,

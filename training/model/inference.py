@@ -24,15 +24,19 @@ from training.labelstudio.timeline import ScoredSegment, predict_segments
 from training.model.embedding import EMBEDDING
 from training.model.loaded import LoadedModel
 from training.model.uncertainty import Measure, confidence
+from training.model.windowed import DeadlineReached, predict_windowed
 from training.video.clip import Clip, stack_clips
 from training.video.decoder import VideoDecodeError
 from training.video.media import HttpStatusError, MediaError, MediaRefused
+from training.video.windows import WindowedVideo
 
 log = logging.getLogger(__name__)
 
-ClipSource = Callable[[], Clip]
+ClipSource = Callable[[], Clip | WindowedVideo]
 """Fetches and decodes one video; runs on the decode pool. Raises MediaError or
-VideoDecodeError for a video that cannot be read (that video fails alone)."""
+VideoDecodeError for a video that cannot be read (that video fails alone). A WindowedVideo
+(windowed sampling, training/video/windows.py ``open_video``) is only probed there: its
+windows are decoded while the model predicts them (training/model/windowed.py)."""
 
 BatchObserver = Callable[[int, float], object]
 """Called with a batch's clip count and its forward pass's seconds (/predict's metrics)."""
@@ -190,7 +194,7 @@ def predict_clips(
     """
     batch_size = max(1, model.batch_size)
     window = max(1, window or 2 * batch_size)
-    pending: deque[tuple[int, Future[Clip]]] = deque()
+    pending: deque[tuple[int, Future[Clip | WindowedVideo]]] = deque()
     batch: list[tuple[int, Clip]] = []
     next_source = 0
     while next_source < len(sources) or pending:
@@ -213,6 +217,9 @@ def predict_clips(
         if isinstance(outcome, Failure):
             yield index, outcome  # at once: a failure never breaks up a batch
             continue
+        if isinstance(outcome, WindowedVideo):
+            yield index, _predict_windows(model, outcome, deadline, on_batch)
+            continue
         batch.append((index, outcome))
         if len(batch) >= batch_size:
             yield from _run_batch(model, batch, on_batch)
@@ -220,7 +227,33 @@ def predict_clips(
     yield from _run_batch(model, batch, on_batch)
 
 
-def _clip_or_failure(future: Future[Clip], deadline: float | None) -> Clip | Failure:
+def _predict_windows(
+    model: LoadedModel,
+    video: WindowedVideo,
+    deadline: float | None,
+    on_batch: BatchObserver | None,
+) -> ClipPrediction | Failure:
+    """One long video's windows through the model, stitched into one ClipPrediction."""
+    try:
+        clip, stitched = predict_windowed(model, video, deadline=deadline, on_batch=on_batch)
+    except DeadlineReached:
+        return DEADLINE_REACHED
+    except VideoDecodeError as exc:
+        return Failure(str(exc), kind=failure_kind(exc))
+    return ClipPrediction(
+        version=model.version,
+        clip=clip,
+        labels=tuple(model.labels),
+        timeline_labels=tuple(model.timeline_labels),
+        classes=stitched.mean("classes"),
+        timeline=stitched.smoothed_timeline(),
+        embedding=stitched.mean(EMBEDDING),
+    )
+
+
+def _clip_or_failure(
+    future: Future[Clip | WindowedVideo], deadline: float | None
+) -> Clip | WindowedVideo | Failure:
     timeout_s = None if deadline is None else max(0.0, deadline - time.monotonic())
     try:
         future.exception(timeout=timeout_s)  # waits; raises only if still running

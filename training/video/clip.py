@@ -9,29 +9,67 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+MAX_SAMPLE_FPS = 60.0
+"""Highest windowed sampling rate, in frames per second."""
+
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """T frames spread uniformly over the video, each resized to height x width RGB."""
+    """T frames spread uniformly over the video, each resized to height x width RGB.
+
+    With ``sample_fps`` > 0 (windowed sampling, training/video/windows.py) the video is
+    instead read at that fixed rate and cut into windows of T frames, ``window_stride``
+    samples apart (0: T // 2, so windows overlap by half); a video shorter than one window is
+    sampled as with ``sample_fps`` 0. Versions stored before windows have neither field.
+    """
 
     frames: int = 16
     height: int = 112
     width: int = 112
+    sample_fps: float = 0.0
+    window_stride: int = 0
 
     def __post_init__(self) -> None:
         if self.frames < 1 or self.height < 8 or self.width < 8:
             raise ValueError(f"invalid sampling config {self}")
+        if not 0 <= self.sample_fps <= MAX_SAMPLE_FPS or not 0 <= self.window_stride <= self.frames:
+            raise ValueError(
+                f"invalid sampling config {self}: sample_fps must be 0-{MAX_SAMPLE_FPS:g}, "
+                "window_stride 0 (half a window) to frames"
+            )
 
-    def to_dict(self) -> dict[str, int]:
-        return asdict(self)
+    @property
+    def windowed(self) -> bool:
+        """True when videos are read at ``sample_fps`` and cut into windows."""
+        return self.sample_fps > 0
+
+    @property
+    def stride(self) -> int:
+        """Samples between the starts of two windows."""
+        return self.window_stride or max(1, self.frames // 2)
+
+    def to_dict(self) -> dict[str, float]:
+        """The fields, without the window ones when not windowed: such a version's meta.json
+        reads as before windows, for older code too."""
+        data = asdict(self)
+        if not self.windowed:
+            del data["sample_fps"], data["window_stride"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> SamplingConfig:
-        return cls(frames=int(data["frames"]), height=int(data["height"]), width=int(data["width"]))
+        return cls(
+            frames=int(data["frames"]),
+            height=int(data["height"]),
+            width=int(data["width"]),
+            sample_fps=float(data.get("sample_fps", 0.0)),
+            window_stride=int(data.get("window_stride", 0)),
+        )
 
     def key(self) -> str:
         """A short string naming these settings, for cache keys."""
-        return f"t{self.frames}-{self.height}x{self.width}"
+        base = f"t{self.frames}-{self.height}x{self.width}"
+        return f"{base}-r{self.sample_fps:g}s{self.stride}" if self.windowed else base
 
 
 @dataclass(frozen=True)

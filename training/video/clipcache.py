@@ -29,6 +29,7 @@ from training.settings import Settings
 from training.video.clip import Clip, SamplingConfig
 from training.video.decoder import DecodeLimits, sample_clip
 from training.video.diskcache import TMP_PREFIX, evict_lru, touch
+from training.video.windows import WindowedVideo, open_video
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,44 @@ class ClipCache:
             VideoDecodeError: the video cannot be decoded (nothing is cached then).
         """
         return self.sample_counted(path, sampling, limits)[0]
+
+    def open(
+        self, path: str | os.PathLike, sampling: SamplingConfig, limits: DecodeLimits | None = None
+    ) -> Clip | WindowedVideo:
+        """What a model sampled with ``sampling`` predicts from: :meth:`sample`, or under
+        windowed sampling training/video/windows.py ``open_video`` (a long video's windows
+        are streamed, never cached whole)."""
+        if sampling.windowed:
+            return open_video(path, sampling, limits=limits or self.limits)
+        return self.sample(path, sampling, limits)
+
+    def windows(
+        self, path: str | os.PathLike, sampling: SamplingConfig, limits: DecodeLimits | None = None
+    ) -> list[Clip]:
+        """Every window of a video under windowed sampling (one Clip for a short video), from
+        the cache, else decoded once (training/video/windows.py) and stored together.
+
+        Raises:
+            VideoDecodeError: the video cannot be decoded (nothing is cached then).
+        """
+        entry = self.entry_path(path, sampling).with_suffix(".windows.npz")
+        with self._lock_for(entry.name):
+            try:
+                clips = _load_windows(entry, sampling)
+                self._count(hit=clips is not None)
+                if clips is not None:
+                    touch(entry)
+                    return clips
+                opened = open_video(path, sampling, limits=limits or self.limits)
+                clips = list(opened.windows()) if isinstance(opened, WindowedVideo) else [opened]
+                try:
+                    self._store(entry, stack_windows(clips))
+                except OSError as exc:
+                    log.warning("cannot store the windows of %s in %s: %s", path, self.root, exc)
+                return clips
+            finally:
+                with self._lock:
+                    self._inflight.pop(entry.name, None)
 
     def sample_counted(
         self, path: str | os.PathLike, sampling: SamplingConfig, limits: DecodeLimits | None = None
@@ -230,6 +269,55 @@ class ClipCache:
             Path(tmp_name).unlink(missing_ok=True)
             raise
         evict_lru(self.root, self.max_bytes, keep=entry, what="clip cache")
+
+
+def stack_windows(clips: list[Clip]) -> Clip:
+    """A video's windows as one Clip to store: frames (W*T, ...), indices -1 where padded."""
+    indices = [i for c in clips for i in [*c.indices, *[-1] * (len(c.mask) - len(c.indices))]]
+    last = clips[-1]
+    return Clip(
+        np.concatenate([c.frames for c in clips]),
+        np.concatenate([c.mask for c in clips]),
+        indices,
+        last.fps,
+        last.frame_count,
+        last.duration_s,
+    )
+
+
+def _load_windows(entry: Path, sampling: SamplingConfig) -> list[Clip] | None:
+    """The windows stored by ClipCache.windows, or None (an unreadable entry is removed)."""
+    t = sampling.frames
+    try:
+        with np.load(entry, allow_pickle=False) as npz:
+            frames, mask, indices = npz["frames"], npz["mask"], npz["indices"]
+            fps, count, duration = (
+                float(npz["fps"]),
+                int(npz["frame_count"]),
+                float(npz["duration_s"]),
+            )
+            if int(npz["version"]) != FORMAT_VERSION or len(frames) % t:
+                raise ValueError("not a windows entry of this format")
+        clips = [
+            Clip(
+                frames[k : k + t],
+                mask[k : k + t],
+                [int(i) for i in indices[k : k + t] if i >= 0],
+                fps,
+                count,
+                duration,
+            )
+            for k in range(0, len(frames), t)
+        ]
+        for clip in clips:
+            _check_clip(clip, sampling)
+    except FileNotFoundError:
+        return None
+    except _LOAD_ERRORS as exc:
+        log.warning("discarding unreadable clip cache entry %s: %s", entry.name, exc)
+        entry.unlink(missing_ok=True)
+        return None
+    return clips or None
 
 
 def _check_clip(clip: Clip, sampling: SamplingConfig) -> None:

@@ -169,3 +169,18 @@ def test_train_pretrains_on_a_folder_of_unlabelled_videos(tmp_path):
     training = info.meta["training"]
     assert training["pretrain"] == "order" and training["pretrain_epochs"] == 1
     assert training["augment"] and training["augment_temporal"]
+
+
+def test_synth_long_writes_label_studio_tasks(tmp_path):
+    """``synth --long``: long videos and their timeline annotations, as Label Studio tasks."""
+    from training.video.synth_long import read_long_set
+
+    out = tmp_path / "long"
+    args = ("synth", "--long", "2", "--seconds", "20-25", "--segments", "2-3", "--out", str(out))
+    made = videoloop(*args, "--classes", "grow,shrink", "--fps", "8", env=dict(os.environ))
+    assert made.returncode == 0, made.stderr
+    assert json.loads(made.stdout)["labels"] == ["grow", "shrink"]
+    videos = read_long_set(out)
+    assert len(videos) == 2 and all(v.fps == 8 for v in videos)
+    assert all(2 <= len(v.segments) <= 3 for v in videos)
+    assert {s.label for v in videos for s in v.segments} <= {"grow", "shrink"}
