@@ -30,7 +30,7 @@ class KeptVersions:
         self.enabled = False
         self.size = size
         self.loads = 0
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # a bundle is made from a model kept here too
         self._models: OrderedDict[str, Any] = OrderedDict()
 
     def load(self, path: str | Path) -> Any:
