@@ -55,8 +55,10 @@ SWAP_TARGET_S = 5.0
 Measured 3.0-3.5 s on 2 idle cores (SWAP_DELAY_S, the agreed instant, and a request), too close
 to hold a loaded machine to it: the figures are printed against it, and what is asserted is
 SWAP_DEADLINE_S and that no process swaps before the agreed instant."""
-SWAP_DEADLINE_S = 30.0
-"""Every process serves each new version within this (9x the measured figure)."""
+SWAP_DEADLINE_S = 120.0
+"""Every process serves each new version within this: 35x the measured figure, because a
+process loads the version while the suite's other tests train beside it (one took over 30 s
+in a full run where every training test ran 2-2.5x its usual time)."""
 STARTUP_DEADLINE_S = 120.0
 """Every process serves the first version within this after the server started: its first
 load includes importing TensorFlow, which took 29 s on a machine loaded 5x over (not a swap)."""
