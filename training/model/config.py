@@ -55,26 +55,21 @@ def default_network(timeline: bool) -> str:
     return "grid" if timeline else "compact"
 
 
-def check_network(name: str) -> str:
-    """``name`` if it is one of NETWORKS.
-
-    Raises:
-        ValueError: naming the valid networks.
-    """
-    if name not in NETWORKS:
-        raise ValueError(f"unknown network {name!r}; one of {', '.join(NETWORKS)}")
+def _one_of(name: str, choices, what: str) -> str:
+    """``name`` if it is one of ``choices``; else ValueError naming them."""
+    if name not in choices:
+        raise ValueError(f"unknown {what} {name!r}; one of {', '.join(choices)}")
     return name
+
+
+def check_network(name: str) -> str:
+    """``name`` if it is one of NETWORKS (ValueError naming them otherwise)."""
+    return _one_of(name, NETWORKS, "network")
 
 
 def check_temporal(name: str) -> str:
-    """``name`` if it is one of TEMPORAL_HEADS.
-
-    Raises:
-        ValueError: naming the valid heads.
-    """
-    if name not in TEMPORAL_HEADS:
-        raise ValueError(f"unknown temporal head {name!r}; one of {', '.join(TEMPORAL_HEADS)}")
-    return name
+    """``name`` if it is one of TEMPORAL_HEADS (ValueError naming them otherwise)."""
+    return _one_of(name, TEMPORAL_HEADS, "temporal head")
 
 
 @dataclass(frozen=True)

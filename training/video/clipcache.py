@@ -243,9 +243,7 @@ class ClipCache:
         except FileNotFoundError:
             return None
         except _LOAD_ERRORS as exc:
-            log.warning("discarding unreadable clip cache entry %s: %s", entry.name, exc)
-            entry.unlink(missing_ok=True)
-            return None
+            return _discard(entry, exc)
         touch(entry)
         return clip
 
@@ -314,9 +312,7 @@ def _load_windows(entry: Path, sampling: SamplingConfig) -> list[Clip] | None:
     except FileNotFoundError:
         return None
     except _LOAD_ERRORS as exc:
-        log.warning("discarding unreadable clip cache entry %s: %s", entry.name, exc)
-        entry.unlink(missing_ok=True)
-        return None
+        return _discard(entry, exc)
     return clips or None
 
 
@@ -329,3 +325,9 @@ def _check_clip(clip: Clip, sampling: SamplingConfig) -> None:
         raise ValueError(f"mask is {clip.mask.dtype}{clip.mask.shape}, expected bool")
     if len(clip.indices) != int(clip.mask.sum()):
         raise ValueError(f"{len(clip.indices)} indices for {int(clip.mask.sum())} real frames")
+
+
+def _discard(entry: Path, exc: Exception) -> None:
+    """Delete an unreadable cache entry (it is decoded again); None, as a miss."""
+    log.warning("discarding unreadable clip cache entry %s: %s", entry.name, exc)
+    entry.unlink(missing_ok=True)
