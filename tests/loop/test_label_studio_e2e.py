@@ -54,6 +54,7 @@ from real_label_studio import (
 )
 from rq.job import Job
 from test_training_loop import worker_env
+from training_wait import wait_on_training
 
 from training.jobs.acquisition_rank import Signals, order_of, rank_text
 from training.jobs.prediction_claims import CLAIM_KEY, REFRESH_OWNER
@@ -352,13 +353,13 @@ class Project:
         """The last run, once training is idle (no event pending, no run queued or running)
         and ``accept`` takes that run."""
 
-        def settled() -> dict | None:
-            state = self.status()
+        def settled(state: dict) -> dict | None:
             last = state["last"]
             idle = not (state["queued"] or state["running"] or state["pending_events"])
             return last if idle and last and accept(last) else None
 
-        return self.wait(settled, what, every_s=0.25)  # asks videoloop, not Label Studio
+        # Asks videoloop, not Label Studio; bounded on a stall, not on the run's speed.
+        return wait_on_training(self.status, settled, what, 240, self.diagnostics)
 
     def versions(self) -> list[str]:
         """The versions videoloop's store holds for this project (trained, any status)."""

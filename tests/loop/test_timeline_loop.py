@@ -26,6 +26,7 @@ import requests
 from conftest import LS_TOKEN, built_once, worker_process
 from fake_label_studio import FakeLabelStudio
 from test_training_loop import worker_env
+from training_wait import wait_on_training
 
 from training.labelstudio.labelconfig import parse_label_config
 from training.labelstudio.timeline import Segment, segment_f1, segments_from_labels
@@ -149,19 +150,24 @@ class TimelineProject:
     workdir: Path
     heldout_tasks: dict[int, SegmentedClip]
 
-    def wait_idle(self, timeout_s: float = 900) -> dict:
-        """The training state once idle. The bound is wide: 25 epochs took 80 s alone and
-        over 300 s beside the suite's other real-worker tests on 2 cores (load 6-13)."""
-        deadline = time.monotonic() + timeout_s
-        state: dict = {}
-        while time.monotonic() < deadline:
-            state = requests.get(f"{self.url}/training/{self.project}", timeout=10).json()
+    def wait_idle(self, quiet_s: float = 300) -> dict:
+        """The training state once idle. The bound is on a stall, not on the run: 25 epochs
+        took 80 s alone and over 300 s beside the suite's other real-worker tests on 2 cores."""
+
+        def idle(state: dict) -> dict | None:
             busy = state["queued"] or state["running"] or state["pending_events"]
-            if state["last"] and not busy:
-                return state
-            time.sleep(0.3)
-        logs = "\n".join(p.read_text(errors="replace")[-3000:] for p in self.workdir.glob("*.log"))
-        pytest.fail(f"training did not settle; last state {state}\n{logs}")
+            return state if state["last"] and not busy else None
+
+        return wait_on_training(
+            lambda: requests.get(f"{self.url}/training/{self.project}", timeout=10).json(),
+            idle,
+            "training to settle",
+            quiet_s=quiet_s,
+            diagnostics=lambda: "\n".join(
+                p.read_text(errors="replace")[-3000:] for p in self.workdir.glob("*.log")
+            ),
+            every_s=0.3,
+        )
 
 
 @pytest.fixture(params=["choices+timeline", "timeline only"])

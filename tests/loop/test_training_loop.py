@@ -28,6 +28,7 @@ from conftest import LS_TOKEN, built_once, free_port, run_videoloop, worker_proc
 from fake_label_studio import FakeLabelStudio
 from redis_server import redis_server
 from rq.job import Job
+from training_wait import wait_on_training
 
 from training.learn.labelled_files import read_manifest
 from training.settings import Settings
@@ -167,14 +168,19 @@ class Loop:
         return response.json()
 
     def wait(self, condition, what: str, timeout_s: float = 180) -> dict:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            state = self.status()
-            if condition(state):
-                return state
-            time.sleep(0.2)
-        logs = "\n".join(p.read_text(errors="replace")[-3000:] for p in self.workdir.glob("*.log"))
-        pytest.fail(f"timed out waiting for {what}; last state {state}\n{logs}")
+        """The first state ``condition`` takes; fails when the state has not changed for
+        ``timeout_s`` (a stall: a slow run that keeps reporting progress is waited for)."""
+        return wait_on_training(
+            self.status,
+            lambda state: state if condition(state) else None,
+            what,
+            quiet_s=timeout_s,
+            diagnostics=self.logs,
+            every_s=0.2,
+        )
+
+    def logs(self) -> str:
+        return "\n".join(p.read_text(errors="replace")[-3000:] for p in self.workdir.glob("*.log"))
 
     def wait_idle(self, timeout_s: float = 240) -> dict:
         return self.wait(
