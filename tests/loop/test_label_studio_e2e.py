@@ -59,13 +59,19 @@ from training_wait import wait_on_training
 from training.jobs.acquisition_rank import Signals, order_of, rank_text
 from training.jobs.prediction_claims import CLAIM_KEY, REFRESH_OWNER
 from training.jobs.refresh_queue import enqueue_refresh
-from training.labelstudio.timeline import Segment, segments_from_labels
+from training.labelstudio.timeline import (
+    Segment,
+    segment_f1,
+    segments_from_labels,
+    segments_from_result,
+)
 from training.learn.labelled_files import read_manifest
 from training.settings import Settings
 from training.versions.copies import publish_copy
 from training.versions.current import VersionPointer
 from training.versions.store import ModelStore
 from training.video.synth import clip_rng, generate_dataset, render_segmented_clip, write_video
+from training.video.synth_long import render_long_video
 
 # One Label Studio per test process (session fixture ``real_ls``): under xdist the suite stays
 # on one worker rather than starting a second Label Studio.
@@ -175,9 +181,10 @@ def timeline_clips(folder: Path) -> list[Clip]:
     return clips
 
 
-def timeline_annotation(clip: Clip) -> list[dict]:
+def timeline_regions(clip: Clip) -> list[dict]:
+    """The clip's segments as <TimelineLabels> regions, as the video timeline submits them."""
     assert isinstance(clip, SegmentedClip)
-    regions = [
+    return [
         {
             "id": f"r{k}",
             "from_name": "motion",
@@ -191,10 +198,13 @@ def timeline_annotation(clip: Clip) -> list[dict]:
         }
         for k, s in enumerate(clip.segments)
     ]
+
+
+def timeline_annotation(clip: Clip) -> list[dict]:
     value = {"choices": [clip.label]}
     return [
         {"from_name": "pattern", "to_name": "video", "type": "choices", "value": value},
-        *regions,
+        *timeline_regions(clip),
     ]
 
 
@@ -215,6 +225,38 @@ TIMELINE = ProjectKind(
     annotation=timeline_annotation,
 )
 KINDS = [CLASSIFICATION, TIMELINE]
+
+LONG_FPS, LONG_SECONDS, LONG_VIDEOS = 10, 120, 7
+"""The long-video project's videos: 2 minutes at 10 frames a second, 8-14 motion segments
+each (training/video/synth_long.py); the last in labelling order stays unlabelled."""
+
+
+def long_clips(folder: Path) -> list[Clip]:
+    folder.mkdir(parents=True, exist_ok=True)
+    clips: list[Clip] = []
+    for i in range(LONG_VIDEOS):
+        path = folder / f"long_{i}.mp4"
+        segments = render_long_video(
+            path, clip_rng(7, 9, i), seconds=LONG_SECONDS, width=96, height=64, fps=LONG_FPS,
+            count=(8, 14),
+        )  # fmt: skip
+        clips.append(SegmentedClip(path, "long", tuple(segments)))
+    return clips
+
+
+LONG_TIMELINE = ProjectKind(
+    name="long_timeline",
+    label_config=f"""<View>
+  <Video name="video" value="$video" frameRate="{LONG_FPS}"/>
+  <TimelineLabels name="motion" toName="video">
+    <Label value="left_to_right"/>
+    <Label value="right_to_left"/>
+  </TimelineLabels>
+</View>""",
+    make_clips=long_clips,
+    annotation=timeline_regions,
+)
+"""Not in KINDS: one test (windowed sampling) runs on it, not the whole loop."""
 
 
 # -- fixtures -----------------------------------------------------------------------------------
@@ -490,18 +532,20 @@ def open_project(kind, real_ls, tmp_path, redis_url, start_server) -> Iterator[C
         def open_(connect: bool = True, worker: bool = True, **worker_settings: str) -> Project:
             created = real_ls.create_project(f"{kind.name} {tmp_path.name}", kind.label_config)
             clips = import_clips(real_ls, created["id"], kind)
+            defaults = {
+                "TRAIN_EPOCHS": "4",
+                "PROMOTE_ON_START_TRAINING": "true",  # each run's version goes live: the loop
+                # ... whatever the quality gate says on a handful of held-out clips (2 here:
+                # one wrong clip is a coin flip); the gate has its own test
+                # (tests/loop/test_training_loop.py, the wrong-labels test).
+                "GATE_TOLERANCE": "1",
+            }
             env = worker_env(
                 tmp_path,
                 redis_url,
                 real_ls.server,  # worker_env reads the Label Studio address from .url
                 LABEL_STUDIO_API_KEY=real_ls.server.token,
-                TRAIN_EPOCHS="4",
-                PROMOTE_ON_START_TRAINING="true",  # each run's version goes live: the loop
-                # ... whatever the quality gate says on a handful of held-out clips (2 here:
-                # one wrong clip is a coin flip); the gate has its own test
-                # (tests/loop/test_training_loop.py, the wrong-labels test).
-                GATE_TOLERANCE="1",
-                **worker_settings,
+                **{**defaults, **worker_settings},
             )
             shared = ("REDIS_URL", "LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY", "TRAIN_LEASE_S")
             backend = stack.enter_context(
@@ -894,3 +938,43 @@ def test_retrieving_predictions_during_a_refresh_leaves_one_per_task(
     assert result["written"] + result["already"] + result["skipped"] == len(tasks)
     # The claims kept the two writers apart: the clean-up pass had nothing to delete.
     assert result["duplicates_deleted"] == 0, result
+
+
+@pytest.mark.parametrize("kind", [LONG_TIMELINE], ids=["long_timeline"])
+def test_regions_on_two_minute_videos_train_a_windowed_version_whose_regions_come_back(
+    open_project, figures
+):
+    """Long videos (issue 17) in Label Studio: regions annotated on 2-minute videos train a
+    version that reads videos in windows (SAMPLE_FPS); its regions on another 2-minute video
+    come back in Label Studio's format, valid for the config, across the whole video."""
+    project = open_project(SAMPLE_FPS="4", WINDOW_STRIDE="4", TRAIN_EPOCHS="8", MIN_PER_LABEL="6")
+    order = project.labelling_order()
+    *annotated, held_out = order
+    for task in annotated:  # the sixth makes training possible (MIN_PER_LABEL videos a label)
+        project.submit(task)
+    run = project.wait_settled(lambda run: run["status"] == "trained", "the windowed run")
+    assert run["promoted"], run
+    info = ModelStore(project.workdir / "models").get_version(str(project.id), run["version"])
+    assert info.meta["sampling"]["sample_fps"] == 4.0, info.meta["sampling"]
+    project.wait_refreshed(run["version"])
+
+    (prediction,) = [
+        p for p in project.ls.predictions(held_out) if p["model_version"] == run["version"]
+    ]
+    assert not result_problems(prediction["result"], project.parsed_config), prediction
+    predicted = segments_from_result(prediction["result"], "motion", "video")
+    frames = LONG_FPS * LONG_SECONDS
+    assert all(1 <= s.start <= s.end <= frames for s in predicted), predicted
+    # Windows, not 8 frames over 2 minutes (one every 15 s): segments of 2-8 s are seen one
+    # by one, all along the video.
+    assert len(predicted) >= 3, predicted
+    assert min(s.start for s in predicted) < frames / 2 < max(s.end for s in predicted)
+    truth = project.clips[held_out].segments  # type: ignore[union-attr]
+    figures["long_timeline"] = {
+        "video_s": LONG_SECONDS,
+        "true_segments": len(truth),
+        "predicted_segments": len(predicted),
+        "segment_f1@0.5": segment_f1(truth, predicted),
+        "stage_s": run["stage_s"],
+    }
+    print(f"long timeline: {json.dumps(figures['long_timeline'])}")
