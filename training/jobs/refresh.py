@@ -3,9 +3,9 @@
 Why: Label Studio re-predicts a task only when someone opens it or presses "Retrieve
 predictions", which sends every selected task in one request that outlasts its 100 s timeout
 for a few hundred videos (docs/design.md). So once a version becomes current, a job on the
-training queue predicts the project's tasks itself and stores each prediction through
-``POST /api/predictions/`` with the version and its score: sorting by prediction score in the
-Data Manager then reflects the new model.
+training queue predicts the project's tasks itself and stores the predictions with the
+version and its score, a batch at a time (training/jobs/prediction_writes.py): sorting by
+prediction score in the Data Manager then reflects the new model.
 
 Order and scope: unlabelled tasks first (the ones worth sorting), labelled ones after them only
 with REFRESH_ALL_TASKS. One prediction per task and version: a task that already has one is
@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from training.jobs.prediction_claims import REFRESH_CLAIM_S, REFRESH_OWNER, PredictionClaims
+from training.jobs.prediction_writes import PendingWrites
 from training.jobs.refresh_summary import Progress, RefreshSummary
 from training.labelstudio.client import LabelStudioSession
 from training.labelstudio.errors import LabelStudioError
@@ -52,9 +53,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FanOut = Callable[[list[TaskRefreshState], int], list[str]]
-
-GONE_STATUSES = (400, 404)
-"""Label Studio's answers to a prediction for a task deleted meanwhile: skip that task."""
 
 
 def _noop(_: dict) -> None:
@@ -280,9 +278,26 @@ class TaskRefresher:
     owner: str = field(default_factory=lambda: f"{REFRESH_OWNER}{uuid.uuid4().hex}")
     """Whose claims these are: each refresh its own, so twin jobs never both write."""
 
+    writes: PendingWrites = field(init=False)
+    """The claimed predictions waiting to be written, a batch at a time."""
+
+    def __post_init__(self) -> None:
+        self.writes = PendingWrites(self.ls, self.summary, self._release)
+
     def run(self, todo: list[TaskRefreshState], still_current: Callable[[], bool]) -> str:
         """Predict and write ``todo`` in order; stops early ("superseded") once
-        ``still_current()`` says no (checked before each batch of tasks)."""
+        ``still_current()`` says no (checked before each batch of tasks). Predictions are
+        written in batches (prediction_writes.py); a failed run leaves no claim unwritten."""
+        try:
+            status = self._predict_all(todo, still_current)
+        except BaseException:
+            self.writes.drop()
+            raise
+        self.writes.flush()
+        self.summary.report()
+        return status
+
+    def _predict_all(self, todo: list[TaskRefreshState], still_current: Callable[[], bool]) -> str:
         from training.model.inference import Failure, predict_clips
         from training.video.clipcache import ClipCache
         from training.video.media import MediaResolver
@@ -305,7 +320,6 @@ class TaskRefresher:
                     self.summary.skip(todo[i].task_id, outcome.reason)
                 else:
                     self._write(todo[i], outcome)
-        self.summary.report()
         return "done"
 
     def _clip(
@@ -320,8 +334,8 @@ class TaskRefresher:
         return cache.open(path, self.model.sampling)
 
     def _write(self, task: TaskRefreshState, prediction: ClipPrediction) -> None:
-        """One prediction, unless the task got one of this version since it was listed or
-        another writer claimed it."""
+        """One prediction to write, unless the task got one of this version since it was
+        listed or another writer claimed it."""
         from training.labelstudio.results import video_prediction
 
         formatted = video_prediction(
@@ -338,18 +352,7 @@ class TaskRefresher:
         if not self._claim(task.task_id):
             self.summary.already += 1  # /predict answered it, or a twin job writes it
             return
-        try:
-            if prediction.version in self.ls.get_prediction_versions(task.task_id):
-                self.summary.already += 1  # stored before the claims were taken
-                return
-            self.ls.create_prediction(task.task_id, formatted)
-        except LabelStudioError as exc:
-            self._release(task.task_id)
-            if exc.status not in GONE_STATUSES:
-                raise
-            self.summary.skip(task.task_id, str(exc))
-            return
-        self.summary.written += 1
+        self.writes.add(task.task_id, formatted)  # after a last look at the task's predictions
 
     def _keep_signal(self, task_id: int, prediction: ClipPrediction, score: float) -> None:
         from training.jobs.acquisition_rank import signal_of
