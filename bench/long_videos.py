@@ -10,12 +10,16 @@ and draws predicted against true segments of one held-out video (PNG).
 
     .venv/bin/python bench/long_videos.py --out .videoloop/bench-long
 
+``--extensions`` (issue 17) also trains the windowed model with each of bench/extensions.py's
+variants, on the same videos; ``--skip-whole`` and ``--minutes ""`` leave out the rest.
+
 Figures and the machine: bench/RESULTS.md#long-videos.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import resource
 import subprocess
@@ -25,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from extensions import EXTENSIONS, extension_built
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -52,6 +57,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--minutes", default="1,5,10", help="timed video lengths; empty: none")
     p.add_argument("--timing-fps", type=int, default=15, help="the timed 360p videos' rate")
+    p.add_argument(
+        "--extensions",
+        nargs="*",
+        default=[],
+        choices=EXTENSIONS,
+        help="issue 17: also train the windowed model with each (bench/extensions.py)",
+    )
+    p.add_argument("--skip-whole", action="store_true", help="no whole-video model")
     p.add_argument("--time-one", nargs=2, metavar=("VERSION_DIR", "VIDEO"), help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -256,11 +269,15 @@ def main(argv: list[str] | None = None) -> int:
         window_stride=args.stride,
     )
     results, predictions = {}, {}
-    for name, sampling in (("whole video", whole), (f"windows @{args.sample_fps:g} fps", windowed)):
-        info, train_s = train(
-            args.out / "models", name.split()[0], train_set, sampling, args.epochs
-        )
-        predictions[name] = predict(info, test_set)
+    windows = f"windows @{args.sample_fps:g} fps"
+    rows = [] if args.skip_whole else [("whole video", whole, None)]
+    rows += [(windows, windowed, None)]
+    rows += [(f"{windows} + {e}", windowed, e) for e in args.extensions]
+    for name, sampling, extension in rows:
+        project = name.split()[0] + (f"-{extension.replace(' ', '-')}" if extension else "")
+        with extension_built(extension, args.frames) if extension else contextlib.nullcontext():
+            info, train_s = train(args.out / "models", project, train_set, sampling, args.epochs)
+            predictions[name] = predict(info, test_set)
         results[name] = {**score(predictions[name], test_set), "train_s": train_s, "info": info}
     print(
         "| model | segmental F1@0.5 | median boundary error (s) | matched boundaries | training (s) |"
@@ -273,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     draw(args.out / "long_segments.png", test_set[0], {k: v[0] for k, v in predictions.items()})
     print(f"\nsegments of {test_set[0].path.name}: {args.out / 'long_segments.png'}\n")
-    rows = timing(args, results[list(results)[-1]]["info"])
+    rows = timing(args, results[windows]["info"])
     if rows:
         print(
             "| video (360p) | samples | segments | predict (s) | max RSS predicting (MiB) | process peak RSS (MiB) |"

@@ -26,6 +26,7 @@ Results: bench/RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing as mp
 import os
 import platform
@@ -39,6 +40,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
+from extensions import EXTENSIONS, extension_built
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADS = {"lstm": "lstm", "bilstm": "bilstm", "attention": "attention", "frame average": "average"}
@@ -64,7 +66,7 @@ VARIANTS: dict[str, dict] = {
 """Per-frame networks compared on the ``motion`` set (``compact``: depthwise-separable convs,
 a temporal conv over 3 frames, LSTM(64); ``v1 grid``: the default, spelled out), and with the
 ``bilstm`` head on ``timeline``: ModelConfig fields."""
-MODELS = (*HEADS, *VARIANTS, "origin")
+MODELS = (*HEADS, *VARIANTS, *EXTENSIONS, "origin")
 MOTION_CLASSES = "motion4"
 SEGMENT = 16
 MOTIONS = ("left_to_right", "right_to_left")
@@ -159,15 +161,16 @@ def _train_one(job: dict) -> dict:
                 train, val, len(labels), t, size, config, job["origin_batch"]
             )
         else:
-            model, history, _ = fit(
-                train,
-                val,
-                [] if timeline else labels,
-                SamplingConfig(frames=t, height=size, width=size),
-                _model_config(job["model"]),
-                config,
-                timeline_labels=labels if timeline else (),
-            )
+            with _built_as(job["model"], t):
+                model, history, _ = fit(
+                    train,
+                    val,
+                    [] if timeline else labels,
+                    SamplingConfig(frames=t, height=size, width=size),
+                    _model_config(job["model"]),
+                    config,
+                    timeline_labels=labels if timeline else (),
+                )
             epochs = len(history["loss"])
         train_s.append(time.perf_counter() - started)
         epochs_run.append(epochs)
@@ -182,7 +185,10 @@ def _train_one(job: dict) -> dict:
     ms = _ms_per_clip(model, {"frames": data.frames[:8], "mask": data.mask[:8]}, warmups=2, runs=5)
     path = Path(job["data"]).with_suffix(f".{job['model'].replace(' ', '_')}.keras")
     model.save(path)
+    sampling = SamplingConfig(frames=t, height=size, width=size)
+    litert = _litert_figures(model, sampling, test, path) if job.get("litert") else {}
     return {
+        "litert": litert,
         "scores": scores,
         "f1": f1s,
         "params": model.count_params(),
@@ -194,13 +200,37 @@ def _train_one(job: dict) -> dict:
     }
 
 
+def _litert_figures(model, sampling, test, path: Path) -> dict:
+    """Post-training quantisation of the last seed's model, as publishing does it
+    (training/model/litert_export.py), checked on the test clips: per mode, the file's bytes
+    and its top-label agreement with Keras. What videoloop relies on instead of
+    quantisation-aware training (none supports Keras 3: bench/RESULTS.md#extensions-issue-17)."""
+    from training.model.litert_export import export_litert
+
+    figures = {}
+    for mode in ("float16", "dynamic"):
+        folder = path.with_suffix(f".{mode}")
+        folder.mkdir()
+        record = export_litert(model, sampling, folder, mode, test)
+        figures[mode] = {k: record[mode][k] for k in ("bytes", "top_label_agreement")}
+        figures["float"] = {k: record["float"][k] for k in ("bytes", "top_label_agreement")}
+        figures[f"{mode} s"] = record["seconds"]
+    return figures
+
+
+def _built_as(name: str, frames: int):
+    """Where ``name`` is one of EXTENSIONS (bench/extensions.py), the build swapped for it."""
+    return extension_built(name, frames) if name in EXTENSIONS else contextlib.nullcontext()
+
+
 def _model_config(name: str):
-    """The ModelConfig of a row: a temporal head of the default model, or a VARIANTS entry."""
+    """The ModelConfig of a row: a temporal head of the default model, a VARIANTS entry, or
+    an EXTENSIONS entry's fields."""
     from training.model.config import ModelConfig
 
     if name in HEADS:
         return ModelConfig(temporal=HEADS[name])
-    fields = dict(VARIANTS[name])
+    fields = dict(EXTENSIONS[name]["fields"] if name in EXTENSIONS else VARIANTS[name])
     fields["conv_filters"] = tuple(fields.get("conv_filters", ModelConfig.conv_filters))
     return ModelConfig(**fields)
 
@@ -369,6 +399,16 @@ def main() -> None:
         "--datasets", nargs="+", default=["synth", "real", "timeline"], help="or motion"
     )
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument(
+        "--reference", default="v1 grid", choices=MODELS, help="the motion table's ratios to"
+    )
+    parser.add_argument(
+        "--litert",
+        nargs="*",
+        default=[],
+        choices=MODELS,
+        help="models whose last seed is exported to LiteRT, float16 and dynamic range",
+    )
     args = parser.parse_args()
     started = time.perf_counter()
 
@@ -473,6 +513,7 @@ def main() -> None:
                     "min_epochs": args.min_epochs,
                     "origin_batch": args.origin_batch,
                     "test": test_files.get(sampling),
+                    "litert": name in args.litert,
                 }
                 try:  # a process of its own; killed (out of memory, say), the executor says so
                     with ProcessPoolExecutor(1, mp_context=ctx) as pool:
@@ -488,6 +529,8 @@ def main() -> None:
                     f"{time.perf_counter() - started:.0f} s so far",
                     flush=True,
                 )
+                if result.get("litert"):
+                    print(f"  {name} LiteRT on the test clips: {result['litert']}", flush=True)
         if "origin" in args.models and args.guide_size:
             job = {
                 "frames": args.guide_frames,
@@ -502,7 +545,7 @@ def main() -> None:
             except Exception as exc:
                 print(f"  origin at the guide's input: FAILED ({type(exc).__name__}: {exc})")
     print_table(results, args)
-    print_variants(results)
+    print_variants(results, args.reference)
     print(f"total {time.perf_counter() - started:.0f} s")
 
 
@@ -548,17 +591,21 @@ def print_table(results: dict[tuple[str, str], dict], args: argparse.Namespace) 
         )
 
 
-def print_variants(results: dict[tuple[str, str], dict]) -> None:
-    """The ``motion`` rows side by side: test accuracy, parameters and training time, with
-    ratios to the first default (``v1 grid``) where it ran."""
+def print_variants(results: dict[tuple[str, str], dict], reference: str = "v1 grid") -> None:
+    """The ``motion`` rows side by side: test accuracy, parameters, ms per clip and training
+    time, with ratios to ``reference`` (the first default, ``v1 grid``; ``compact`` for the
+    extensions) where it ran."""
     rows = {name: r for (dataset, name), r in results.items() if dataset == "motion"}
     if not rows:
         return
-    ref = rows.get("v1 grid")
+    ref = rows.get(reference)
+    short = "v1" if reference == "v1 grid" else "ref"
     print(
-        "\nmotion4 (trained from scratch, tested on another data seed): per-frame networks\n"
-        f"{'model':20} {'test acc':>8} {'acc min':>7} {'params':>8} {'train s':>7} "
-        f"{'epochs':>10} {'params x v1':>11} {'train s x v1':>12} {'acc - v1':>8}"
+        "\nmotion4 (trained from scratch, tested on another data seed): per-frame networks"
+        f" against {reference!r}\n"
+        f"{'model':20} {'test acc':>8} {'acc min':>7} {'params':>8} {'ms/clip':>7} "
+        f"{'train s':>7} {'epochs':>10} {f'params x {short}':>11} {f'train s x {short}':>12} "
+        f"{f'acc - {short}':>8}"
     )
     for name, r in rows.items():
         scores = r["scores"]
@@ -570,7 +617,7 @@ def print_variants(results: dict[tuple[str, str], dict]) -> None:
         )
         print(
             f"{name:20} {np.mean(scores):8.3f} {min(scores):7.3f} {r['params']:8d} "
-            f"{r['train_s']:7.0f} {r['epochs']!s:>10} {ratios}"
+            f"{r['ms']:7.1f} {r['train_s']:7.0f} {r['epochs']!s:>10} {ratios}"
         )
 
 
