@@ -56,9 +56,15 @@ class PendingWrites:
     """Gives up this refresh's claim on a task it will not write."""
     size: int = WRITE_BATCH
     _pending: list[Write] = field(default_factory=list)
+    _group: object = None
 
-    def add(self, task_id: int, prediction: Mapping[str, Any]) -> None:
-        """Queue a claimed task's prediction (``{"result", "score", "model_version"}``)."""
+    def add(self, task_id: int, prediction: Mapping[str, Any], group: object = None) -> None:
+        """Queue a claimed task's prediction (``{"result", "score", "model_version"}``).
+        A batch never mixes ``group``s: a new group first stores what waits, so every task
+        of a group added earlier (the unlabelled tasks) is stored before the next group's."""
+        if self._pending and group != self._group:
+            self.flush()
+        self._group = group
         self._pending.append((task_id, prediction))
         if len(self._pending) >= self.size:
             self.flush()

@@ -352,7 +352,8 @@ class TaskRefresher:
         if not self._claim(task.task_id):
             self.summary.already += 1  # /predict answered it, or a twin job writes it
             return
-        self.writes.add(task.task_id, formatted)  # after a last look at the task's predictions
+        # After a last look at its predictions; the unlabelled tasks all stored first.
+        self.writes.add(task.task_id, formatted, group=task.labelled)
 
     def _keep_signal(self, task_id: int, prediction: ClipPrediction, score: float) -> None:
         from training.jobs.acquisition_rank import signal_of

@@ -105,3 +105,17 @@ def test_a_refused_write_gives_back_the_claims_of_what_was_not_written(
     pending.add(tasks[2], prediction())
     pending.drop()  # the refresh failed before writing it
     assert sorted(released) == tasks[:3] and pending.summary.written == 0
+
+
+def test_a_new_group_first_stores_what_waits(label_studio, project, writes):
+    """The unlabelled tasks (one group) are all stored before the first labelled one (the
+    next) is written, though writes within a group run side by side."""
+    pending, _ = writes
+    _, tasks = project
+    pending.add(tasks[0], prediction(), group=False)
+    pending.add(tasks[1], prediction(), group=False)
+    assert label_studio.predictions() == []  # the batch of 3 is not full
+    pending.add(tasks[2], prediction(), group=True)
+    assert sorted(p["task"] for p in label_studio.predictions()) == tasks[:2]
+    pending.flush()
+    assert [p["task"] for p in label_studio.predictions()][-1] == tasks[2]
