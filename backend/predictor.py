@@ -208,8 +208,15 @@ class TaskPredictor:
                     frame_rate=controls.task_frame_rate(_task_data(tasks[i])),
                     measure=self.settings.uncertainty_measure,
                 )
-                if formatted is None:
+                if formatted is None:  # said once: every task of this config would say it
                     metrics.count_failed("no_result")
+                    self._warn_once(
+                        ("no result", project, model.version),
+                        "project %s: version %s gave no result for task %s (nothing to store)",
+                        project,
+                        model.version,
+                        _task_id(tasks[i]),
+                    )
                 results[i] = NO_PREDICTION if formatted is None else formatted
         finally:  # never wait for a slow download: it ends at its own deadline
             pool.shutdown(wait=False, cancel_futures=True)

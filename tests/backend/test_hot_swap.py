@@ -209,6 +209,27 @@ class Clients:
         return Call(client, started, ended, 200, pid, versions, ok, "" if ok else response.text)
 
 
+WHY_NO_PREDICTION = re.compile(
+    r"no prediction of|could not be prepared|Traceback|not ready within|from the refresh job"
+    r"|no model to predict|fills no control|gave no result"
+)
+"""Server log lines that say why a task was answered ``[]`` (backend/predictor.py logs each
+reason; a swap itself never should)."""
+
+
+def why_failed(failed: list[Call], log: str) -> str:
+    """What a failure message needs: the first failed calls and every log line, from the whole
+    log (not its tail: the test ends well after a failure mid-run), saying why a task got
+    ``[]``."""
+    reasons = [line for line in log.splitlines() if WHY_NO_PREDICTION.search(line)]
+    return (
+        f"first failed calls: {failed[:3]}\n"
+        f"server log lines explaining a task without a prediction ({len(reasons)}):\n"
+        + "\n".join(reasons[:40])
+        + f"\n...\nlog tail:\n{log[-3000:]}"
+    )
+
+
 def first_answer_with(calls: list[Call], version: str, after: float) -> dict[int, float]:
     """For each process, when its first answer with ``version`` (to a call sent after
     ``after``) came back: the process served that version by then at the latest."""
@@ -329,7 +350,7 @@ def test_every_process_swaps_each_new_version_under_load_without_a_failed_reques
 
     # Zero failed requests, each answered whole by one version.
     failed = [c for c in calls if not c.ok]
-    assert not failed, f"{len(failed)} of {len(calls)} calls failed: {failed[:3]}\n{log[-4000:]}"
+    assert not failed, f"{len(failed)} of {len(calls)} calls failed; {why_failed(failed, log)}"
     assert all(len(set(c.versions)) == 1 for c in calls)
     assert {c.pid for c in calls} == pids  # no worker was restarted meanwhile
 
