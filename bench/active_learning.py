@@ -10,10 +10,13 @@ the ones the model is least sure of (``uncertainty:<measure>``), ``random`` ones
 same embeddings, MC dropout and ``acquisition.choose_order`` as the refresh). It prints test
 accuracy by labelled clips and at 8, 16 and 32 labels, the labels each strategy needed to reach
 ``--target`` with ratios to random, time per round, and plots the curves
-(``bench/active_learning.png``). The unlabelled-data methods of issue 15 (augmentation,
-self-supervised pre-training) are not on this branch, so there is no flag for them yet; the
-timeline set is not simulated either. Each (strategy, seed)
-runs in a spawned process of its own. Run from the repository root (not imported by the
+(``bench/active_learning.png``). ``--methods`` crosses each strategy with the unlabelled-data
+methods of issue 15 (``bench/unlabelled.py``'s METHODS: the TrainConfig fields, such as
+PRETRAIN=order on the pool's unlabelled clips before the first model; later rounds fine-tune,
+as the job does), so each gain can be told apart; ``--stop-at-target`` ends a run at the first
+round that reaches ``--target`` (all that labels-to-target needs). The timeline set is not
+simulated. Each (strategy, method, seed) runs in a spawned process of its own, ``--processes``
+at a time. Run from the repository root (not imported by the
 packages):
 
     .venv/bin/python bench/active_learning.py [--json FIGURES.json]
@@ -65,8 +68,24 @@ def _parse_strategy(spec: str, default_measure: str) -> tuple[str, str | None]:
     )
 
 
-def _name(kind: str, measure: str | None) -> str:
-    return kind if measure is None else f"{kind}:{measure}"
+def _name(kind: str, measure: str | None, method: str = "spatial") -> str:
+    """``uncertainty:least_confidence``, and `` + <method>`` when it is not today's default."""
+    name = kind if measure is None else f"{kind}:{measure}"
+    return name if method == DEFAULT_METHOD else f"{name} + {method}"
+
+
+DEFAULT_METHOD = "spatial"
+"""bench/unlabelled.py's name for today's training defaults (spatial augmentation only)."""
+
+
+def _methods(names: list[str]) -> dict[str, dict]:
+    """The TrainConfig fields of each ``--methods`` name (bench/unlabelled.py's METHODS)."""
+    from unlabelled import METHODS
+
+    unknown = [n for n in names if n not in METHODS]
+    if unknown:
+        raise SystemExit(f"unknown methods {unknown}: {', '.join(METHODS)}")
+    return {n: METHODS[n] for n in names}
 
 
 def _split_labelled(keys, y, holdout: str, train_config):
@@ -139,7 +158,9 @@ def _run_one(job: dict) -> dict:
     pool = arrays["pool"]  # indices into data
     sampling = SamplingConfig(*data.frames.shape[1:4])
     model_config = ModelConfig()
-    train_config = TrainConfig(epochs=job["epochs"], patience=job["patience"], seed=job["seed"])
+    train_config = TrainConfig(
+        epochs=job["epochs"], patience=job["patience"], seed=job["seed"], **job["fields"]
+    )
     seed, k, budget = job["seed"], job["k"], job["budget"]
 
     rng = np.random.default_rng([seed, 0])
@@ -158,6 +179,7 @@ def _run_one(job: dict) -> dict:
             started = time.perf_counter()
             chosen = data.subset(np.asarray(labelled))
             tr, va, gate = _split_labelled(chosen.keys, chosen.y, job["holdout"], train_config)
+            unlabelled = np.setdiff1d(pool, labelled)
             model, history, init = fit(
                 chosen.subset(tr),
                 chosen.subset(va) if len(va) else None,
@@ -166,11 +188,14 @@ def _run_one(job: dict) -> dict:
                 model_config,
                 train_config,
                 parent=parent,
+                # as the job: the project's unlabelled tasks, pre-trained on before a first model
+                unlabelled=data.subset(unlabelled) if parent is None else None,
             )
             fit_s = time.perf_counter() - started
             accuracy = float((predict_arrays(model, test).argmax(1) == test.y).mean())
-            unlabelled = np.setdiff1d(pool, labelled)
             more = min(k, budget - len(labelled), len(unlabelled))
+            if job["stop_at_target"] and accuracy >= job["target"]:
+                more = 0
             picked: list[int] = []
             if more > 0:
                 if job["kind"] == "random":
@@ -231,13 +256,43 @@ def _in_fresh_process(job: dict, ctx) -> dict:
         except BrokenProcessPool:
             if attempt == RETRIES:
                 raise
-            print(f"  (the process of {job['kind']} seed {job['seed']} died; again)", flush=True)
+            print(f"  (the process of {job['name']} seed {job['seed']} died; again)", flush=True)
     raise AssertionError("unreachable")
+
+
+def _run_jobs(jobs: list[dict], ctx, processes: int):
+    """(job, result) as each ends: one at a time in a fresh process (started again if killed),
+    or ``processes`` at a time, each in a process of its own (no retry)."""
+    if processes <= 1:
+        for job in jobs:
+            yield job, _in_fresh_process(job, ctx)
+        return
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    with ProcessPoolExecutor(processes, mp_context=ctx, max_tasks_per_child=1) as executor:
+        futures = {executor.submit(_run_one, job): job for job in jobs}
+        for future in as_completed(futures):
+            yield futures[future], future.result()
 
 
 def _labels_to_reach(rounds: list[dict], target: float) -> int | None:
     """The first label count whose test accuracy is at least ``target`` (None: never)."""
     return next((r["labels"] for r in rounds if r["accuracy"] >= target), None)
+
+
+def _mean_curve(runs: list[list[dict]]) -> tuple[list[int], list[float]]:
+    """Mean accuracy at each label count, over the seeds whose run has that round; a run that
+    stopped at the target counts with its last accuracy after it (it would not fall)."""
+    counts = sorted({r["labels"] for run in runs for r in run})
+    mean = []
+    for n in counts:
+        acc = [
+            next((r["accuracy"] for r in run if r["labels"] == n), run[-1]["accuracy"])
+            for run in runs
+            if run[0]["labels"] <= n
+        ]
+        mean.append(float(np.mean(acc)))
+    return counts, mean
 
 
 def _plot(path: Path, curves: dict, target: float, title: str) -> None:
@@ -249,13 +304,13 @@ def _plot(path: Path, curves: dict, target: float, title: str) -> None:
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
     for n, (name, runs) in enumerate(curves.items()):
         colour = f"C{n}"
-        x = np.array([r["labels"] for r in runs[0]])
-        acc = np.array([[r["accuracy"] for r in run] for run in runs])
-        for run in acc:
-            ax.plot(x, run, color=colour, alpha=0.25, linewidth=1)
+        for run in runs:  # runs may end at different rounds (--stop-at-target)
+            x = [r["labels"] for r in run]
+            ax.plot(x, [r["accuracy"] for r in run], color=colour, alpha=0.25, linewidth=1)
+        x, mean = _mean_curve(runs)
         ax.plot(
             x,
-            acc.mean(0),
+            mean,
             color=colour,
             linewidth=2.2,
             marker="o",
@@ -334,6 +389,23 @@ def main() -> None:
         action="store_true",
         help="skip tf.config.experimental.enable_op_determinism()",
     )
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=[DEFAULT_METHOD],
+        help="unlabelled-data methods crossed with each strategy (bench/unlabelled.py METHODS)",
+    )
+    parser.add_argument(
+        "--runs",
+        nargs="+",
+        help="instead of every strategy x method: STRATEGY[+METHOD] each, e.g. random badge+order",
+    )
+    parser.add_argument(
+        "--stop-at-target",
+        action="store_true",
+        help="end a run at its first round at or above --target",
+    )
+    parser.add_argument("--processes", type=int, default=1, help="runs at a time")
     parser.add_argument("--plot", type=Path, default=ROOT / "bench" / "active_learning.png")
     parser.add_argument("--json", type=Path, help="also write every round's figures here")
     args = parser.parse_args()
@@ -348,7 +420,11 @@ def main() -> None:
     from training.video.clip import SamplingConfig
     from training.video.synth import generate_dataset, select_classes
 
-    strategies = [_parse_strategy(s, args.measure) for s in args.strategies]
+    if args.runs:
+        pairs = [(*spec.split("+", 1), DEFAULT_METHOD)[:2] for spec in args.runs]
+    else:
+        pairs = [(s, m) for m in args.methods for s in args.strategies]
+    methods = _methods(sorted({m for _, m in pairs}))
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, "
         f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GB RAM, "
@@ -359,7 +435,8 @@ def main() -> None:
     per_class = args.pool_per_class + args.test_per_class
     sampling = SamplingConfig(frames=args.frames, height=args.size, width=args.size)
     ctx = mp.get_context("spawn")
-    curves: dict[str, list[list[dict]]] = {_name(*s): [] for s in strategies}
+    runs = [(*_parse_strategy(s, args.measure), m) for s, m in pairs]
+    curves: dict[str, list[list[dict]]] = {_name(*r): [] for r in runs}
     with tempfile.TemporaryDirectory() as tmp:
         manifest = generate_dataset(Path(tmp), classes=labels, per_class=per_class, seed=args.seed)
         data, skipped = decode_labelled(read_manifest(manifest), labels, sampling)
@@ -379,33 +456,42 @@ def main() -> None:
             f"{args.patience}); holdout {args.holdout}; init {args.init}; target {args.target:g}\n",
             flush=True,
         )
-        for seed in args.seeds:
-            for kind, measure in strategies:
-                job = {
-                    "data": str(path),
-                    "labels": labels,
-                    "kind": kind,
-                    "measure": measure,
-                    "seed": seed,
-                    "seed_per_class": args.seed_per_class,
-                    "k": args.k,
-                    "budget": args.budget,
-                    "epochs": args.epochs,
-                    "patience": args.patience,
-                    "holdout": args.holdout,
-                    "init": args.init,
-                    "deterministic": not args.nondeterministic,
-                    "samples": args.mc_samples,
-                }
-                rounds = _in_fresh_process(job, ctx)["rounds"]
-                curves[_name(kind, measure)].append(rounds)
-                accuracies = " ".join(f"{r['accuracy']:.2f}" for r in rounds)
-                print(
-                    f"  {_name(kind, measure)} seed {seed}: acc {accuracies}; "
-                    f"{sum(r['round_s'] for r in rounds):.0f} s, "
-                    f"{time.perf_counter() - started:.0f} s so far",
-                    flush=True,
-                )
+        jobs = [
+            {
+                "data": str(path),
+                "labels": labels,
+                "kind": kind,
+                "measure": measure,
+                "name": _name(kind, measure, method),
+                "fields": methods[method],
+                "seed": seed,
+                "seed_per_class": args.seed_per_class,
+                "k": args.k,
+                "budget": args.budget,
+                "epochs": args.epochs,
+                "patience": args.patience,
+                "holdout": args.holdout,
+                "init": args.init,
+                "deterministic": not args.nondeterministic,
+                "samples": args.mc_samples,
+                "target": args.target,
+                "stop_at_target": args.stop_at_target,
+            }
+            for seed in args.seeds
+            for kind, measure, method in runs
+        ]
+        done: dict[tuple[str, int], list[dict]] = {}
+        for job, result in _run_jobs(jobs, ctx, args.processes):
+            rounds = done[job["name"], job["seed"]] = result["rounds"]
+            accuracies = " ".join(f"{r['accuracy']:.2f}" for r in rounds)
+            print(
+                f"  {job['name']} seed {job['seed']}: acc {accuracies}; "
+                f"{sum(r['round_s'] for r in rounds):.0f} s, "
+                f"{time.perf_counter() - started:.0f} s so far",
+                flush=True,
+            )
+        for name in curves:
+            curves[name] = [done[name, seed] for seed in args.seeds]
     _report(curves, args)
     if args.json:
         args.json.write_text(json.dumps({"args": vars(args), "curves": curves}, default=str))
@@ -455,18 +541,27 @@ def _accuracy_at(curves: dict, names: list[str], width: int, counts: tuple[int, 
 def _report(curves: dict[str, list[list[dict]]], args) -> None:
     names = list(curves)
     width = max(14, *(len(n) for n in names))
-    counts = [r["labels"] for r in curves[names[0]][0]]
-    budget = counts[-1]
-    print(f"\ntest accuracy by labelled clips, mean over seeds {args.seeds} (min)")
+    counts = sorted({r["labels"] for runs in curves.values() for run in runs for r in run})
+    budget = args.budget
+    print(
+        f"\ntest accuracy by labelled clips, mean over seeds {args.seeds} (min); "
+        "[k/n]: only k of n seeds' runs had that round (the others reached the target)"
+    )
     print(f"{'labels':>6} " + " ".join(f"{n:>{width}}" for n in names))
-    for i, n in enumerate(counts):
+    for n in counts:
         cells = []
         for name in names:
-            acc = [run[i]["accuracy"] for run in curves[name]]
-            cells.append(f"{f'{np.mean(acc):.3f} ({min(acc):.3f})':>{width}}")
+            runs = curves[name]
+            acc = [r["accuracy"] for run in runs for r in run if r["labels"] == n]
+            text = f"{np.mean(acc):.3f} ({min(acc):.3f})" if acc else "-"
+            if acc and len(acc) < len(runs):
+                text += f" [{len(acc)}/{len(runs)}]"
+            cells.append(f"{text:>{width}}")
         print(f"{n:6d} " + " ".join(cells))
     mean_acc = {
-        name: np.mean([[r["accuracy"] for r in run] for run in curves[name]]) for name in names
+        # a run stopped at the target keeps its last accuracy after it (_mean_curve)
+        name: float(np.mean(_mean_curve(curves[name])[1]))
+        for name in names
     }
     print(f"{'all':>6} " + " ".join(f"{f'{mean_acc[n]:.3f}':>{width}}" for n in names))
 
