@@ -101,6 +101,13 @@ def _run_method(job: dict) -> list[dict]:
     return out
 
 
+def run_in_process(job: dict) -> list[dict]:
+    """``_run_method(job)`` in a spawned process of its own, so each method starts from a fresh
+    TensorFlow and gives its memory back when done."""
+    with mp.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_run_method, (job,))
+
+
 def _model_config():
     from training.model.config import ModelConfig
 
@@ -195,15 +202,13 @@ def main() -> None:
             f"labelled, the rest unlabelled; test {args.test_per_class} a class (data seed 2); "
             f"T={args.frames} at {args.size}x{args.size}; {time.perf_counter() - started:.0f} s"
         )
-        ctx = mp.get_context("spawn")
         results = {}
         for method in methods:
             job = {
                 "pool": str(pool), "test": str(test), "labels": labels, "method": method,
                 "seeds": args.seeds, "per_label": args.per_label, "epochs": args.epochs,
             }  # fmt: skip
-            with ctx.Pool(1) as p:
-                results[method] = p.apply(_run_method, (job,))
+            results[method] = run_in_process(job)
     print()
     print("\n".join(_report(results, args.seeds)))
     _plot(results, args.plot)

@@ -17,7 +17,7 @@ from training.model.config import AUTO_TEMPORAL, check_network, check_temporal
 from training.model.litert import EXPORT_MODES, RUNTIMES, check_choice
 from training.model.uncertainty import parse_measure
 from training.versions.configured import parse_store_url
-from training.video.clip import SamplingConfig
+from training.video.clip import SAMPLE_MODES, SamplingConfig
 from training.video.media_policy import parse_allowed_hosts
 
 
@@ -123,6 +123,10 @@ class Settings:
     spread over each whole video. Later versions keep their parent's sampling."""
     window_stride: int = 0
     """Samples between two windows' starts under SAMPLE_FPS; 0: half a window."""
+    sample_mode: str = "uniform"
+    """How a project's first model picks the TRAIN_FRAMES of a long video: ``uniform`` or
+    ``keyframe`` (the nearest keyframes: faster, a little less accurate; not with SAMPLE_FPS).
+    Later versions keep their parent's."""
     train_timeout_s: int = 3600
     train_lease_s: int = 30
     recover_every_s: int = 5
@@ -231,11 +235,13 @@ class Settings:
         if self.model_store_url:
             parse_store_url(self.model_store_url)  # ValueError naming MODEL_STORE_URL
         self._check_unlabelled()
+        if self.sample_mode not in SAMPLE_MODES:
+            raise ValueError(f"SAMPLE_MODE must be one of {', '.join(SAMPLE_MODES)}")
         try:
             self.first_sampling()
         except ValueError as exc:
             raise ValueError(
-                f"TRAIN_FRAMES, TRAIN_FRAME_SIZE, SAMPLE_FPS, WINDOW_STRIDE: {exc}"
+                f"TRAIN_FRAMES, TRAIN_FRAME_SIZE, SAMPLE_FPS, WINDOW_STRIDE, SAMPLE_MODE: {exc}"
             ) from None
         object.__setattr__(self, "log_format", self.log_format.lower())
         if self.log_format not in LOG_FORMATS:
@@ -263,13 +269,14 @@ class Settings:
 
     def first_sampling(self) -> SamplingConfig:
         """The sampling of a project's first model (TRAIN_FRAMES, TRAIN_FRAME_SIZE,
-        SAMPLE_FPS, WINDOW_STRIDE); later versions keep their parent's."""
+        SAMPLE_FPS, WINDOW_STRIDE, SAMPLE_MODE); later versions keep their parent's."""
         return SamplingConfig(
             frames=self.train_frames,
             height=self.train_frame_size,
             width=self.train_frame_size,
             sample_fps=self.sample_fps,
             window_stride=self.window_stride,
+            sample_mode=self.sample_mode,
         )
 
     def train_config(self, **overrides) -> TrainConfig:

@@ -107,7 +107,9 @@ def _training_run(args: argparse.Namespace, settings: Settings) -> TrainingRun:
     """How ``videoloop train`` trains: the options' settings, published without becoming
     current (the quality gate, or --promote-anyway, decides)."""
     return TrainingRun(
-        sampling=SamplingConfig(frames=args.frames, height=args.size, width=args.size),
+        sampling=SamplingConfig(  # SAMPLE_MODE as for a project's first model
+            frames=args.frames, height=args.size, width=args.size, sample_mode=settings.sample_mode
+        ),
         model_config=ModelConfig(
             backbone=args.backbone,
             backbone_weights=args.backbone_weights,
@@ -160,7 +162,9 @@ def add_train_parser(sub) -> None:
     p.add_argument("--epochs", type=int, default=train.epochs)
     p.add_argument("--patience", type=int, default=train.patience)
     p.add_argument("--batch-size", type=int, default=train.batch_size)
-    p.add_argument("--frames", type=int, default=sampling.frames, help="frames sampled per clip")
+    p.add_argument(
+        "--frames", type=int, default=sampling.frames, help="frames per clip (SAMPLE_MODE: which)"
+    )
     p.add_argument("--size", type=int, default=sampling.height, help="frame height and width")
     p.add_argument("--backbone", default=model.backbone, choices=list(BACKBONES))
     p.add_argument(

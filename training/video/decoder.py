@@ -33,6 +33,7 @@ from training.video.decode_limits import (
     DecodeLimits,
     VideoDecodeError,
 )
+from training.video.keyframes import keyframe_targets
 
 if TYPE_CHECKING:
     from training.video.clipcache import ClipCache
@@ -70,7 +71,7 @@ def sample_clip(
     seek_above_s: float = SEEK_ABOVE_S,
     limits: DecodeLimits | None = None,
 ) -> Clip:
-    """Read ``config.frames`` frames spread uniformly over the video at ``path``.
+    """Read ``config.frames`` frames spread over the video at ``path``, as ``config.sample_mode``.
 
     Args:
         path: a local video file.
@@ -100,6 +101,8 @@ def sample_clip(
             budget.check_declared(stream.width, stream.height, count, duration_s)
             targets = frame_indices(count, config.frames)
             if duration_s and duration_s > seek_above_s:
+                if config.keyframe:  # SAMPLE_MODE=keyframe: training/video/keyframes.py
+                    targets = keyframe_targets(container, stream, targets, rate, budget)
                 images = _read_by_seeking(container, stream, targets, rate, grab, budget)
                 decoded = None
             else:
@@ -280,7 +283,7 @@ def _read_by_seeking(
 
     Returns fewer images than targets when a target lies past the end of the stream (the
     frame-count estimate was too high) or frames carry no timestamps; the caller then decodes
-    in order instead.
+    in order instead. A target equal to the one before (keyframe sampling) repeats its image.
     """
     start = stream.start_time or 0
     frame_pts = 1 / (rate * stream.time_base)  # one frame's duration in stream time-base units
@@ -291,6 +294,9 @@ def _read_by_seeking(
     frames: Iterator[av.VideoFrame] | None = None  # the decoding in progress
     last_pts = start
     for index in targets:
+        if images and targets[len(images) - 1] == index:  # a keyframe shared by two targets
+            images.append(images[-1])
+            continue
         target = start + round(index * frame_pts)
         behind = bisect.bisect_right(keyframes, target)  # keyframes at or before the target
         if frames is None or not keyframes or (behind and keyframes[behind - 1] > last_pts):

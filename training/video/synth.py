@@ -216,10 +216,14 @@ def render_segmented_clip(
     return frames, [first] * split + [second] * (n - split)
 
 
-def write_video(path: str | os.PathLike[str], frames: np.ndarray, fps: int) -> None:
+def write_video(
+    path: str | os.PathLike[str], frames: np.ndarray, fps: int, *, gop_frames: int = 0
+) -> None:
     """Encode RGB frames as an H.264 (yuv420p) MP4, the format Label Studio plays.
 
     The same frames give the same file with the same libx264 build, on any machine.
+    ``gop_frames`` > 0 puts a keyframe exactly every that many frames (no scene-cut ones);
+    0 leaves x264's choice (at most 250 frames apart).
 
     Raises:
         ValueError: frames not (N, H, W, 3) uint8 with N >= 1, or an odd width or height
@@ -239,12 +243,10 @@ def write_video(path: str | os.PathLike[str], frames: np.ndarray, fps: int) -> N
         # Same frames, same file: x264's output depends on its thread count (auto is 1.5 x
         # cores), and with macroblock-tree rate control its AVX-512 code gave run-to-run
         # different files here (x264 core 165). One thread is also the fastest at these sizes.
-        stream.options = {
-            "preset": "veryfast",
-            "crf": "23",
-            "threads": "1",
-            "x264-params": "mbtree=0",
-        }
+        options = {"preset": "veryfast", "crf": "23", "threads": "1", "x264-params": "mbtree=0"}
+        if gop_frames:
+            options.update(g=str(gop_frames), sc_threshold="0")
+        stream.options = options
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode(None))

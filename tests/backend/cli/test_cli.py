@@ -184,3 +184,15 @@ def test_synth_long_writes_label_studio_tasks(tmp_path):
     assert len(videos) == 2 and all(v.fps == 8 for v in videos)
     assert all(2 <= len(v.segments) <= 3 for v in videos)
     assert {s.label for v in videos for s in v.segments} <= {"grow", "shrink"}
+
+
+def test_train_samples_as_sample_mode_says() -> None:
+    """``videoloop train`` samples as a project's first model would (SAMPLE_MODE)."""
+    from backend.cli import build_parser
+    from backend.cli.train import _training_run
+    from training.settings import Settings
+
+    args = build_parser().parse_args(["train", "--data", "d", "--project", "1", "--frames", "8"])
+    run = _training_run(args, Settings(sample_mode="keyframe"))
+    assert (run.sampling.frames, run.sampling.sample_mode) == (8, "keyframe")
+    assert _training_run(args, Settings()).sampling.sample_mode == "uniform"

@@ -27,10 +27,11 @@ def gray_level(k: int) -> int:
     return 10 + 6 * k
 
 
-def write_gray_video(path: Path, frames: int, *, audio_s: float = 0.0) -> Path:
-    """libx264 with B-frames and a keyframe every 8 frames; optionally a longer audio track."""
+def write_gray_video(path: Path, frames: int, *, audio_s: float = 0.0, gop: int = 8) -> Path:
+    """libx264 with B-frames and a keyframe every ``gop`` frames; optionally a longer audio
+    track."""
     with av.open(str(path), "w") as out:
-        options = {"g": "8", "bf": "2", "sc_threshold": "0"}
+        options = {"g": str(gop), "bf": "2", "sc_threshold": "0"}
         video = out.add_stream("libx264", rate=GRAY_FPS, options=options)
         video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
         audio = out.add_stream("pcm_s16le", rate=8000, layout="mono") if audio_s else None

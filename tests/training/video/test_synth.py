@@ -269,3 +269,12 @@ def test_load_labelled_videos_from_class_folders(tmp_path: Path) -> None:
         load_labelled_videos(tmp_path / "nowhere")
     with pytest.raises(ValueError, match=r"not a \.csv file"):
         load_labelled_videos(root / "walk" / "b.mp4")
+
+
+def test_write_video_puts_keyframes_every_gop_frames(tmp_path: Path) -> None:
+    path = tmp_path / "gop.mp4"
+    synth.write_video(path, np.zeros((25, 32, 32, 3), np.uint8), FPS, gop_frames=10)
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        keyframes = [p.pts for p in container.demux(stream) if p.size and p.is_keyframe]
+    assert [round(pts * stream.time_base * FPS) for pts in keyframes] == [0, 10, 20]
