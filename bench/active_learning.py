@@ -14,10 +14,10 @@ accuracy by labelled clips and at 8, 16 and 32 labels, the labels each strategy 
 methods of issue 15 (``bench/unlabelled.py``'s METHODS: the TrainConfig fields, such as
 PRETRAIN=order on the pool's unlabelled clips before the first model; later rounds fine-tune,
 as the job does), so each gain can be told apart; ``--stop-at-target`` ends a run at the first
-round that reaches ``--target`` (all that labels-to-target needs). The timeline set is not
-simulated. Each (strategy, method, seed) runs in a spawned process of its own, ``--processes``
-at a time. Run from the repository root (not imported by the
-packages):
+round that reaches ``--target`` (all that labels-to-target needs). The timeline set is
+simulated by bench/active_learning_timeline.py, through this loop (``_annotate``). Each
+(strategy, method, seed) runs in a spawned process of its own, ``--processes`` at a time. Run
+from the repository root (not imported by the packages):
 
     .venv/bin/python bench/active_learning.py [--json FIGURES.json]
 
@@ -36,6 +36,8 @@ import resource
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -129,39 +131,16 @@ def _acquire(model, pool, kind: str, more: int, seed: int, samples: int) -> list
 
 def _run_one(job: dict) -> dict:
     """In a spawned process: one strategy, one seed, every round; returns the curve."""
-    sys.path.insert(0, str(ROOT))
-    import keras
-    import tensorflow as tf
-    from support import rss_mb
-
+    data, test, pool = _load_clips(job)
     from training.learn.config import TrainConfig
-    from training.learn.dataset import ClipArrays
     from training.learn.evaluate import predict_arrays
-    from training.learn.fit import fit
-    from training.model.config import ModelConfig
     from training.model.uncertainty import most_uncertain
-    from training.versions.store import VersionInfo
-    from training.video.clip import SamplingConfig
 
-    if job["deterministic"]:
-        tf.config.experimental.enable_op_determinism()
-    arrays = np.load(job["data"])
     labels = job["labels"]
-    data = ClipArrays(
-        arrays["frames"],
-        arrays["mask"],
-        arrays["y"],
-        [f"clip{i}" for i in range(len(arrays["y"]))],
-        [f"task:{i}" for i in range(len(arrays["y"]))],  # as the job keys Label Studio tasks
-    )
-    test = data.subset(arrays["test"])
-    pool = arrays["pool"]  # indices into data
-    sampling = SamplingConfig(*data.frames.shape[1:4])
-    model_config = ModelConfig()
     train_config = TrainConfig(
         epochs=job["epochs"], patience=job["patience"], seed=job["seed"], **job["fields"]
     )
-    seed, k, budget = job["seed"], job["k"], job["budget"]
+    seed = job["seed"]
 
     rng = np.random.default_rng([seed, 0])
     labelled = [
@@ -169,10 +148,134 @@ def _run_one(job: dict) -> dict:
         for c in range(len(labels))
         for i in rng.permutation(pool[data.y[pool] == c])[: job["seed_per_class"]]
     ]
+
+    def score(model) -> dict:
+        return {"accuracy": float((predict_arrays(model, test).argmax(1) == test.y).mean())}
+
+    def choose(model, unlabelled, more: int) -> list[int]:
+        if job["kind"] in ACQUISITION:
+            rest = data.subset(unlabelled)
+            chosen_at = _acquire(model, rest, job["kind"], more, seed, job["samples"])
+            return [int(unlabelled[i]) for i in chosen_at]
+        probs = predict_arrays(model, data.subset(unlabelled))
+        return [int(unlabelled[i]) for i in most_uncertain(probs, more, job["measure"])]
+
+    rounds = _annotate(
+        job,
+        data,
+        pool,
+        labelled,
+        train_config,
+        Learner(
+            _trainer(data, train_config, labels),
+            score,
+            choose,
+            per_class=lambda chosen: np.bincount(chosen.y, minlength=len(labels)).tolist(),
+            meta={"labels": list(labels)},
+        ),
+    )
+    return {"rounds": rounds}
+
+
+def _load_clips(job: dict):
+    """A spawned run's start: the repository importable, TensorFlow's ops deterministic
+    (unless ``job["deterministic"]`` is false), and the job's clips keyed as the job keys
+    Label Studio tasks (``task:<i>``, what the product's split hashes).
+
+    Returns:
+        ``(data, test, pool)``: every clip as ClipArrays (``frame_y`` when the file has it;
+        no class when it has no ``y``, a timeline-only set), the held-out test clips, and
+        the pool's indices into ``data``.
+    """
+    sys.path.insert(0, str(ROOT))
+    import tensorflow as tf
+
+    from training.learn.dataset import NO_CLASS, ClipArrays
+
+    if job["deterministic"]:
+        tf.config.experimental.enable_op_determinism()
+    arrays = np.load(job["data"])
+    count = len(arrays["mask"])
+    data = ClipArrays(
+        arrays["frames"],
+        arrays["mask"],
+        arrays["y"] if "y" in arrays else np.full(count, NO_CLASS, np.int32),
+        [f"clip{i}" for i in range(count)],
+        [f"task:{i}" for i in range(count)],
+        arrays.get("frame_y"),
+    )
+    return data, data.subset(arrays["test"]), arrays["pool"]
+
+
+def _trainer(data, train_config, labels: list[str], timeline_labels: list[str] = ()):
+    """Learner.train as the training job trains: the default model, ``fit`` on the round's
+    training part with its validation part, from ``parent`` when there is one, else with the
+    project's unlabelled clips for TrainConfig.pretrain (the job pre-trains on them before a
+    first model only)."""
+    from training.learn.fit import fit
+    from training.model.config import ModelConfig
+    from training.video.clip import SamplingConfig
+
+    sampling = SamplingConfig(*data.frames.shape[1:4])
+    model_config = ModelConfig()
+
+    def train(chosen, tr, va, parent, unlabelled):
+        return fit(
+            chosen.subset(tr),
+            chosen.subset(va) if len(va) else None,
+            labels,
+            sampling,
+            model_config,
+            train_config,
+            parent=parent,
+            timeline_labels=timeline_labels,
+            unlabelled=data.subset(unlabelled) if parent is None else None,
+        )
+
+    return train
+
+
+@dataclass(frozen=True)
+class Learner:
+    """What differs between the simulated sets (this one, bench/active_learning_timeline.py's),
+    so that one loop, :func:`_annotate`, runs both and their figures stay comparable:
+
+    - ``train(chosen, tr, va, parent, unlabelled)`` -> ``(model, history, init)``, as fit;
+    - ``score(model)`` -> the round's test figures, ``"accuracy"`` among them;
+    - ``choose(model, unlabelled, more)`` -> the ``more`` indices (into the data) to label;
+    - ``per_class(chosen)`` -> the labelled counts per output, for the report;
+    - ``meta``: a parent version's meta (its labels), for warm_start.
+    """
+
+    train: Callable
+    score: Callable[..., dict]
+    choose: Callable[..., list[int]]
+    per_class: Callable[..., list[int]]
+    meta: dict
+
+
+def _annotate(
+    job: dict, data, pool: np.ndarray, labelled: list[int], train_config, learner: Learner
+) -> list[dict]:
+    """Every round of one simulated annotator, as the product's loop runs: train on the
+    labelled clips (the product's split, ``job["holdout"]``; from the last round's model
+    unless ``job["init"]`` is ``scratch``), score, then label up to ``job["k"]`` more, the
+    next of a seeded random order (``random``) or ``learner.choose``'s, until
+    ``job["budget"]`` (or ``job["target"]`` with ``job["stop_at_target"]``).
+
+    Returns:
+        One dict per round: its label count, ``learner.score``'s figures, the split's sizes,
+        epochs, start, seconds and memory, and ``learner.per_class``.
+    """
+    import keras
+    from support import rss_mb
+
+    from training.versions.store import VersionInfo
+
+    seed, k, budget = job["seed"], job["k"], job["budget"]
     random_order = (
         np.random.default_rng([seed, 1]).permutation(np.setdiff1d(pool, labelled)).tolist()
     )
-
     rounds, parent = [], None
     with tempfile.TemporaryDirectory() as tmp:
         while True:
@@ -180,48 +283,30 @@ def _run_one(job: dict) -> dict:
             chosen = data.subset(np.asarray(labelled))
             tr, va, gate = _split_labelled(chosen.keys, chosen.y, job["holdout"], train_config)
             unlabelled = np.setdiff1d(pool, labelled)
-            model, history, init = fit(
-                chosen.subset(tr),
-                chosen.subset(va) if len(va) else None,
-                labels,
-                sampling,
-                model_config,
-                train_config,
-                parent=parent,
-                # as the job: the project's unlabelled tasks, pre-trained on before a first model
-                unlabelled=data.subset(unlabelled) if parent is None else None,
-            )
+            model, history, init = learner.train(chosen, tr, va, parent, unlabelled)
             fit_s = time.perf_counter() - started
-            accuracy = float((predict_arrays(model, test).argmax(1) == test.y).mean())
+            scores = learner.score(model)
             more = min(k, budget - len(labelled), len(unlabelled))
-            if job["stop_at_target"] and accuracy >= job["target"]:
+            if job.get("stop_at_target") and scores["accuracy"] >= job["target"]:
                 more = 0
             picked: list[int] = []
             if more > 0:
                 if job["kind"] == "random":
                     picked, random_order = random_order[:more], random_order[more:]
-                elif job["kind"] in ACQUISITION:
-                    chosen_at = _acquire(
-                        model, data.subset(unlabelled), job["kind"], more, seed, job["samples"]
-                    )
-                    picked = [int(unlabelled[i]) for i in chosen_at]
                 else:
-                    probs = predict_arrays(model, data.subset(unlabelled))
-                    picked = [
-                        int(unlabelled[i]) for i in most_uncertain(probs, more, job["measure"])
-                    ]
-            if job["init"] == "parent" and more > 0:
+                    picked = learner.choose(model, unlabelled, more)
+            if job.get("init", "parent") == "parent" and more > 0:
                 folder = Path(tmp) / f"r{len(rounds)}"
                 folder.mkdir()
                 model.save(folder / "model.keras")
-                parent = VersionInfo("bench", folder.name, folder, {"labels": list(labels)})
+                parent = VersionInfo("bench", folder.name, folder, learner.meta)
             del model
             keras.backend.clear_session()  # fresh layer names for warm_start, as a new job has
             gc.collect()
             rounds.append(
                 {
                     "labels": len(labelled),
-                    "accuracy": accuracy,
+                    **scores,
                     "train": len(tr),
                     "val": len(va),
                     "gate": len(gate),
@@ -231,28 +316,29 @@ def _run_one(job: dict) -> dict:
                     "round_s": time.perf_counter() - started,
                     "rss_mb": rss_mb(),
                     "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                    "per_class": np.bincount(chosen.y, minlength=len(labels)).tolist(),
+                    "per_class": learner.per_class(chosen),
                 }
             )
             if more <= 0:
                 break
             labelled.extend(picked)
-    return {"rounds": rounds}
+    return rounds
 
 
 RETRIES = 2
 """Times a run is started again when its process dies (the OOM killer on a shared machine)."""
 
 
-def _in_fresh_process(job: dict, ctx) -> dict:
-    """``_run_one(job)`` in a spawned process of its own; started again if it is killed."""
+def _in_fresh_process(job: dict, ctx, run=_run_one) -> dict:
+    """``run(job)`` (a module-level function, so that it pickles) in a spawned process of its
+    own; started again if it is killed."""
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
     for attempt in range(RETRIES + 1):
         try:
             with ProcessPoolExecutor(1, mp_context=ctx) as executor:
-                return executor.submit(_run_one, job).result()
+                return executor.submit(run, job).result()
         except BrokenProcessPool:
             if attempt == RETRIES:
                 raise
@@ -260,17 +346,17 @@ def _in_fresh_process(job: dict, ctx) -> dict:
     raise AssertionError("unreachable")
 
 
-def _run_jobs(jobs: list[dict], ctx, processes: int):
-    """(job, result) as each ends: one at a time in a fresh process (started again if killed),
-    or ``processes`` at a time, each in a process of its own (no retry)."""
+def _run_jobs(jobs: list[dict], ctx, processes: int, run=_run_one):
+    """(job, ``run(job)``) as each ends: one at a time in a fresh process (started again if
+    killed), or ``processes`` at a time, each in a process of its own (no retry)."""
     if processes <= 1:
         for job in jobs:
-            yield job, _in_fresh_process(job, ctx)
+            yield job, _in_fresh_process(job, ctx, run)
         return
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     with ProcessPoolExecutor(processes, mp_context=ctx, max_tasks_per_child=1) as executor:
-        futures = {executor.submit(_run_one, job): job for job in jobs}
+        futures = {executor.submit(run, job): job for job in jobs}
         for future in as_completed(futures):
             yield futures[future], future.result()
 
@@ -295,7 +381,15 @@ def _mean_curve(runs: list[list[dict]]) -> tuple[list[int], list[float]]:
     return counts, mean
 
 
-def _plot(path: Path, curves: dict, target: float, title: str) -> None:
+def _plot(
+    path: Path,
+    curves: dict,
+    target: float,
+    title: str,
+    *,
+    xlabel: str = "labelled clips",
+    ylabel: str = "held-out test accuracy",
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -318,8 +412,8 @@ def _plot(path: Path, curves: dict, target: float, title: str) -> None:
             label=f"{name} (mean of {len(runs)} seeds)",
         )
     ax.axhline(target, color="k", linestyle="--", linewidth=1, label=f"target {target:g}")
-    ax.set_xlabel("labelled clips")
-    ax.set_ylabel("held-out test accuracy")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.set_title(title, fontsize=9)
@@ -338,13 +432,7 @@ def main() -> None:
     parser.add_argument("--pool-per-class", type=int, default=75, help="unlabelled pool clips")
     parser.add_argument("--test-per-class", type=int, default=25, help="held-out test clips")
     parser.add_argument("--seed", type=int, default=0, help="data set seed (clips, pool/test)")
-    parser.add_argument(
-        "--seeds",
-        type=int,
-        nargs="+",
-        default=[0, 1, 2],
-        help="seed set, model init and random order, one run each",
-    )
+    _add_run_arguments(parser)
     parser.add_argument(
         "--strategies",
         nargs="+",
@@ -370,24 +458,11 @@ def main() -> None:
     parser.add_argument("--target", type=float, default=0.9, help="test accuracy to reach")
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--epochs", type=int, default=30, help="TRAIN_EPOCHS' default")
-    parser.add_argument("--patience", type=int, default=10, help="TrainConfig's default")
-    parser.add_argument(
-        "--holdout",
-        default="product",
-        choices=HOLDOUTS,
-        help="which labelled clips train (see _split_labelled)",
-    )
     parser.add_argument(
         "--init",
         default="parent",
         choices=("parent", "scratch"),
         help="fine-tune the last round's model (as the job does) or not",
-    )
-    parser.add_argument(
-        "--nondeterministic",
-        action="store_true",
-        help="skip tf.config.experimental.enable_op_determinism()",
     )
     parser.add_argument(
         "--methods",
@@ -405,9 +480,7 @@ def main() -> None:
         action="store_true",
         help="end a run at its first round at or above --target",
     )
-    parser.add_argument("--processes", type=int, default=1, help="runs at a time")
     parser.add_argument("--plot", type=Path, default=ROOT / "bench" / "active_learning.png")
-    parser.add_argument("--json", type=Path, help="also write every round's figures here")
     args = parser.parse_args()
     started = time.perf_counter()
 
@@ -466,13 +539,8 @@ def main() -> None:
                 "fields": methods[method],
                 "seed": seed,
                 "seed_per_class": args.seed_per_class,
-                "k": args.k,
-                "budget": args.budget,
-                "epochs": args.epochs,
-                "patience": args.patience,
-                "holdout": args.holdout,
+                **_loop_fields(args),
                 "init": args.init,
-                "deterministic": not args.nondeterministic,
                 "samples": args.mc_samples,
                 "target": args.target,
                 "stop_at_target": args.stop_at_target,
@@ -480,16 +548,7 @@ def main() -> None:
             for seed in args.seeds
             for kind, measure, method in runs
         ]
-        done: dict[tuple[str, int], list[dict]] = {}
-        for job, result in _run_jobs(jobs, ctx, args.processes):
-            rounds = done[job["name"], job["seed"]] = result["rounds"]
-            accuracies = " ".join(f"{r['accuracy']:.2f}" for r in rounds)
-            print(
-                f"  {job['name']} seed {job['seed']}: acc {accuracies}; "
-                f"{sum(r['round_s'] for r in rounds):.0f} s, "
-                f"{time.perf_counter() - started:.0f} s so far",
-                flush=True,
-            )
+        done = _collect(jobs, ctx, args.processes, started)
         for name in curves:
             curves[name] = [done[name, seed] for seed in args.seeds]
     _report(curves, args)
@@ -504,6 +563,62 @@ def main() -> None:
     _plot(args.plot, curves, args.target, title)
     print(f"plot: {args.plot}")
     print(f"total {time.perf_counter() - started:.0f} s")
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of a run that every simulated set shares (bench/active_learning_timeline.py
+    too): seeds, training length, holdout, determinism, processes and the figures' file."""
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0, 1, 2],
+        help="seed set, model init and random order, one run each",
+    )
+    parser.add_argument("--epochs", type=int, default=30, help="TRAIN_EPOCHS' default")
+    parser.add_argument("--patience", type=int, default=10, help="TrainConfig's default")
+    parser.add_argument(
+        "--holdout",
+        default="product",
+        choices=HOLDOUTS,
+        help="which labelled clips train (see _split_labelled)",
+    )
+    parser.add_argument(
+        "--nondeterministic",
+        action="store_true",
+        help="skip tf.config.experimental.enable_op_determinism()",
+    )
+    parser.add_argument("--processes", type=int, default=1, help="runs at a time")
+    parser.add_argument("--json", type=Path, help="also write every round's figures here")
+
+
+def _loop_fields(args: argparse.Namespace) -> dict:
+    """The fields of a job that every simulated set's loop (_annotate) reads from ``args``."""
+    return {
+        "k": args.k,
+        "budget": args.budget,
+        "epochs": args.epochs,
+        "patience": args.patience,
+        "holdout": args.holdout,
+        "deterministic": not args.nondeterministic,
+    }
+
+
+def _collect(
+    jobs: list[dict], ctx, processes: int, started: float, run=_run_one, what: str = "acc"
+) -> dict[tuple[str, int], list[dict]]:
+    """Every job's rounds by (name, seed), printing each run's curve (``what``) as it ends."""
+    done: dict[tuple[str, int], list[dict]] = {}
+    for job, result in _run_jobs(jobs, ctx, processes, run):
+        rounds = done[job["name"], job["seed"]] = result["rounds"]
+        accuracies = " ".join(f"{r['accuracy']:.2f}" for r in rounds)
+        print(
+            f"  {job['name']} seed {job['seed']}: {what} {accuracies}; "
+            f"{sum(r['round_s'] for r in rounds):.0f} s, "
+            f"{time.perf_counter() - started:.0f} s so far",
+            flush=True,
+        )
+    return done
 
 
 def _bound(values: list[int | None], budget: int) -> tuple[float, str]:
@@ -525,14 +640,22 @@ def _ratio(mine: list[int | None], theirs: list[int | None], budget: int) -> str
     return f"{mark}{a / b:.2f}"
 
 
-def _accuracy_at(curves: dict, names: list[str], width: int, counts: tuple[int, ...]) -> None:
-    """Mean test accuracy (and the seeds' spread) at a few label counts, per strategy."""
-    print(f"\ntest accuracy at {', '.join(map(str, counts))} labels, mean +- std over seeds")
+def _accuracy_at(
+    curves: dict,
+    names: list[str],
+    width: int,
+    counts: tuple[int, ...],
+    key: str = "accuracy",
+    what: str = "test accuracy",
+) -> None:
+    """Mean test accuracy (or another round figure, ``key``, called ``what``) and the seeds'
+    spread at a few label counts, per strategy."""
+    print(f"\n{what} at {', '.join(map(str, counts))} labels, mean +- std over seeds")
     print(f"{'strategy':{width}} " + " ".join(f"{f'@{n}':>13}" for n in counts))
     for name in names:
         cells = []
         for n in counts:
-            acc = [r["accuracy"] for run in curves[name] for r in run if r["labels"] == n]
+            acc = [r[key] for run in curves[name] for r in run if r["labels"] == n]
             text = f"{np.mean(acc):.3f} +- {np.std(acc):.3f}" if acc else "-"
             cells.append(f"{text:>13}")
         print(f"{name:{width}} " + " ".join(cells))
