@@ -43,6 +43,14 @@ METHODS: dict[str, dict] = {
     "order x8": {"pretrain": "order", "min_batches": 8},
     "order+temporal x8": {"pretrain": "order", "augment_temporal": True, "min_batches": 8},
     "order 12 epochs x8": {"pretrain": "order", "pretrain_epochs": 12, "min_batches": 8},
+    "spatial x8 pseudo": {"min_batches": 8, "pseudo_rounds": 1},
+    "order x8 pseudo": {"pretrain": "order", "min_batches": 8, "pseudo_rounds": 1},
+    "order 12 epochs x8 pseudo": {
+        "pretrain": "order",
+        "pretrain_epochs": 12,
+        "min_batches": 8,
+        "pseudo_rounds": 1,
+    },
 }
 """TrainConfig fields of each method, over the product's defaults."""
 
@@ -133,14 +141,14 @@ def _report(results: dict[str, list[dict]], seeds: list[int]) -> list[str]:
     base_acc = float(np.mean([r["accuracy"] for r in results[BASELINE]]))
     head = " ".join(f"seed {s}" for s in seeds)
     lines = [
-        f"{'method':<18} {head}  mean acc  min acc  x {BASELINE} acc  train s  x {BASELINE} time"
+        f"{'method':<25} {head}  mean acc  min acc  x {BASELINE} acc  train s  x {BASELINE} time"
     ]
     for method, rows in results.items():
         accs = [r["accuracy"] for r in rows]
         secs = float(np.mean([r["seconds"] for r in rows]))
         per_seed = " ".join(f"{a:6.3f}" for a in accs)
         lines.append(
-            f"{method:<18} {per_seed}  {np.mean(accs):8.3f} {min(accs):8.3f} "
+            f"{method:<25} {per_seed}  {np.mean(accs):8.3f} {min(accs):8.3f} "
             f"{np.mean(accs) / base_acc:11.2f} {secs:8.1f} {secs / base:14.2f}"
         )
     return lines
