@@ -43,6 +43,7 @@ METHODS: dict[str, dict] = {
     "order x8": {"pretrain": "order", "min_batches": 8},
     "order+temporal x8": {"pretrain": "order", "augment_temporal": True, "min_batches": 8},
     "order 12 epochs x8": {"pretrain": "order", "pretrain_epochs": 12, "min_batches": 8},
+    "spatial pseudo": {"pseudo_rounds": 1},
     "spatial x8 pseudo": {"min_batches": 8, "pseudo_rounds": 1},
     "order x8 pseudo": {"pretrain": "order", "min_batches": 8, "pseudo_rounds": 1},
     "order 12 epochs x8 pseudo": {
@@ -89,7 +90,7 @@ def _run_method(job: dict) -> list[dict]:
         unlabelled = data.subset(np.setdiff1d(np.arange(n), picked))
         config = TrainConfig(epochs=job["epochs"], seed=seed, **METHODS[job["method"]])
         started = time.perf_counter()
-        model, _, init = fit(
+        model, history, init = fit(
             labelled.subset(train_idx),
             labelled.subset(val_idx),
             labels,
@@ -101,8 +102,10 @@ def _run_method(job: dict) -> list[dict]:
         seconds = time.perf_counter() - started
         accuracy = float((predict_outputs(model, test, 16)["classes"].argmax(1) == test.y).mean())
         out.append({"seed": seed, "accuracy": accuracy, "seconds": seconds, "init": init})
+        taken = history.get("pseudo_labels")  # clips each pseudo-label round took
         print(
-            f"  {job['method']} seed {seed}: acc {accuracy:.3f}, {seconds:.1f} s, {init}",
+            f"  {job['method']} seed {seed}: acc {accuracy:.3f}, {seconds:.1f} s, {init}"
+            + (f", pseudo-labels {[int(n) for n in taken]}" if taken else ""),
             flush=True,
         )
         keras.backend.clear_session(free_memory=False)
