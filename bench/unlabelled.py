@@ -171,7 +171,7 @@ def _plot(results: dict[str, list[dict]], path: Path) -> None:
     left.axvline(0.25, color="grey", linestyle=":", label="chance")
     left.axvline(0.6, color="red", linestyle="--", label="target 0.6")
     left.set_xlabel("test accuracy, motion4, 2 labels a class")
-    left.legend(loc="lower right")
+    left.legend(loc="lower left", bbox_to_anchor=(0, 1), ncol=2)  # above: hides no box
     right.barh(names, secs)
     right.set_xlabel("training seconds (mean)")
     right.invert_yaxis()
