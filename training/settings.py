@@ -191,6 +191,14 @@ class Settings:
     pretrain_clips: int = 200
     """Most clips a pre-training learns from; unlabelled tasks beyond it are not decoded."""
     pretrain_epochs: int = 6
+    pseudo_labels: int = 0
+    """Rounds of a first model's fine-tuning on its confident predictions of the project's
+    unlabelled tasks (training/learn/pseudo_labels.py); 0: off."""
+    pseudo_threshold: float = 0.8
+    """Lowest top probability of an unlabelled clip taken as a pseudo-label."""
+    pseudo_per_class: int = 20
+    """Most pseudo-labelled clips a class takes in a round (the most confident first)."""
+    pseudo_epochs: int = 10
 
     # Acquisition (issue 15): the order the refresh writes for annotators to sort by
     acquisition: str = "score"
@@ -252,7 +260,8 @@ class Settings:
         check_choice("SERVING_RUNTIME", self.serving_runtime, RUNTIMES)
 
     def _check_unlabelled(self) -> None:
-        """Refuse a misspelt augmentation or pretext task; normalise AUGMENT."""
+        """Refuse a misspelt augmentation or pretext task, or pseudo-label settings out of
+        range; normalise AUGMENT."""
         try:
             augment = ",".join(parse_augment(self.augment)) or "none"
         except ValueError as exc:
@@ -266,6 +275,12 @@ class Settings:
             raise ValueError(
                 "PRETRAIN_CLIPS must be 0 or more, PRETRAIN_EPOCHS and TRAIN_MIN_BATCHES at least 1"
             )
+        if self.pseudo_labels < 0:
+            raise ValueError("PSEUDO_LABELS (rounds) must be 0 (off) or more")
+        if not 0.0 <= self.pseudo_threshold <= 1.0:
+            raise ValueError("PSEUDO_THRESHOLD must be a probability, from 0 to 1")
+        if self.pseudo_per_class < 1 or self.pseudo_epochs < 1:
+            raise ValueError("PSEUDO_PER_CLASS and PSEUDO_EPOCHS must be at least 1")
 
     def first_sampling(self) -> SamplingConfig:
         """The sampling of a project's first model (TRAIN_FRAMES, TRAIN_FRAME_SIZE,
@@ -280,8 +295,8 @@ class Settings:
         )
 
     def train_config(self, **overrides) -> TrainConfig:
-        """The TrainConfig of a run under these settings (TRAIN_EPOCHS, AUGMENT, PRETRAIN_*),
-        with ``overrides``."""
+        """The TrainConfig of a run under these settings (TRAIN_EPOCHS, AUGMENT, PRETRAIN_*,
+        PSEUDO_*), with ``overrides``."""
         augment = parse_augment(self.augment)
         values = {
             "epochs": self.train_epochs,
@@ -291,6 +306,10 @@ class Settings:
             "pretrain": self.pretrain,
             "pretrain_clips": self.pretrain_clips,
             "pretrain_epochs": self.pretrain_epochs,
+            "pseudo_rounds": self.pseudo_labels,
+            "pseudo_threshold": self.pseudo_threshold,
+            "pseudo_per_class": self.pseudo_per_class,
+            "pseudo_epochs": self.pseudo_epochs,
         }
         return TrainConfig(**{**values, **overrides})
 

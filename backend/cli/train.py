@@ -37,7 +37,7 @@ class _TrainingBar:
             self.close()
             self.stage = stage
             total = event.get("total") or event.get("epochs")
-            if stage in ("decode", "train"):
+            if stage in ("decode", "pretrain", "train", "pseudo"):
                 unit = "clip" if stage == "decode" else "epoch"
                 self.bar = self._tqdm(total=total, desc=stage, unit=unit, disable=self.quiet)
         if self.bar is None:
@@ -123,6 +123,9 @@ def _training_run(args: argparse.Namespace, settings: Settings) -> TrainingRun:
             patience=args.patience,
             seed=args.seed,
             pretrain=_pretext_task(args, settings),
+            pseudo_rounds=(
+                settings.pseudo_labels if args.pseudo_labels is None else args.pseudo_labels
+            ),
         ),
         threads=settings.decode_threads,
         gate_tolerance=settings.gate_tolerance,
@@ -189,11 +192,24 @@ def add_train_parser(sub) -> None:
     p.add_argument("--lstm-units", type=int, help="LSTM width (default: the network's)")
     p.add_argument("--dropout", type=float, default=model.dropout)
     p.add_argument("--seed", type=int, default=train.seed)
+    _add_unlabelled_options(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--promote-anyway",
+        action="store_true",
+        help="make the new version current even if the quality gate finds it worse",
+    )
+
+
+def _add_unlabelled_options(p) -> None:
+    """``videoloop train``'s options for a first model's unlabelled videos
+    (docs/unlabelled-data.md)."""
     p.add_argument(
         "--unlabelled",
         metavar="DIR",
-        help="a folder of unlabelled videos (any depth) for a first model's pre-training, as "
-        "the training job uses a project's unlabelled tasks (docs/unlabelled-data.md)",
+        help="a folder of unlabelled videos (any depth) for a first model's pre-training and "
+        "pseudo-labels, as the training job uses a project's unlabelled tasks "
+        "(docs/unlabelled-data.md)",
     )
     p.add_argument(
         "--pretrain",
@@ -201,9 +217,11 @@ def add_train_parser(sub) -> None:
         help="the pre-training's pretext task (default: PRETRAIN, or order with --unlabelled "
         "when PRETRAIN is none); AUGMENT sets the augmentation",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
-        "--promote-anyway",
-        action="store_true",
-        help="make the new version current even if the quality gate finds it worse",
+        "--pseudo-labels",
+        type=int,
+        metavar="ROUNDS",
+        help="rounds of fine-tuning on the model's confident predictions of the --unlabelled "
+        "videos (default: PSEUDO_LABELS; 0: off); PSEUDO_THRESHOLD, PSEUDO_PER_CLASS and "
+        "PSEUDO_EPOCHS set the rest",
     )

@@ -228,19 +228,18 @@ def fetch_unlabelled(
     pinned: PinnedFiles,
 ) -> list[Path]:
     """The videos of up to PRETRAIN_CLIPS tasks nobody annotated, for a first model's
-    pre-training (none when PRETRAIN is ``none`` or the project has a version: later runs
-    fine-tune it). Their clips come from the clip cache when the refresh job decoded them;
-    the others are fetched and decoded once, then cached (docs/unlabelled-data.md)."""
-    if settings.pretrain == "none" or parent is not None:
+    pre-training and pseudo-labels (none when both are off, PRETRAIN ``none`` and
+    PSEUDO_LABELS 0, or the project has a version: later runs fine-tune it). Their clips come
+    from the clip cache when the refresh job decoded them; the others are fetched and decoded
+    once, then cached (docs/unlabelled-data.md)."""
+    if not settings.train_config().uses_unlabelled or parent is not None:
         return []
     resolver = MediaResolver.from_settings(settings)
     todo = tasks.data.unlabelled[: settings.pretrain_clips]
     with ThreadPoolExecutor(max_workers=max(1, settings.decode_threads)) as pool:
         fetched = list(pool.map(lambda t: fetch_one(resolver, pinned, *t), todo))
     paths = [path for path, _ in fetched if path is not None]
-    log.info(
-        "project %s: %d of %d unlabelled videos to pre-train on", project, len(paths), len(todo)
-    )
+    log.info("project %s: %d of %d unlabelled videos to learn from", project, len(paths), len(todo))
     return paths
 
 

@@ -79,7 +79,23 @@ class TrainConfig:
     times an epoch, each time augmented anew (training/learn/pipeline.py)."""
     pretrain_epochs: int = 6
     pretrain_clips: int = 200
-    """Most clips the pre-training learns from (unlabelled first, then the labelled ones)."""
+    """Most clips the pre-training learns from (unlabelled first, then the labelled ones);
+    also the most unlabelled clips a run decodes, for pseudo-labels too."""
+    pseudo_rounds: int = 0
+    """Rounds of a first model's fine-tuning on its own confident predictions of the
+    unlabelled clips (training/learn/pseudo_labels.py); 0: off."""
+    pseudo_threshold: float = 0.8
+    """Lowest top probability of an unlabelled clip taken as a pseudo-label."""
+    pseudo_per_class: int = 20
+    """Most pseudo-labelled clips a class takes in a round (the most confident ones)."""
+    pseudo_epochs: int = 10
+    """Epochs of each pseudo-label round's fine-tuning."""
+
+    @property
+    def uses_unlabelled(self) -> bool:
+        """Whether a first model learns from unlabelled clips (pre-training or pseudo-labels):
+        the only case in which a run fetches and decodes them."""
+        return self.pretrain != "none" or self.pseudo_rounds > 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -100,8 +116,9 @@ class TrainingData:
     """One stable identity per video for the split (Label Studio task ids); None: the
     videos' content hashes."""
     unlabelled: Sequence[str | os.PathLike] = ()
-    """Videos nobody labelled, for a first model's pre-training (TrainConfig.pretrain); only
-    decoded when it runs, at most TrainConfig.pretrain_clips of them."""
+    """Videos nobody labelled, for a first model's pre-training (TrainConfig.pretrain) and
+    pseudo-labels (TrainConfig.pseudo_rounds); only decoded when one of them runs
+    (TrainConfig.uses_unlabelled), at most TrainConfig.pretrain_clips of them."""
 
 
 @dataclass(frozen=True)

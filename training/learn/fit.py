@@ -1,7 +1,8 @@
 """Fitting a model to labelled clips: warm starts from a parent version, the callbacks,
 BatchNorm recalibration, and the float32 copy that is published.
 
-Progress goes through a callback as ``{"stage": "train", "epoch", "epochs", ...metrics}``.
+Progress goes through a callback as ``{"stage": "train", "epoch", "epochs", ...metrics}``
+(``"pretrain"`` and ``"pseudo"`` for a first model's pre-training and pseudo-label rounds).
 """
 
 from __future__ import annotations
@@ -82,9 +83,11 @@ def fit(
     With ``parent``, starts from that version's weights (see :func:`warm_start`) at a lower
     learning rate; ``init`` says which start was taken. Without one, and with
     ``train_config.pretrain``, starts from a pretext model trained on ``unlabelled`` and the
-    training clips (training/learn/pretext.py; ``init`` ``"pretext:<task>"``). ``labels`` may
-    be empty when ``timeline_labels`` is not (a timeline-only model); then ``train.frame_y``
-    is required.
+    training clips (training/learn/pretext.py; ``init`` ``"pretext:<task>"``); and with
+    ``train_config.pseudo_rounds``, is fine-tuned on its confident predictions of
+    ``unlabelled`` (training/learn/pseudo_labels.py; ``history["pseudo_labels"]``: clips
+    taken per round). ``labels`` may be empty when ``timeline_labels`` is not (a
+    timeline-only model); then ``train.frame_y`` is required.
     """
     import keras
 
@@ -103,7 +106,7 @@ def fit(
         init = _pretrained_start(
             model, unlabelled, train, sampling, model_config, train_config, progress
         )
-    train_ds, val_ds = _datasets(train, val, len(labels), n_timeline, train_config)
+    train_ds, val_ds = training_datasets(train, val, len(labels), n_timeline, train_config)
     callbacks: list = [
         report_epochs(train_config.epochs, progress),
         *training_callbacks(train_config, has_val=val_ds is not None),
@@ -112,6 +115,10 @@ def fit(
         train_ds, validation_data=val_ds, epochs=train_config.epochs, verbose=0, callbacks=callbacks
     )
     history = {k: [float(v) for v in vs] for k, vs in result.history.items()}
+    if not init.startswith("parent"):  # a first model only (later runs fine-tune it)
+        _pseudo_labelled(
+            model, train, val, unlabelled, labels, n_timeline, train_config, history, progress
+        )
     recalibrate_batchnorm(model, train, train_config.batch_size)
     clean = as_float32(model, len(labels), sampling, model_config, n_timeline)
     return clean, history, init
@@ -135,7 +142,37 @@ def _pretrained_start(
     return f"pretext:{train_config.pretrain}" if copied else "scratch"
 
 
-def _datasets(
+def _pseudo_labelled(
+    model,
+    train: ClipArrays,
+    val: ClipArrays | None,
+    unlabelled: ClipArrays | None,
+    labels: Sequence[str],
+    timeline_labels: int,
+    train_config: TrainConfig,
+    history: dict,
+    progress: Progress,
+) -> None:
+    """A first model's pseudo-label rounds (training/learn/pseudo_labels.py), when asked for
+    and possible: unlabelled clips given, class labels, no timeline head (a pseudo-labelled
+    clip has no frame targets). Their epochs extend ``history``; ``history["pseudo_labels"]``
+    counts the clips each round took."""
+    if not train_config.pseudo_rounds or unlabelled is None or not len(unlabelled):
+        return
+    if not labels or timeline_labels:
+        log.info("pseudo-labels skipped: only for a class head without a timeline head")
+        return
+    from training.learn.pseudo_labels import fine_tune_on_pseudo_labels
+
+    more, taken = fine_tune_on_pseudo_labels(
+        model, train, val, unlabelled, len(labels), train_config, progress
+    )
+    for key, values in more.items():
+        history.setdefault(key, []).extend(values)
+    history["pseudo_labels"] = [float(sum(counts)) for counts in taken]
+
+
+def training_datasets(
     train: ClipArrays,
     val: ClipArrays | None,
     num_classes: int,

@@ -74,14 +74,15 @@ def decode_unlabelled(
     paths: Sequence, sampling: SamplingConfig, run: TrainingRun
 ) -> ClipArrays | None:
     """The first ``pretrain_clips`` unlabelled videos, decoded through the run's clip cache
-    (unreadable ones are skipped); None when the run does not pre-train."""
+    (unreadable ones are skipped); None when the run neither pre-trains nor pseudo-labels
+    (TrainConfig.uses_unlabelled), or fine-tunes a parent."""
     config = run.train_config
-    if config.pretrain == "none" or run.parent is not None or not paths:
+    if not config.uses_unlabelled or run.parent is not None or not paths:
         return None
     videos = [LabelledVideo(p) for p in list(paths)[: config.pretrain_clips]]
     arrays, skipped = decode_labelled(videos, [], sampling, threads=run.threads, cache=run.cache)
     if skipped:
-        log.info("pre-training: %d unlabelled videos could not be read", len(skipped))
+        log.info("%d unlabelled videos could not be read", len(skipped))
     return arrays
 
 
@@ -106,7 +107,7 @@ def pretrain(
     cap = train_config.pretrain_clips
     take_unlabelled = np.arange(min(len(unlabelled), cap))
     take_labelled = np.arange(min(len(train), cap - len(take_unlabelled)))
-    pool = _concat(unlabelled.subset(take_unlabelled), train.subset(take_labelled))
+    pool = concat_clips(unlabelled.subset(take_unlabelled), train.subset(take_labelled))
     clips = pretext_clips(pool, train_config.pretrain, train_config.seed)
     model = build_model(2, sampling, model_config)
     ds = make_dataset(
@@ -134,8 +135,9 @@ def pretrain(
     return model, accuracy
 
 
-def _concat(a: ClipArrays, b: ClipArrays) -> ClipArrays:
-    """Two sets of clips as one, read into memory."""
+def concat_clips(a: ClipArrays, b: ClipArrays) -> ClipArrays:
+    """Two sets of clips as one, read into memory (classes, sources; keys are the sources,
+    and per-frame targets are dropped: neither user trains a timeline head on them)."""
     return ClipArrays(
         np.concatenate([np.asarray(a.frames), np.asarray(b.frames)]),
         np.concatenate([a.mask, b.mask]),

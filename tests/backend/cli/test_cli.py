@@ -154,11 +154,13 @@ def test_train_pretrains_on_a_folder_of_unlabelled_videos(tmp_path):
         "MODEL_DIR": str(tmp_path / "models"),
         "CACHE_DIR": str(tmp_path / "c"),
         "PRETRAIN_EPOCHS": "1",
+        "PSEUDO_EPOCHS": "1",
+        "PSEUDO_THRESHOLD": "0",
         "AUGMENT": "spatial,temporal",
     }
     trained = videoloop(
         "train", "--data", str(tmp_path / "labelled"), "--project", "5",
-        "--unlabelled", str(tmp_path / "unlabelled"),
+        "--unlabelled", str(tmp_path / "unlabelled"), "--pseudo-labels", "1",
         "--frames", "6", "--size", "32", "--epochs", "1", "--quiet", env=env,
     )  # fmt: skip
     assert trained.returncode == 0, trained.stderr
@@ -168,6 +170,9 @@ def test_train_pretrains_on_a_folder_of_unlabelled_videos(tmp_path):
     assert info.meta["init"] == "pretext:order" and info.meta["dataset"]["unlabelled"] == 3
     training = info.meta["training"]
     assert training["pretrain"] == "order" and training["pretrain_epochs"] == 1
+    assert training["pseudo_rounds"] == 1 and training["pseudo_epochs"] == 1
+    assert len(info.meta["history"]["pseudo_labels"]) == 1  # one round, on the 3 clips
+    assert 1 <= info.meta["history"]["pseudo_labels"][0] <= 3
     assert training["augment"] and training["augment_temporal"]
 
 

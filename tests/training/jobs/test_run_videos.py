@@ -115,6 +115,8 @@ def test_a_first_run_fetches_unlabelled_tasks_to_pretrain_on(
         assert [digest(p) for p in paths] == [digest(media_root / n) for n in VIDEOS[2:4]]
         no_pretraining = replace(settings, pretrain="none")
         assert fetch_unlabelled(str(project), tasks, no_pretraining, None, pinned) == []
+        pseudo_only = replace(no_pretraining, pseudo_labels=1)  # pseudo-labels use them too
+        assert len(fetch_unlabelled(str(project), tasks, pseudo_only, None, pinned)) == 2
         parent = object()  # a project with a version fine-tunes it: no pre-training
         assert fetch_unlabelled(str(project), tasks, settings, parent, pinned) == []  # type: ignore[arg-type]
     videos = FetchedVideos(TrainingData([]), [])
