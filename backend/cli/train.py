@@ -201,6 +201,17 @@ def add_train_parser(sub) -> None:
     )
 
 
+def _rounds(text: str) -> int:
+    """--pseudo-labels' value: a whole number of rounds, 0 or more (as PSEUDO_LABELS)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
+
+
 def _add_unlabelled_options(p) -> None:
     """``videoloop train``'s options for a first model's unlabelled videos
     (docs/unlabelled-data.md)."""
@@ -219,7 +230,7 @@ def _add_unlabelled_options(p) -> None:
     )
     p.add_argument(
         "--pseudo-labels",
-        type=int,
+        type=_rounds,
         metavar="ROUNDS",
         help="rounds of fine-tuning on the model's confident predictions of the --unlabelled "
         "videos (default: PSEUDO_LABELS; 0: off); PSEUDO_THRESHOLD, PSEUDO_PER_CLASS and "

@@ -201,3 +201,13 @@ def test_train_samples_as_sample_mode_says() -> None:
     run = _training_run(args, Settings(sample_mode="keyframe"))
     assert (run.sampling.frames, run.sampling.sample_mode) == (8, "keyframe")
     assert _training_run(args, Settings()).sampling.sample_mode == "uniform"
+
+
+@pytest.mark.parametrize("rounds", ["-1", "two"])
+def test_train_refuses_pseudo_label_rounds_below_zero_or_not_a_number(rounds) -> None:
+    """--pseudo-labels is checked as PSEUDO_LABELS is: argparse's usage error, status 2."""
+    result = videoloop(
+        "train", "--data", "d", "--project", "1", "--pseudo-labels", rounds, env=dict(os.environ)
+    )
+    assert result.returncode == 2
+    assert "--pseudo-labels" in result.stderr and "Traceback" not in result.stderr
