@@ -232,7 +232,8 @@ def fetch_unlabelled(
     PSEUDO_LABELS 0, or the project has a version: later runs fine-tune it). Their clips come
     from the clip cache when the refresh job decoded them; the others are fetched and decoded
     once, then cached (docs/unlabelled-data.md)."""
-    if not settings.train_config().uses_unlabelled or parent is not None:
+    heads = bool(tasks.wanted.labels), bool(tasks.wanted.timeline_labels)
+    if not settings.train_config().uses_unlabelled(*heads) or parent is not None:
         return []
     resolver = MediaResolver.from_settings(settings)
     todo = tasks.data.unlabelled[: settings.pretrain_clips]

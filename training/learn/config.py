@@ -91,11 +91,16 @@ class TrainConfig:
     pseudo_epochs: int = 10
     """Epochs of each pseudo-label round's fine-tuning."""
 
-    @property
-    def uses_unlabelled(self) -> bool:
-        """Whether a first model learns from unlabelled clips (pre-training or pseudo-labels):
-        the only case in which a run fetches and decodes them."""
-        return self.pretrain != "none" or self.pseudo_rounds > 0
+    def pseudo_labels_apply(self, classes: bool, timeline: bool) -> bool:
+        """Whether a first model's pseudo-label rounds run: asked for, on a model with a class
+        head and no timeline head (a pseudo-labelled clip has no frame targets)."""
+        return self.pseudo_rounds > 0 and classes and not timeline
+
+    def uses_unlabelled(self, classes: bool = True, timeline: bool = False) -> bool:
+        """Whether a first model with these heads learns from unlabelled clips (pre-training,
+        or pseudo-labels where they apply): the only case in which a run fetches and decodes
+        them, so a timeline project under PSEUDO_LABELS alone fetches none."""
+        return self.pretrain != "none" or self.pseudo_labels_apply(classes, timeline)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -115,7 +115,7 @@ def fit(
         train_ds, validation_data=val_ds, epochs=train_config.epochs, verbose=0, callbacks=callbacks
     )
     history = {k: [float(v) for v in vs] for k, vs in result.history.items()}
-    if not init.startswith("parent"):  # a first model only (later runs fine-tune it)
+    if parent is None:  # a first model only (later runs fine-tune it)
         _pseudo_labelled(
             model, train, val, unlabelled, labels, n_timeline, train_config, history, progress
         )
@@ -159,7 +159,7 @@ def _pseudo_labelled(
     counts the clips each round took."""
     if not train_config.pseudo_rounds or unlabelled is None or not len(unlabelled):
         return
-    if not labels or timeline_labels:
+    if not train_config.pseudo_labels_apply(bool(labels), bool(timeline_labels)):
         log.info("pseudo-labels skipped: only for a class head without a timeline head")
         return
     from training.learn.pseudo_labels import fine_tune_on_pseudo_labels

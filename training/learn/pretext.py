@@ -77,7 +77,7 @@ def decode_unlabelled(
     (unreadable ones are skipped); None when the run neither pre-trains nor pseudo-labels
     (TrainConfig.uses_unlabelled), or fine-tunes a parent."""
     config = run.train_config
-    if not config.uses_unlabelled or run.parent is not None or not paths:
+    if not config.uses_unlabelled() or run.parent is not None or not paths:
         return None
     videos = [LabelledVideo(p) for p in list(paths)[: config.pretrain_clips]]
     arrays, skipped = decode_labelled(videos, [], sampling, threads=run.threads, cache=run.cache)

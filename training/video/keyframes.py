@@ -58,14 +58,15 @@ def keyframe_indices(
     start = stream.start_time or 0
     frame_pts = 1 / (rate * stream.time_base)  # one frame's duration in time-base units
     found: set[int] = set()
-    packets = 0
+    packets = seen = 0
     for packet in container.demux(stream):
+        seen += 1  # empty packets too: a file of nothing else is still bounded in time
+        if seen % CHECK_EVERY_PACKETS == 0:
+            budget.check_time()
+            budget.check_length(packets, packets / float(rate))
         if packet.size == 0:  # the flush packet at the end
             continue
         packets += 1
-        if packets % CHECK_EVERY_PACKETS == 0:
-            budget.check_time()
-            budget.check_length(packets, packets / float(rate))
         pts = packet.pts if packet.pts is not None else packet.dts
         if packet.is_keyframe and pts is not None:
             found.add(max(0, round((pts - start) / frame_pts)))

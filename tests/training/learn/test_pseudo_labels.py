@@ -146,9 +146,13 @@ def test_pseudo_label_settings_reach_the_training_config_and_are_checked(monkeyp
 
 
 def test_unlabelled_videos_are_decoded_when_only_pseudo_labels_ask_for_them(tmp_path):
-    assert not TrainConfig().uses_unlabelled
-    assert TrainConfig(pseudo_rounds=1).uses_unlabelled
-    assert TrainConfig(pretrain="order").uses_unlabelled
+    assert not TrainConfig().uses_unlabelled()
+    assert TrainConfig(pseudo_rounds=1).uses_unlabelled()
+    assert TrainConfig(pretrain="order").uses_unlabelled()
+    # pseudo-labels need a class head and no timeline head; pre-training takes any heads
+    assert not TrainConfig(pseudo_rounds=1).uses_unlabelled(classes=False, timeline=True)
+    assert not TrainConfig(pseudo_rounds=1).uses_unlabelled(classes=True, timeline=True)
+    assert TrainConfig(pretrain="order").uses_unlabelled(classes=False, timeline=True)
     manifest = generate_dataset(
         tmp_path / "v", classes=["grow", "shrink"], per_class=1, width=64, height=48
     )
