@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from training.learn.config import Progress, TrainConfig, TrainingRun, no_progress
-from training.learn.dataset import ClipArrays, LabelledVideo, decode_labelled
+from training.learn.dataset import ClipArrays, LabelledVideo, content_keys, decode_labelled
 from training.learn.fit import report_epochs
 from training.model.config import ModelConfig
 from training.video.clip import SamplingConfig
@@ -71,19 +71,39 @@ def pretext_clips(data: ClipArrays, task: str, seed: int = 0) -> ClipArrays:
 
 
 def decode_unlabelled(
-    paths: Sequence, sampling: SamplingConfig, run: TrainingRun
+    paths: Sequence, sampling: SamplingConfig, run: TrainingRun, labelled: Sequence = ()
 ) -> ClipArrays | None:
-    """The first ``pretrain_clips`` unlabelled videos, decoded through the run's clip cache
-    (unreadable ones are skipped); None when the run neither pre-trains nor pseudo-labels
-    (TrainConfig.uses_unlabelled), or fine-tunes a parent."""
+    """The first ``pretrain_clips`` unlabelled videos whose content is none of the
+    ``labelled`` videos', decoded through the run's clip cache (unreadable ones are skipped);
+    None when the run neither pre-trains nor pseudo-labels (TrainConfig.uses_unlabelled), or
+    fine-tunes a parent.
+
+    Why leave out copies of labelled videos: a duplicate upload, or an ``--unlabelled``
+    folder that overlaps ``--data``, would otherwise put a test or validation clip into
+    training under the model's own label, and the gate would score what it trained on."""
     config = run.train_config
     if not config.uses_unlabelled() or run.parent is not None or not paths:
         return None
-    videos = [LabelledVideo(p) for p in list(paths)[: config.pretrain_clips]]
+    kept = _unlike(paths, labelled, config.pretrain_clips)
+    if len(kept) < min(len(paths), config.pretrain_clips):
+        log.info("unlabelled videos: left out copies of labelled ones")
+    videos = [LabelledVideo(p) for p in kept]
     arrays, skipped = decode_labelled(videos, [], sampling, threads=run.threads, cache=run.cache)
     if skipped:
         log.info("%d unlabelled videos could not be read", len(skipped))
     return arrays
+
+
+def _unlike(paths: Sequence, labelled: Sequence, most: int) -> list:
+    """Up to ``most`` of ``paths``, in order, whose content hash no ``labelled`` file has."""
+    taken = set(content_keys(labelled))
+    kept = []
+    for path in paths:
+        if len(kept) >= most:
+            break
+        if content_keys([path])[0] not in taken:
+            kept.append(path)
+    return kept
 
 
 def pretrain(

@@ -79,7 +79,9 @@ def train_and_publish(
     clips = _decode(data, sampling, run, progress)
     parts = clips.split(run.train_config.test_fraction, run.train_config.val_fraction)
     log.info("project %s: %s clips", project, parts)
-    unlabelled = decode_unlabelled(data.unlabelled, sampling, run)
+    unlabelled = decode_unlabelled(
+        data.unlabelled, sampling, run, labelled=[as_labelled_video(v).path for v in data.videos]
+    )
     trained = _fit(clips, parts, sampling, model_config, run, progress, unlabelled)
     metrics, gate = _evaluate_and_gate(store, project, trained, clips, parts, run, progress)
     seconds = round(time.perf_counter() - started, 1)

@@ -161,3 +161,19 @@ def test_unlabelled_videos_are_decoded_when_only_pseudo_labels_ask_for_them(tmp_
     arrays = decode_unlabelled(videos, SAMPLING, run)
     assert arrays is not None and len(arrays) == 2
     assert decode_unlabelled(videos, SAMPLING, TrainingRun()) is None  # both off
+
+
+def test_copies_of_labelled_videos_are_not_taken_as_unlabelled(tmp_path):
+    """A duplicate upload must not reach training with a pseudo-label while it is a test clip."""
+    manifest = generate_dataset(
+        tmp_path / "v", classes=["grow", "shrink"], per_class=2, width=64, height=48
+    )
+    videos = sorted(manifest.parent.rglob("*.mp4"))
+    copy = tmp_path / "copy-of-first.mp4"
+    copy.write_bytes(videos[0].read_bytes())
+    run = TrainingRun(train_config=TrainConfig(pseudo_rounds=1, pretrain_clips=3))
+    pool = [copy, *videos[1:]]
+    arrays = decode_unlabelled(pool, SAMPLING, run, labelled=[videos[0]])
+    assert arrays is not None and len(arrays) == 3  # the copy left out, the cap still filled
+    assert str(copy) not in arrays.sources and str(videos[1]) in arrays.sources
+    assert len(decode_unlabelled(pool, SAMPLING, run)) == 3  # nothing labelled: the first 3
