@@ -18,16 +18,22 @@ holds what the pre-training taught, so it runs once per project (see fit.py).
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from training.learn.config import Progress, TrainConfig, TrainingRun, no_progress
-from training.learn.dataset import ClipArrays, LabelledVideo, content_keys, decode_labelled
+from training.learn.dataset import ClipArrays, LabelledVideo, decode_labelled
 from training.learn.fit import report_epochs
 from training.model.config import ModelConfig
 from training.video.clip import SamplingConfig
+from training.video.clipcache import file_sha256
+
+if TYPE_CHECKING:
+    from training.video.clipcache import ClipCache
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +90,7 @@ def decode_unlabelled(
     config = run.train_config
     if not config.uses_unlabelled() or run.parent is not None or not paths:
         return None
-    kept = _unlike(paths, labelled, config.pretrain_clips)
+    kept = _unlike(paths, labelled, config.pretrain_clips, run.cache)
     if len(kept) < min(len(paths), config.pretrain_clips):
         log.info("unlabelled videos: left out copies of labelled ones")
     videos = [LabelledVideo(p) for p in kept]
@@ -94,14 +100,28 @@ def decode_unlabelled(
     return arrays
 
 
-def _unlike(paths: Sequence, labelled: Sequence, most: int) -> list:
-    """Up to ``most`` of ``paths``, in order, whose content hash no ``labelled`` file has."""
-    taken = set(content_keys(labelled))
+def _unlike(paths: Sequence, labelled: Sequence, most: int, cache: ClipCache | None) -> list:
+    """Up to ``most`` of ``paths``, in order, whose content hash no ``labelled`` file has.
+
+    Hashes through the run's clip cache where there is one: it remembers each file's digest,
+    so the labelled videos (hashed when they were decoded) and the unlabelled ones (hashed
+    again when they are decoded) are each read for hashing once."""
+    if not labelled:
+        return list(paths)[:most]
+    key = cache.digest if cache is not None else file_sha256
+
+    def identity(path) -> str:
+        try:
+            return key(path)
+        except OSError:  # unreadable: decoding will skip it
+            return f"path:{os.fspath(path)}"
+
+    taken = {identity(p) for p in labelled}
     kept = []
     for path in paths:
         if len(kept) >= most:
             break
-        if content_keys([path])[0] not in taken:
+        if identity(path) not in taken:
             kept.append(path)
     return kept
 

@@ -196,7 +196,7 @@ class ClipCache:
         Raises:
             OSError: the file cannot be read.
         """
-        name = f"{self._digest(Path(path))}-{sampling.key()}-v{FORMAT_VERSION}.npz"
+        name = f"{self.digest(path)}-{sampling.key()}-v{FORMAT_VERSION}.npz"
         return self.root / name
 
     def _lock_for(self, name: str) -> threading.Lock:
@@ -210,8 +210,14 @@ class ClipCache:
             else:
                 self.misses += 1
 
-    def _digest(self, path: Path) -> str:
-        """sha256 of the file's content, remembered per (file identity, size, mtime)."""
+    def digest(self, path: str | os.PathLike) -> str:
+        """sha256 of the file's content, remembered per (file identity, size, mtime): a run
+        that asks for a video's identity before decoding it hashes the file once.
+
+        Raises:
+            OSError: the file cannot be read.
+        """
+        path = Path(path)
         stat = path.stat()
         memo_key = (os.path.abspath(path), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
         with self._lock:
