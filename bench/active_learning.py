@@ -13,7 +13,9 @@ accuracy by labelled clips and at 8, 16 and 32 labels, the labels each strategy 
 (``bench/active_learning.png``). ``--methods`` crosses each strategy with the unlabelled-data
 methods of issue 15 (``bench/unlabelled.py``'s METHODS: the TrainConfig fields, such as
 PRETRAIN=order on the pool's unlabelled clips before the first model; later rounds fine-tune,
-as the job does), so each gain can be told apart; ``--stop-at-target`` ends a run at the first
+as the job does; a ``scratch `` prefix trains every round from scratch, as the job does under
+TRAIN_SCRATCH_BELOW, so those methods run each round), so each gain can be told apart;
+``--stop-at-target`` ends a run at the first
 round that reaches ``--target`` (all that labels-to-target needs). The timeline set is
 simulated by bench/active_learning_timeline.py, through this loop (``_annotate``). Each
 (strategy, method, seed) runs in a spawned process of its own, ``--processes`` at a time. Run
@@ -80,14 +82,21 @@ DEFAULT_METHOD = "spatial"
 """bench/unlabelled.py's name for today's training defaults (spatial augmentation only)."""
 
 
+SCRATCH = "scratch "
+"""A method name's prefix: every round trains a new model from scratch, as the job does under
+TRAIN_SCRATCH_BELOW above the budget (training/jobs/run.py version_to_fine_tune), so a first
+model's pre-training and pseudo-labels run each round; ``scratch spatial``: today's training."""
+
+
 def _methods(names: list[str]) -> dict[str, dict]:
-    """The TrainConfig fields of each ``--methods`` name (bench/unlabelled.py's METHODS)."""
+    """The TrainConfig fields of each ``--methods`` name (bench/unlabelled.py's METHODS, with
+    or without the :data:`SCRATCH` prefix)."""
     from unlabelled import METHODS
 
-    unknown = [n for n in names if n not in METHODS]
+    unknown = [n for n in names if n.removeprefix(SCRATCH) not in METHODS]
     if unknown:
-        raise SystemExit(f"unknown methods {unknown}: {', '.join(METHODS)}")
-    return {n: METHODS[n] for n in names}
+        raise SystemExit(f"unknown methods {unknown}: [{SCRATCH}]{', '.join(METHODS)}")
+    return {n: METHODS[n.removeprefix(SCRATCH)] for n in names}
 
 
 def _split_labelled(keys, y, holdout: str, train_config):
@@ -259,7 +268,8 @@ def _annotate(
 ) -> list[dict]:
     """Every round of one simulated annotator, as the product's loop runs: train on the
     labelled clips (the product's split, ``job["holdout"]``; from the last round's model
-    unless ``job["init"]`` is ``scratch``), score, then label up to ``job["k"]`` more, the
+    unless ``job["init"]`` is ``scratch``, or while fewer labels than ``job["scratch_below"]``,
+    as the job's TRAIN_SCRATCH_BELOW), score, then label up to ``job["k"]`` more, the
     next of a seeded random order (``random``) or ``learner.choose``'s, until
     ``job["budget"]`` (or ``job["target"]`` with ``job["stop_at_target"]``).
 
@@ -283,7 +293,8 @@ def _annotate(
             chosen = data.subset(np.asarray(labelled))
             tr, va, gate = _split_labelled(chosen.keys, chosen.y, job["holdout"], train_config)
             unlabelled = np.setdiff1d(pool, labelled)
-            model, history, init = learner.train(chosen, tr, va, parent, unlabelled)
+            fine_tune = parent if len(labelled) >= job.get("scratch_below", 0) else None
+            model, history, init = learner.train(chosen, tr, va, fine_tune, unlabelled)
             fit_s = time.perf_counter() - started
             scores = learner.score(model)
             more = min(k, budget - len(labelled), len(unlabelled))
@@ -541,6 +552,7 @@ def main() -> None:
                 "seed_per_class": args.seed_per_class,
                 **_loop_fields(args),
                 "init": args.init,
+                "scratch_below": args.budget + 1 if method.startswith(SCRATCH) else 0,
                 "samples": args.mc_samples,
                 "target": args.target,
                 "stop_at_target": args.stop_at_target,

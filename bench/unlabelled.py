@@ -44,6 +44,13 @@ METHODS: dict[str, dict] = {
     "order+temporal x8": {"pretrain": "order", "augment_temporal": True, "min_batches": 8},
     "order 12 epochs x8": {"pretrain": "order", "pretrain_epochs": 12, "min_batches": 8},
     "spatial pseudo": {"pseudo_rounds": 1},
+    "spatial pseudo3 p40": {"pseudo_rounds": 3, "pseudo_per_class": 40},
+    "spatial pseudo3 p60 t0.6": {
+        "pseudo_rounds": 3,
+        "pseudo_per_class": 60,
+        "pseudo_threshold": 0.6,
+    },
+    "x8 pseudo3 p40": {"min_batches": 8, "pseudo_rounds": 3, "pseudo_per_class": 40},
     "spatial x8 pseudo": {"min_batches": 8, "pseudo_rounds": 1},
     "order x8 pseudo": {"pretrain": "order", "min_batches": 8, "pseudo_rounds": 1},
     "order 12 epochs x8 pseudo": {

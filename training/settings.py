@@ -199,6 +199,10 @@ class Settings:
     pseudo_per_class: int = 20
     """Most pseudo-labelled clips a class takes in a round (the most confident first)."""
     pseudo_epochs: int = 10
+    train_scratch_below: int = 0
+    """While a project has fewer labelled tasks than this, each run trains a new model from
+    scratch as a first model does (PRETRAIN, PSEUDO_LABELS) instead of fine-tuning the current
+    version; the gate still compares with it. 0: always fine-tune (docs/active-learning.md)."""
 
     # Acquisition (issue 15): the order the refresh writes for annotators to sort by
     acquisition: str = "score"
@@ -281,6 +285,8 @@ class Settings:
             raise ValueError("PSEUDO_THRESHOLD must be a probability, from 0 to 1")
         if self.pseudo_per_class < 1 or self.pseudo_epochs < 1:
             raise ValueError("PSEUDO_PER_CLASS and PSEUDO_EPOCHS must be at least 1")
+        if self.train_scratch_below < 0:
+            raise ValueError("TRAIN_SCRATCH_BELOW (labelled tasks) must be 0 (off) or more")
 
     def first_sampling(self) -> SamplingConfig:
         """The sampling of a project's first model (TRAIN_FRAMES, TRAIN_FRAME_SIZE,

@@ -110,9 +110,13 @@ def test_augmentation_and_pretraining_reach_the_training_config(monkeypatch):
     assert Settings(augment="none").train_config().augment is False
     default = Settings().train_config()
     assert (default.augment, default.augment_temporal, default.pretrain) == (True, False, "none")
+    assert Settings().train_scratch_below == 0  # always fine-tune, as before
+    monkeypatch.setenv("TRAIN_SCRATCH_BELOW", "40")
+    assert Settings.from_env().train_scratch_below == 40
     for name, value, message in (
         ("augment", "spatial,reverse", "AUGMENT: unknown augmentation"),
         ("pretrain", "jigsaw", "PRETRAIN: unknown pretext task"),
+        ("train_scratch_below", -1, "TRAIN_SCRATCH_BELOW"),
     ):
         with pytest.raises(ValueError, match=message):
             Settings(**{name: value})

@@ -67,7 +67,7 @@ def run_training(
         Path(settings.cache_dir) / RUNS_SUBDIR, stale_after_s=2 * settings.train_timeout_s
     ) as pinned:
         videos = fetch_videos(project, tasks, settings, progress, pinned)
-        parent = store.get_current_info(project)
+        parent = version_to_fine_tune(project, store.get_current_info(project), tasks, settings)
         unlabelled = fetch_unlabelled(project, tasks, settings, parent, pinned)
         videos = replace(videos, data=replace(videos.data, unlabelled=unlabelled))
         run = training_run(
@@ -220,6 +220,31 @@ def fetch_one(
     return None, "evicted from the media cache before it could be kept (CACHE_MAX_MB)"
 
 
+def version_to_fine_tune(
+    project: str, current: VersionInfo | None, tasks: LabelledTasks, settings: Settings
+) -> VersionInfo | None:
+    """The version a run fine-tunes: the project's current one, or None (a new model from
+    scratch, trained as a first model is) while the project has fewer labelled tasks than
+    TRAIN_SCRATCH_BELOW and the run would learn from its unlabelled tasks (pre-training or
+    pseudo-labels that apply). Why: a model fine-tuned from one that saw 2 clips a label keeps
+    that start's mistakes, while a first model's pseudo-labels learn from the unlabelled tasks
+    afresh each run; without them a scratch run only loses the fine-tune
+    (docs/active-learning.md)."""
+    labelled = len(tasks.data.tasks)
+    heads = bool(tasks.wanted.labels), bool(tasks.wanted.timeline_labels)
+    if current is None or labelled >= settings.train_scratch_below:
+        return current
+    if not settings.train_config().uses_unlabelled(*heads):
+        return current
+    log.info(
+        "project %s: %d labelled tasks, under TRAIN_SCRATCH_BELOW=%d: a new model from scratch",
+        project,
+        labelled,
+        settings.train_scratch_below,
+    )
+    return None
+
+
 def fetch_unlabelled(
     project: str,
     tasks: LabelledTasks,
@@ -229,7 +254,8 @@ def fetch_unlabelled(
 ) -> list[Path]:
     """The videos of up to PRETRAIN_CLIPS tasks nobody annotated, for a first model's
     pre-training and pseudo-labels (none when both are off, PRETRAIN ``none`` and
-    PSEUDO_LABELS 0, or the project has a version: later runs fine-tune it). Their clips come
+    PSEUDO_LABELS 0, or the run fine-tunes a version: ``parent``, see
+    :func:`version_to_fine_tune`). Their clips come
     from the clip cache when the refresh job decoded them; the others are fetched and decoded
     once, then cached (docs/unlabelled-data.md)."""
     heads = bool(tasks.wanted.labels), bool(tasks.wanted.timeline_labels)
@@ -266,6 +292,8 @@ def training_run(
         "skipped_tasks": videos.skipped,
         "forced": force,
     }
+    if parent is None and settings.train_scratch_below:
+        source["train_scratch_below"] = settings.train_scratch_below
     return TrainingRun(
         sampling=None if parent else first,
         model_config=None if parent else model,

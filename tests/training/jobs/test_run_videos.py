@@ -1,6 +1,7 @@
 """training/jobs/run.py ``fetch_videos`` with training/video/pinned.py: a training run keeps
 every labelled video it fetched until it ends, even when the project's media outgrows the
-media cache (CACHE_MAX_MB), over real HTTP from the fake Label Studio."""
+media cache (CACHE_MAX_MB), over real HTTP from the fake Label Studio; the unlabelled tasks a
+run fetches, and the version it fine-tunes (TRAIN_SCRATCH_BELOW), through the whole job."""
 
 from __future__ import annotations
 
@@ -9,15 +10,20 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from training.jobs.run import (
     FetchedVideos,
     fetch_labelled_tasks,
     fetch_unlabelled,
     fetch_videos,
+    run_training,
     training_run,
+    version_to_fine_tune,
 )
 from training.learn.config import TrainingData
 from training.settings import Settings
+from training.versions.store import ModelStore
 from training.video.media import MEDIA_SUBDIR
 from training.video.pinned import RUNS_SUBDIR, PinnedFiles
 
@@ -119,6 +125,55 @@ def test_a_first_run_fetches_unlabelled_tasks_to_pretrain_on(
         assert len(fetch_unlabelled(str(project), tasks, pseudo_only, None, pinned)) == 2
         parent = object()  # a project with a version fine-tunes it: no pre-training
         assert fetch_unlabelled(str(project), tasks, settings, parent, pinned) == []  # type: ignore[arg-type]
+        # ...unless it has fewer labelled tasks (2 here) than TRAIN_SCRATCH_BELOW: then a run
+        # trains from scratch, as a first model, and fetches the unlabelled tasks again
+        for below, fine_tunes in ((0, parent), (2, parent), (3, None)):
+            scratch = replace(settings, train_scratch_below=below)
+            assert version_to_fine_tune(str(project), parent, tasks, scratch) is fine_tunes  # type: ignore[arg-type]
+        assert version_to_fine_tune(str(project), None, tasks, scratch) is None
+        fresh = version_to_fine_tune(str(project), parent, tasks, scratch)  # type: ignore[arg-type]
+        assert len(fetch_unlabelled(str(project), tasks, scratch, fresh, pinned)) == 2
+        # nothing to learn from the unlabelled tasks: a scratch run would only lose the fine-tune
+        labels_only = replace(scratch, pretrain="none", pseudo_labels=0)
+        assert version_to_fine_tune(str(project), parent, tasks, labels_only) is parent  # type: ignore[arg-type]
     videos = FetchedVideos(TrainingData([]), [])
     run = training_run(settings, None, None, tasks, videos, force=False)  # type: ignore[arg-type]
     assert run.train_config.pretrain == "order" and run.train_config.pretrain_clips == 2
+
+
+@pytest.mark.slow
+def test_under_train_scratch_below_the_job_trains_a_new_model_gated_on_the_current(
+    tmp_path, label_studio, ls_token
+):
+    """The whole job, twice: a first version, then, with fewer labelled tasks than
+    TRAIN_SCRATCH_BELOW and pseudo-labels on, a run that does not fine-tune it but trains from
+    scratch with pseudo-labels on the unlabelled tasks, and is gated against it."""
+    project = label_studio.add_project(CONFIG)
+    for i, name in enumerate(VIDEOS):
+        task = label_studio.add_task(project, {"video": f"/data/upload/{project}/{name}"})
+        if i < 4:
+            label_studio.annotate(task, "ab"[i % 2])
+    settings = Settings(
+        label_studio_url=label_studio.url,
+        label_studio_api_key=ls_token,
+        cache_dir=tmp_path / "cache",
+        model_dir=tmp_path / "models",
+        min_per_label=1,
+        train_frames=4,
+        train_frame_size=32,
+        train_epochs=1,
+        gate_tolerance=1.0,  # any version passes: this is about how it trains
+    )
+    first = run_training(str(project), settings, force=True, progress=lambda _: None)
+    assert first["status"] == "trained", first
+    scratch = replace(
+        settings, train_scratch_below=5, pseudo_labels=1, pseudo_epochs=1, pseudo_threshold=0.0
+    )
+    second = run_training(str(project), scratch, force=True, progress=lambda _: None)
+    assert second["status"] == "trained", second
+    meta = ModelStore(tmp_path / "models").get_version(str(project), second["version"]).meta
+    assert meta["parent"] is None and meta["init"] == "scratch"
+    assert meta["previous_current"] == first["version"]
+    assert meta["gate"]["current_version"] == first["version"]  # gated on the current one
+    assert meta["history"]["pseudo_labels"] == [1.0]  # the one unlabelled task, every class
+    assert meta["source"]["train_scratch_below"] == 5
