@@ -197,9 +197,8 @@ def test_a_new_current_version_is_swapped_in_after_it_loads(tmp_path, store, mak
 
     loader.release.clear()
     v2 = publish(store, "1")
-    server.check("1")  # within a second of the last check: no pointer read
-    time.sleep(0.2)
-    assert loader.versions == [v1.version]
+    # (No assertion that a check within CHECK_INTERVAL_S skips the pointer read: on a loaded
+    # machine the second had passed before the check, and it failed CI once.)
     time.sleep(serving.CHECK_INTERVAL_S)
     server.check("1")
     wait_for(lambda: loader.versions == [v1.version, v2.version])
