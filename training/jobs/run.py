@@ -121,6 +121,12 @@ class LabelledTasks:
     timeline_counts: dict[str, int]
     wanted: TrainingLabels
 
+    @property
+    def heads(self) -> tuple[bool, bool]:
+        """Whether a run trains a class head and a timeline head (TrainConfig.uses_unlabelled's
+        ``classes`` and ``timeline``)."""
+        return bool(self.wanted.labels), bool(self.wanted.timeline_labels)
+
     def not_ready(self, project: str, min_per_label: int, *, force: bool) -> str | None:
         """Why the project cannot train yet (None: it can). ``force`` ("Start training")
         trains labels short of ``min_per_label`` too, but never fewer than a head needs."""
@@ -231,10 +237,9 @@ def version_to_fine_tune(
     afresh each run; without them a scratch run only loses the fine-tune
     (docs/active-learning.md)."""
     labelled = len(tasks.data.tasks)
-    heads = bool(tasks.wanted.labels), bool(tasks.wanted.timeline_labels)
     if current is None or labelled >= settings.train_scratch_below:
         return current
-    if not settings.train_config().uses_unlabelled(*heads):
+    if not settings.train_config().uses_unlabelled(*tasks.heads):
         return current
     log.info(
         "project %s: %d labelled tasks, under TRAIN_SCRATCH_BELOW=%d: a new model from scratch",
@@ -258,8 +263,7 @@ def fetch_unlabelled(
     :func:`version_to_fine_tune`). Their clips come
     from the clip cache when the refresh job decoded them; the others are fetched and decoded
     once, then cached (docs/unlabelled-data.md)."""
-    heads = bool(tasks.wanted.labels), bool(tasks.wanted.timeline_labels)
-    if not settings.train_config().uses_unlabelled(*heads) or parent is not None:
+    if not settings.train_config().uses_unlabelled(*tasks.heads) or parent is not None:
         return []
     resolver = MediaResolver.from_settings(settings)
     todo = tasks.data.unlabelled[: settings.pretrain_clips]
