@@ -51,6 +51,14 @@ METHODS: dict[str, dict] = {
         "pseudo_threshold": 0.6,
     },
     "x8 pseudo3 p40": {"min_batches": 8, "pseudo_rounds": 3, "pseudo_per_class": 40},
+    "x8 pseudo5 p40": {"min_batches": 8, "pseudo_rounds": 5, "pseudo_per_class": 40},
+    "x8 pseudo3 p60": {"min_batches": 8, "pseudo_rounds": 3, "pseudo_per_class": 60},
+    "order x8 pseudo3 p40": {
+        "pretrain": "order",
+        "min_batches": 8,
+        "pseudo_rounds": 3,
+        "pseudo_per_class": 40,
+    },
     "spatial x8 pseudo": {"min_batches": 8, "pseudo_rounds": 1},
     "order x8 pseudo": {"pretrain": "order", "min_batches": 8, "pseudo_rounds": 1},
     "order 12 epochs x8 pseudo": {

@@ -189,7 +189,8 @@ class Settings:
     """A first model's pre-training on the project's unlabelled clips: ``order``, ``arrow``
     or ``none`` (training/learn/pretext.py)."""
     pretrain_clips: int = 200
-    """Most clips a pre-training learns from; unlabelled tasks beyond it are not decoded."""
+    """Most unlabelled tasks a run decodes, for pre-training and pseudo-labels alike; 0 with
+    either of them on is refused (they would learn from nothing)."""
     pretrain_epochs: int = 6
     pseudo_labels: int = 0
     """Rounds of a first model's fine-tuning on its confident predictions of the project's
@@ -287,6 +288,11 @@ class Settings:
             raise ValueError("PSEUDO_PER_CLASS and PSEUDO_EPOCHS must be at least 1")
         if self.train_scratch_below < 0:
             raise ValueError("TRAIN_SCRATCH_BELOW (labelled tasks) must be 0 (off) or more")
+        if self.pretrain_clips == 0 and (self.pretrain != "none" or self.pseudo_labels):
+            raise ValueError(  # both learn from at most PRETRAIN_CLIPS unlabelled tasks
+                "PRETRAIN and PSEUDO_LABELS learn from unlabelled tasks: with PRETRAIN_CLIPS=0 "
+                "they would have none; set PRETRAIN_CLIPS above 0 or turn them off"
+            )
 
     def first_sampling(self) -> SamplingConfig:
         """The sampling of a project's first model (TRAIN_FRAMES, TRAIN_FRAME_SIZE,

@@ -120,6 +120,11 @@ def test_augmentation_and_pretraining_reach_the_training_config(monkeypatch):
     ):
         with pytest.raises(ValueError, match=message):
             Settings(**{name: value})
+    # no unlabelled task to learn from: refused rather than a run that silently learns nothing
+    assert Settings(pretrain_clips=0).pretrain_clips == 0  # both methods off: fine
+    for on in ({"pretrain": "order"}, {"pseudo_labels": 1}):
+        with pytest.raises(ValueError, match="PRETRAIN_CLIPS=0"):
+            Settings(pretrain_clips=0, **on)
 
 
 def test_windowed_sampling_is_read_and_checked(monkeypatch):

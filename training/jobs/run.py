@@ -67,11 +67,20 @@ def run_training(
         Path(settings.cache_dir) / RUNS_SUBDIR, stale_after_s=2 * settings.train_timeout_s
     ) as pinned:
         videos = fetch_videos(project, tasks, settings, progress, pinned)
-        parent = version_to_fine_tune(project, store.get_current_info(project), tasks, settings)
+        current = store.get_current_info(project)
+        parent = version_to_fine_tune(project, current, tasks, settings)
         unlabelled = fetch_unlabelled(project, tasks, settings, parent, pinned)
         videos = replace(videos, data=replace(videos.data, unlabelled=unlabelled))
         run = training_run(
-            settings, parent, cache, tasks, videos, force, ensure_owner, pinned.folder / "clips.u8"
+            settings,
+            parent,
+            cache,
+            tasks,
+            videos,
+            force,
+            ensure_owner,
+            pinned.folder / "clips.u8",
+            scratch_over_current=current is not None and parent is None,
         )
         try:
             info = train_and_publish(store, project, videos.data, run, progress=progress)
@@ -283,10 +292,13 @@ def training_run(
     force: bool,
     before_publish: Callable[[], None] | None = None,
     clips_file: Path | None = None,
+    *,
+    scratch_over_current: bool = False,
 ) -> TrainingRun:
     """How the job trains: fine-tuning the current version with its own settings, or a first
     model with the settings' sampling and temporal head; published without becoming current
-    (:func:`promote` decides)."""
+    (:func:`promote` decides). ``scratch_over_current``: TRAIN_SCRATCH_BELOW chose a new model
+    over the current version (:func:`version_to_fine_tune`), recorded in ``meta.source``."""
     model = first_model_config(
         bool(tasks.wanted.timeline_labels), settings.train_temporal, settings.train_network
     )
@@ -296,7 +308,7 @@ def training_run(
         "skipped_tasks": videos.skipped,
         "forced": force,
     }
-    if parent is None and settings.train_scratch_below:
+    if scratch_over_current:
         source["train_scratch_below"] = settings.train_scratch_below
     return TrainingRun(
         sampling=None if parent else first,

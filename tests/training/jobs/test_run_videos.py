@@ -164,14 +164,17 @@ def test_under_train_scratch_below_the_job_trains_a_new_model_gated_on_the_curre
         train_epochs=1,
         gate_tolerance=1.0,  # any version passes: this is about how it trains
     )
-    first = run_training(str(project), settings, force=True, progress=lambda _: None)
-    assert first["status"] == "trained", first
     scratch = replace(
         settings, train_scratch_below=5, pseudo_labels=1, pseudo_epochs=1, pseudo_threshold=0.0
     )
+    first = run_training(str(project), scratch, force=True, progress=lambda _: None)
+    assert first["status"] == "trained", first
+    store = ModelStore(tmp_path / "models")
+    first_meta = store.get_version(str(project), first["version"]).meta
+    assert "train_scratch_below" not in first_meta["source"]  # a first model: nothing replaced
     second = run_training(str(project), scratch, force=True, progress=lambda _: None)
     assert second["status"] == "trained", second
-    meta = ModelStore(tmp_path / "models").get_version(str(project), second["version"]).meta
+    meta = store.get_version(str(project), second["version"]).meta
     assert meta["parent"] is None and meta["init"] == "scratch"
     assert meta["previous_current"] == first["version"]
     assert meta["gate"]["current_version"] == first["version"]  # gated on the current one
