@@ -218,7 +218,12 @@ class ModelServer:
         with self._lock:
             projects = [p for p, s in self._states.items() if s.model is not None]
         for project in projects:
-            self.notify(project)
+            with self._lock:
+                state = self._states.get(project)
+                if state is None:  # dropped since (least recently used): not loaded back
+                    continue
+                state.checked_at = time.monotonic()
+            self._schedule(project, self._read_pointer(project), held_only=True)
 
     def on_notice(self, project: str) -> None:
         """A pub/sub notice: swap a project held here; load a new one only if there is room."""
@@ -236,11 +241,18 @@ class ModelServer:
             self._warn_once(("pointer", project, str(exc)), "project %s: %s", project, exc)
             return None
 
-    def _schedule(self, project: str, current: CurrentVersion | None) -> threading.Event | None:
+    def _schedule(
+        self, project: str, current: CurrentVersion | None, *, held_only: bool = False
+    ) -> threading.Event | None:
+        """Start a background load of ``current`` unless it is loaded, loading or failed
+        lately. ``held_only``: only for a project this process still holds; a re-check racing
+        its eviction must not load back what was just dropped for room."""
         if current is None or self._stop.is_set():
             return None
         version = current.version
         with self._lock:
+            if held_only and project not in self._states:
+                return None
             state = self._states.setdefault(project, _ProjectState())
             if state.loading is not None:
                 return state.done  # the loader re-reads the pointer when it finishes
@@ -321,8 +333,8 @@ class ModelServer:
                 ", ".join(p for p, _ in evicted),
                 self.max_models,
             )
-        # The pointer may have moved while we loaded.
-        self._schedule(project, self._read_pointer(project))
+        # The pointer may have moved while we loaded (unless the project was dropped since).
+        self._schedule(project, self._read_pointer(project), held_only=True)
 
     def _evict_locked(self, keep: str) -> list[tuple[str, str]]:
         """Drop least recently used projects beyond max_models; never one being loaded.
