@@ -202,28 +202,29 @@ class ModelServer:
             state.checked_at = now
         self._schedule(project, self._read_pointer(project))
 
-    def notify(self, project: str) -> threading.Event | None:
+    def notify(self, project: str, *, held_only: bool = False) -> threading.Event | None:
         """Compare the pointer now (no rate limit) and schedule a load if it moved.
+
+        ``held_only``: nothing for a project this process no longer holds (see
+        :meth:`_schedule`).
 
         Returns:
             An event set when the scheduled (or running) load ends, or None when nothing
             is to be loaded.
         """
         with self._lock:
+            if held_only and project not in self._states:
+                return None
             self._states.setdefault(project, _ProjectState()).checked_at = time.monotonic()
-        return self._schedule(project, self._read_pointer(project))
+        return self._schedule(project, self._read_pointer(project), held_only=held_only)
 
     def poll_once(self) -> None:
-        """Compare every loaded project's pointer with its model (the background poll)."""
+        """Compare every loaded project's pointer with its model (the background poll); a
+        project dropped since the list was read is not loaded back."""
         with self._lock:
             projects = [p for p, s in self._states.items() if s.model is not None]
         for project in projects:
-            with self._lock:
-                state = self._states.get(project)
-                if state is None:  # dropped since (least recently used): not loaded back
-                    continue
-                state.checked_at = time.monotonic()
-            self._schedule(project, self._read_pointer(project), held_only=True)
+            self.notify(project, held_only=True)
 
     def on_notice(self, project: str) -> None:
         """A pub/sub notice: swap a project held here; load a new one only if there is room."""
