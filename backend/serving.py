@@ -227,13 +227,14 @@ class ModelServer:
             self.notify(project, held_only=True)
 
     def on_notice(self, project: str) -> None:
-        """A pub/sub notice: swap a project held here; load a new one only if there is room."""
+        """A pub/sub notice: swap a project held here; load a new one only if there is room.
+        A held project dropped for room before the notice is acted on stays dropped."""
         with self._lock:
             state = self._states.get(project)
             held = state is not None and (state.model is not None or state.loading is not None)
             room = sum(s.model is not None for s in self._states.values()) < self.max_models
         if held or room:
-            self.notify(project)
+            self.notify(project, held_only=not room)
 
     def _read_pointer(self, project: str) -> CurrentVersion | None:
         try:

@@ -383,6 +383,30 @@ def test_a_project_dropped_while_its_load_ends_is_not_loaded_back(tmp_path, stor
     assert loader.projects == ["1", "2", "3"]
 
 
+def test_a_notice_for_a_project_dropped_before_it_is_acted_on_loads_nothing(store, make_server):
+    """A pub/sub notice for a held project, with no room for another: if the project is
+    dropped for room between the notice's check and its pointer read, it stays dropped."""
+    infos = {p: publish(store, p) for p in ("1", "2", "3")}
+    loader = Loader()
+    loader.release.set()
+    server = make_server(store, loader, max_models_in_memory=2)
+    for project in ("2", "1"):
+        assert server.get_model(project).version == infos[project].version
+    notify = server.notify
+
+    def dropped_first(project, **kwargs):  # another request takes project 2's room meanwhile
+        if project == "2":
+            assert server.get_model("3").version == infos["3"].version
+            assert set(server.describe()) == {"1", "3"}
+        return notify(project, **kwargs)
+
+    server.notify = dropped_first
+    server.on_notice("2")
+    server._load_pool.shutdown(wait=True)  # any load the notice started has ended
+    assert set(server.describe()) == {"1", "3"}
+    assert loader.projects == ["2", "1", "3"]
+
+
 def test_start_loads_no_more_projects_than_fit(tmp_path, store, make_server):
     for project in ("1", "2", "3"):
         publish(store, project)
