@@ -104,13 +104,16 @@ def _split_labelled(keys, y, holdout: str, train_config):
     them): ``product`` splits like ``train_and_publish`` (``stable_split`` with the
     TrainConfig's test and validation fractions; its test part is for the product's quality
     gate, so nothing here trains on it), ``val`` holds out only the validation part, ``none``
-    trains on every label and monitors the training loss."""
-    from training.learn.dataset import stable_split
+    trains on every label and monitors the training loss. ``product`` holds nothing out while
+    fewer labels than TrainConfig.train_all_below (TRAIN_ALL_BELOW), as the product."""
+    from training.learn.dataset import held_out_split, stable_split
 
     if holdout == "none":
         return np.arange(len(y)), np.zeros(0, np.int64), np.zeros(0, np.int64)
-    test_fraction = train_config.test_fraction if holdout == "product" else 0.0
-    train, gate, val = stable_split(keys, y, (test_fraction, train_config.val_fraction))
+    if holdout == "val":
+        train, gate, val = stable_split(keys, y, (0.0, train_config.val_fraction))
+    else:
+        train, gate, val = held_out_split(keys, y, train_config)
     return train, val, gate
 
 

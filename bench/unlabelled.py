@@ -59,6 +59,13 @@ METHODS: dict[str, dict] = {
         "pseudo_rounds": 3,
         "pseudo_per_class": 40,
     },
+    "all48": {"train_all_below": 48},
+    "x8 pseudo3 p40 all48": {
+        "min_batches": 8,
+        "pseudo_rounds": 3,
+        "pseudo_per_class": 40,
+        "train_all_below": 48,
+    },
     "spatial x8 pseudo": {"min_batches": 8, "pseudo_rounds": 1},
     "order x8 pseudo": {"pretrain": "order", "min_batches": 8, "pseudo_rounds": 1},
     "order 12 epochs x8 pseudo": {
@@ -77,7 +84,7 @@ def _run_method(job: dict) -> list[dict]:
     import keras
 
     from training.learn.config import TrainConfig
-    from training.learn.dataset import ClipArrays, stable_split
+    from training.learn.dataset import ClipArrays, held_out_split
     from training.learn.evaluate import predict_outputs
     from training.learn.fit import fit
     from training.video.clip import SamplingConfig
@@ -101,9 +108,9 @@ def _run_method(job: dict) -> list[dict]:
         )
         labelled = data.subset(picked)
         keys = [f"task:{seed}:{i}" for i in picked]
-        train_idx, _, val_idx = stable_split(keys, labelled.y, (0.2, 0.15))  # the product's
-        unlabelled = data.subset(np.setdiff1d(np.arange(n), picked))
         config = TrainConfig(epochs=job["epochs"], seed=seed, **METHODS[job["method"]])
+        train_idx, _, val_idx = held_out_split(keys, labelled.y, config)  # the product's
+        unlabelled = data.subset(np.setdiff1d(np.arange(n), picked))
         started = time.perf_counter()
         model, history, init = fit(
             labelled.subset(train_idx),

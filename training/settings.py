@@ -204,6 +204,10 @@ class Settings:
     """While a project has fewer labelled tasks than this, each run trains a new model from
     scratch as a first model does (PRETRAIN, PSEUDO_LABELS) instead of fine-tuning the current
     version; the gate still compares with it. 0: always fine-tune (docs/active-learning.md)."""
+    train_all_below: int = 0
+    """While a run has fewer labelled tasks whose video could be read than this, it trains on
+    all of them: no validation or test part, so no quality gate. 0: always hold out
+    (TrainConfig.split_fractions)."""
 
     # Acquisition (issue 15): the order the refresh writes for annotators to sort by
     acquisition: str = "score"
@@ -286,8 +290,10 @@ class Settings:
             raise ValueError("PSEUDO_THRESHOLD must be a probability, from 0 to 1")
         if self.pseudo_per_class < 1 or self.pseudo_epochs < 1:
             raise ValueError("PSEUDO_PER_CLASS and PSEUDO_EPOCHS must be at least 1")
-        if self.train_scratch_below < 0:
-            raise ValueError("TRAIN_SCRATCH_BELOW (labelled tasks) must be 0 (off) or more")
+        if self.train_scratch_below < 0 or self.train_all_below < 0:
+            raise ValueError(
+                "TRAIN_SCRATCH_BELOW and TRAIN_ALL_BELOW (labelled tasks) must be 0 (off) or more"
+            )
         if self.pretrain_clips == 0 and (self.pretrain != "none" or self.pseudo_labels):
             raise ValueError(  # both learn from at most PRETRAIN_CLIPS unlabelled tasks
                 "PRETRAIN and PSEUDO_LABELS learn from unlabelled tasks: with PRETRAIN_CLIPS=0 "
@@ -322,6 +328,7 @@ class Settings:
             "pseudo_threshold": self.pseudo_threshold,
             "pseudo_per_class": self.pseudo_per_class,
             "pseudo_epochs": self.pseudo_epochs,
+            "train_all_below": self.train_all_below,
         }
         return TrainConfig(**{**values, **overrides})
 

@@ -113,10 +113,15 @@ def test_augmentation_and_pretraining_reach_the_training_config(monkeypatch):
     assert Settings().train_scratch_below == 0  # always fine-tune, as before
     monkeypatch.setenv("TRAIN_SCRATCH_BELOW", "40")
     assert Settings.from_env().train_scratch_below == 40
+    assert Settings().train_config().split_fractions(1) == (0.2, 0.15)  # always hold out
+    monkeypatch.setenv("TRAIN_ALL_BELOW", "48")
+    under = Settings.from_env().train_config()
+    assert under.split_fractions(47) == (0.0, 0.0) and under.split_fractions(48) == (0.2, 0.15)
     for name, value, message in (
         ("augment", "spatial,reverse", "AUGMENT: unknown augmentation"),
         ("pretrain", "jigsaw", "PRETRAIN: unknown pretext task"),
         ("train_scratch_below", -1, "TRAIN_SCRATCH_BELOW"),
+        ("train_all_below", -1, "TRAIN_ALL_BELOW"),
     ):
         with pytest.raises(ValueError, match=message):
             Settings(**{name: value})
@@ -142,3 +147,19 @@ def test_windowed_sampling_is_read_and_checked(monkeypatch):
     monkeypatch.setenv("SAMPLE_FPS", "-1")
     with pytest.raises(ValueError, match="SAMPLE_FPS"):
         Settings.from_env()
+
+
+def test_every_setting_has_a_row_in_the_readme_table():
+    # The README's settings table is where operators look: a new variable without a row is
+    # a setting nobody finds. Rows may name two variables ("`A` / `B`").
+    import re
+    from dataclasses import fields
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = readme.split("| variable | default | meaning |", 1)[1].split("\n\n", 1)[0]
+    rows = [line.split("|")[1] for line in table.splitlines() if line.startswith("| `")]
+    assert len(rows) > 40  # the table itself, not a stray one
+    named = {name for cell in rows for name in re.findall(r"`([A-Z0-9_]+)`", cell)}
+    missing = [f.name.upper() for f in fields(Settings) if f.name.upper() not in named]
+    assert not missing, f"settings without a README row: {missing}"

@@ -90,6 +90,14 @@ class TrainConfig:
     """Most pseudo-labelled clips a class takes in a round (the most confident ones)."""
     pseudo_epochs: int = 10
     """Epochs of each pseudo-label round's fine-tuning."""
+    train_all_below: int = 0
+    """While a run has fewer labelled videos than this (distinct split keys: the tasks whose
+    video could be read), it holds none out: it trains on every one, with no validation part
+    (best weights by training loss) and no test part (so no quality gate). 0: always hold
+    out ``test_fraction`` and ``val_fraction``.
+
+    Why: at 24 labels the split keeps 16 for training, and its 4 test clips cannot tell a
+    good model from a bad one (each is 0.25 of the accuracy); see docs/active-learning.md."""
 
     def pseudo_labels_apply(self, classes: bool, timeline: bool) -> bool:
         """Whether a first model's pseudo-label rounds run: asked for, on a model with a class
@@ -101,6 +109,13 @@ class TrainConfig:
         or pseudo-labels where they apply): the only case in which a run fetches and decodes
         them, so a timeline project under PSEUDO_LABELS alone fetches none."""
         return self.pretrain != "none" or self.pseudo_labels_apply(classes, timeline)
+
+    def split_fractions(self, labelled: int) -> tuple[float, float]:
+        """The (test, validation) shares a run of ``labelled`` distinct labelled videos holds
+        out: none while under ``train_all_below``."""
+        if labelled < self.train_all_below:
+            return 0.0, 0.0
+        return self.test_fraction, self.val_fraction
 
     def to_dict(self) -> dict:
         return asdict(self)

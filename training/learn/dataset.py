@@ -10,6 +10,7 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -18,6 +19,9 @@ from training.learn.clip_file import ClipFile, ClipFileWriter
 from training.video.clip import Clip, SamplingConfig
 from training.video.clipcache import ClipCache, file_sha256
 from training.video.decoder import VideoDecodeError, iter_decoded
+
+if TYPE_CHECKING:
+    from training.learn.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -294,6 +298,17 @@ def grouped_split(
     part_of = {unique[j]: p for p, idx in enumerate(parts) for j in idx}
     where = np.asarray([part_of[str(k)] for k in keys], np.int64)
     return [np.flatnonzero(where == p).astype(np.int64) for p in range(len(parts))]
+
+
+def held_out_split(
+    keys: Sequence[str], y: np.ndarray, train_config: TrainConfig
+) -> list[np.ndarray]:
+    """A run's split into training, test and validation indices: :func:`grouped_split` with
+    the shares ``train_config`` holds out for this many labelled videos (distinct keys; none
+    under TRAIN_ALL_BELOW, ``TrainConfig.split_fractions``). What publishing and the benches
+    that simulate the product split by."""
+    videos = len({str(k) for k in keys})
+    return grouped_split(keys, y, train_config.split_fractions(videos))
 
 
 def _split_class(keys: list[str], fractions: Sequence[float]) -> list[int]:

@@ -33,6 +33,10 @@ GATE_METRICS = {"classes": "accuracy", "timeline": "frame_accuracy"}
 version classifies right, or (timeline-only models) the mean share of each clip's annotated
 frames it labels right."""
 _GATE_EPSILON = 1e-9
+NOTHING_HELD_OUT = (
+    "this run held out no clip (every class has fewer than 3 labelled videos, or TRAIN_ALL_BELOW)"
+)
+"""The gate's reason when the run trained on every labelled clip: nothing to compare on."""
 
 
 def gate_head(labels: Sequence[str], timeline_labels: Sequence[str] = ()) -> str:
@@ -108,8 +112,8 @@ def quality_gate(
     Returns:
         ``{"metric", "candidate", "current", "current_version", "tolerance", "passed",
         "clips", "reason"}``; ``passed`` is True whenever there is nothing to compare with
-        (no current version, no clip it has not seen, a current model that cannot be read or
-        has no such head).
+        (no current version, no held-out clip or none it has not seen, a current model that
+        cannot be read or has no such head).
     """
     outputs = candidate
     head = gate_head(labels, timeline_labels)
@@ -129,6 +133,8 @@ def quality_gate(
     }
     if current is None:
         return {**gate, "reason": "no current version to compare with"}
+    if not len(test):
+        return {**gate, "reason": NOTHING_HELD_OUT}
     held_out = _HeldOut(test, head, names, sampling, threads, cache)
     return {**gate, **_against_current(held_out, scores, current, tolerance)}
 

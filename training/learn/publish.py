@@ -18,13 +18,19 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from training.learn.config import Progress, TrainingData, TrainingRun, no_progress
+from training.learn.config import (
+    Progress,
+    TrainConfig,
+    TrainingData,
+    TrainingRun,
+    no_progress,
+)
 from training.learn.dataset import (
     ClipArrays,
     as_labelled_video,
     content_keys,
     decode_labelled,
-    grouped_split,
+    held_out_split,
 )
 from training.learn.evaluate import NO_LABEL_NAME, evaluate, predict_outputs
 from training.learn.fit import fit
@@ -77,7 +83,7 @@ def train_and_publish(
     sampling, model_config = run.configs()
     started = time.perf_counter()
     clips = _decode(data, sampling, run, progress)
-    parts = clips.split(run.train_config.test_fraction, run.train_config.val_fraction)
+    parts = clips.split(run.train_config)
     log.info("project %s: %s clips", project, parts)
     unlabelled = decode_unlabelled(
         data.unlabelled, sampling, run, labelled=[as_labelled_video(v).path for v in data.videos]
@@ -122,10 +128,10 @@ class _Clips:
     counts: np.ndarray
     frame_counts: np.ndarray
 
-    def split(self, test_fraction: float, val_fraction: float) -> _Parts:
-        train_idx, test_idx, val_idx = grouped_split(
-            self.data.keys, self.data.y, (test_fraction, val_fraction)
-        )
+    def split(self, train_config: TrainConfig) -> _Parts:
+        """The stable split, holding out what ``train_config`` does for this many labelled
+        videos (held_out_split)."""
+        train_idx, test_idx, val_idx = held_out_split(self.data.keys, self.data.y, train_config)
         subset = self.data.subset
         return _Parts(subset(train_idx), subset(val_idx), subset(test_idx))
 
@@ -278,11 +284,25 @@ def _write_version(
     (folder / SPLIT_FILE).write_text(json.dumps(split))
     meta = _meta(store, project, version, run)
     if run.litert != "off":  # beside the Keras model, before publish uploads the folder
-        clips = parts.test if len(parts.test) else parts.val
         meta[LITERT_META] = export_for_publish(
-            trained.model, trained.sampling, folder, run.litert, clips
+            trained.model, trained.sampling, folder, run.litert, _parity_clips(parts)
         )
     return meta
+
+
+PARITY_TRAIN_CLIPS = 16
+"""Training clips the LiteRT parity check falls back on when a run held none out."""
+
+
+def _parity_clips(parts: _Parts) -> ClipArrays:
+    """The clips the LiteRT export is checked on: the test clips, else the validation ones,
+    else (a run that held none out: few videos a class, TRAIN_ALL_BELOW) the first training
+    clips. Parity compares LiteRT with Keras, not with labels, so clips the model trained on
+    do as well; without any, a LiteRT deployment would have no file to serve."""
+    for part in (parts.test, parts.val):
+        if len(part):
+            return part
+    return parts.train.subset(np.arange(min(PARITY_TRAIN_CLIPS, len(parts.train))))
 
 
 def _meta(store: ModelStore, project: str, version: _NewVersion, run: TrainingRun) -> dict:

@@ -163,7 +163,7 @@ def export_for_publish(
     reason and logged, never raised, so the Keras version is published whatever happens."""
     try:
         if not len(clips):
-            return {"file": None, "reason": "no test or validation clip to check parity on"}
+            return {"file": None, "reason": "no clip to check parity on"}
         return export_litert(model, sampling, folder, mode, clips)
     except Exception as exc:
         log.exception("LiteRT export failed; the Keras version is published without it")

@@ -19,10 +19,12 @@ from training.learn.dataset import (
 )
 from training.learn.evaluate import predict_arrays
 from training.learn.fit import as_float32, warm_start
-from training.learn.gate import gate_allows, quality_gate
+from training.learn.gate import NOTHING_HELD_OUT, gate_allows, quality_gate
 from training.learn.publish import TrainingError, train_and_publish
 from training.model.build import build_model, load_keras_model
 from training.model.config import ModelConfig
+from training.model.litert import META_KEY as LITERT_META
+from training.model.litert import quantized_file
 from training.versions.store import SPLIT_FILE, ModelStore
 from training.video.clip import SamplingConfig
 
@@ -198,6 +200,41 @@ def test_a_published_version_holds_its_model_metrics_and_pictures(trained_model,
     assert gate["clips"] + gate["excluded_seen_by_current"] <= meta["dataset"]["test"]
     for picture in ("learning_curve.png", "confusion_matrix.png"):
         assert (info.path / picture).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_under_train_all_below_a_run_trains_on_every_labelled_video(trained_model, tmp_path):
+    # 8 labelled videos (4 a class): under TRAIN_ALL_BELOW=9 nothing is held out, so the
+    # version trains on all 8 and the gate says there was nothing to compare on; at 8 (not
+    # under it) the run splits as always.
+    store = ModelStore(tmp_path)
+    videos = [(p, p.parent.name) for p in trained_model.synth_clips]
+    parts = {}
+    for below in (9, 8):
+        info = train_and_publish(
+            store,
+            "5",
+            TrainingData(videos),
+            TrainingRun(
+                sampling=SMALL_CLIPS,
+                model_config=TINY,
+                train_config=TrainConfig(epochs=1, batch_size=4, train_all_below=below),
+                parent=trained_model.info,
+                litert="float16" if below == 9 else "off",
+            ),
+        )
+        parts[below] = json.loads((info.path / SPLIT_FILE).read_text())
+        dataset, gate = info.meta["dataset"], info.meta["gate"]
+        assert info.meta["training"]["train_all_below"] == below
+        if below == 9:
+            assert (dataset["train"], dataset["val"], dataset["test"]) == (8, 0, 0)
+            assert gate["passed"] and gate["reason"] == NOTHING_HELD_OUT and gate["clips"] == 0
+            # LiteRT parity is checked on training clips then: a LiteRT deployment has a file
+            litert = info.meta[LITERT_META]
+            assert litert["file"] == quantized_file("float16") and litert["clips"] == 8, litert
+        else:
+            assert dataset["test"] == dataset["val"] == 2 and dataset["train"] == 4
+    assert len(parts[9]["train"]) == 8 and parts[9]["val"] == parts[9]["test"] == []
+    assert set(parts[9]["train"]) == {k for part in parts[8].values() for k in part}
 
 
 def test_a_label_without_any_readable_video_is_refused(trained_model, tmp_path):
