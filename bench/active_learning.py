@@ -101,11 +101,10 @@ def _methods(names: list[str]) -> dict[str, dict]:
 
 def _split_labelled(keys, y, holdout: str, train_config):
     """What the product trains and early-stops on, out of the labelled clips (indices into
-    them): ``product`` splits like ``train_and_publish`` (``stable_split`` with the
-    TrainConfig's test and validation fractions; its test part is for the product's quality
-    gate, so nothing here trains on it), ``val`` holds out only the validation part, ``none``
-    trains on every label and monitors the training loss. ``product`` holds nothing out while
-    fewer labels than TrainConfig.train_all_below (TRAIN_ALL_BELOW), as the product."""
+    them): ``product`` splits as ``train_and_publish`` does (``held_out_split``: the
+    TrainConfig's test and validation fractions, none under TRAIN_ALL_BELOW; its test part is
+    for the product's quality gate, so nothing here trains on it), ``val`` holds out only the
+    validation part, ``none`` trains on every label and monitors the training loss."""
     from training.learn.dataset import held_out_split, stable_split
 
     if holdout == "none":
